@@ -1,0 +1,147 @@
+"""`context_parallel_attention`: validate, then run Ulysses, ring, or both (hybrid) over the config's mesh."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import comm
+from ..config import ContextParallelConfig
+from . import routing
+from .masks import key_bias_from_mask
+from .ring import ring_attention
+from .ulysses import ulysses_attention
+
+
+def context_parallel_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    *,
+    config: ContextParallelConfig,
+) -> torch.Tensor:
+    """Exact attention over the whole sequence, from this rank's shard of queries, keys and values.
+
+    Args:
+        query, key, value: (batch, local_seq, heads, head_dim); rank r holds piece r of the sequence.
+        attn_mask: key-padding mask for the *local* keys: boolean (batch, local_kv_seq) with True = attend,
+            or boolean/additive broadcastable to (batch, 1, 1, local_kv_seq).
+        dropout_p: attention dropout; only with pure Ulysses (ring attention refuses it).
+        is_causal: causal attention in global sequence order.
+        scale: softmax scale, default 1/sqrt(head_dim).
+        config: a set-up `ContextParallelConfig` (see `config.setup()`).
+
+    Returns:
+        (batch, local_seq, heads, head_dim): this rank's queries attended over every rank's keys.
+
+    Raises:
+        ValueError / TypeError: bad shapes, dtypes, devices or masks, or sizes the mode cannot handle
+            without an anything flag — raised before any communication.
+
+    Example:
+        >>> config = ContextParallelConfig(ulysses_degree=2).setup()
+        >>> out = context_parallel_attention(q_local, k_local, v_local, config=config)
+    """
+    config._require_setup()
+    bias = _validate(query, key, value, attn_mask, dropout_p, is_causal, config)
+    scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
+    with routing.inside_cp_kernel():
+        if config.ulysses_degree == 1:
+            return _ring(query, key, value, bias, config, scale, is_causal, config._ring_group)
+
+        group = config._ulysses_group
+        q_sizes, kv_sizes = _sizes(query.shape[1], key.shape[1], group, config, query.device)
+
+        if config.ring_degree == 1:
+            def inner(q, k, v, b):
+                mask = None if b is None else b[:, None, None, :].to(q.dtype)
+                out = F.scaled_dot_product_attention(
+                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                    attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                )
+                return out.transpose(1, 2)
+        else:
+            def inner(q, k, v, b):
+                return _ring(q, k, v, b, config, scale, is_causal, config._ring_group)
+
+        return ulysses_attention(query, key, value, bias, group=group, q_sizes=q_sizes, kv_sizes=kv_sizes, inner=inner)
+
+
+def _sizes(q_len: int, kv_len: int, group, config, device) -> tuple[list[int], list[int]]:
+    """Every group rank's (query, key) lengths: exchanged in the anything modes (every call), else equal."""
+    world = comm.group_size(group)
+    if not config.anything:
+        return [q_len] * world, [kv_len] * world
+    rows = comm.exchange_sizes([q_len, kv_len], group, _size_device(group, device))
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
+def _size_device(group, device):
+    # Sizes travel on the group's own device; gloo groups take CPU tensors.
+    backend = str(torch.distributed.get_backend(group)).lower()
+    return torch.device("cpu") if "gloo" in backend and "nccl" not in backend else device
+
+
+def _ring(q, k, v, bias, config, scale, is_causal, group):
+    world = comm.group_size(group)
+    if config.anything:
+        kv_sizes = [r[0] for r in comm.exchange_sizes([k.shape[1]], group, _size_device(group, q.device))]
+    else:
+        kv_sizes = [k.shape[1]] * world
+    return ring_attention(
+        q, k, v, bias, group=group, kv_sizes=kv_sizes, rotate_method=config.rotate_method, scale=scale,
+        is_causal=is_causal, convert_to_fp32=config.convert_to_fp32,
+    )
+
+
+def _validate(query, key, value, attn_mask, dropout_p, is_causal, config):
+    """Every check that needs no communication; returns the canonical key bias."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{name} must be 4-D (batch, local_seq, heads, head_dim), got shape {tuple(t.shape)}. "
+                "(SDPA's layout is (batch, heads, seq, head_dim): transpose(1, 2) first.)"
+            )
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError(f"query, key and value must share a dtype; got {query.dtype}, {key.dtype}, {value.dtype}.")
+    if not query.is_floating_point():
+        raise TypeError(f"attention needs floating-point inputs, got {query.dtype}.")
+    if not (query.device == key.device == value.device):
+        raise ValueError(f"query, key and value are on different devices: {query.device}, {key.device}, {value.device}.")
+    if query.device.type != config.device_type:
+        raise ValueError(
+            f"Inputs are on {query.device} but the context-parallel mesh communicates on '{config.device_type}' "
+            f"({'gloo' if config.device_type == 'cpu' else 'nccl'}). Move the model and inputs to that device, or "
+            "initialise the process group with a backend for this device."
+        )
+    b, sq, h, d = query.shape
+    if key.shape != value.shape:
+        raise ValueError(f"key and value shapes differ: {tuple(key.shape)} vs {tuple(value.shape)}.")
+    if key.shape[0] != b or key.shape[3] != d:
+        raise ValueError(f"key/value shape {tuple(key.shape)} does not match query {tuple(query.shape)} in batch or head_dim.")
+    if key.shape[2] != h:
+        raise ValueError(
+            f"query has {h} heads but key/value have {key.shape[2]}; grouped-query attention is not supported yet: "
+            "repeat the key/value heads (repeat_interleave on dim 2) before calling."
+        )
+    if dropout_p and config.ring_degree > 1:
+        raise ValueError("Ring attention cannot apply attention dropout; use dropout_p=0.0 (inference) or pure Ulysses.")
+    if is_causal and attn_mask is not None:
+        raise ValueError("Pass either attn_mask or is_causal=True, not both (as torch's SDPA).")
+    if is_causal and key.shape[1] != sq:
+        raise ValueError("is_causal needs the same local query and key lengths (self-attention).")
+    u = config.ulysses_degree
+    if u > 1 and h % u and not config.ulysses_anything:
+        raise ValueError(
+            f"{h} heads are not divisible by ulysses_degree={u}. Set ContextParallelConfig(ulysses_anything=True) "
+            "to pad heads, or choose a ulysses_degree that divides the head count."
+        )
+    return key_bias_from_mask(attn_mask, b, key.shape[1])

@@ -1,0 +1,186 @@
+"""Attention of a query block against one key/value block, returning the log-sum-exp, with a backward.
+
+Layout legend: B batch, S sequence (Sq queries, Sk keys), H heads, D head dim. Public functions take and
+return (B, S, H, D) tensors; the log-sum-exp is float32 (B, H, Sq). Kernels see (B, H, S, D) views.
+
+Kernel choice, per call:
+  * CPU: `aten._scaled_dot_product_flash_attention_for_cpu` (returns the LSE, has a backward, takes a mask).
+  * CUDA, fp16/bf16 without mask: `aten._scaled_dot_product_flash_attention`; otherwise the memory-efficient
+    kernel (takes a bias and returns the LSE).
+  * Anything else, or a kernel that refuses the inputs: a math fallback that computes the LSE itself.
+
+The backward of a block takes the *merged* output and LSE of the whole row of blocks (the standard
+flash-attention trick): P = exp(S - lse_global) is then the block's slice of the global softmax, so the
+block's dQ, dK, dV are its exact contributions to the global gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .masks import rows_with_keys
+
+_aten = torch.ops.aten
+
+
+def _bhsd(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2)
+
+
+def _mask_for_kernel(bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    # (b, Sk) -> (b, 1, 1, Sk): broadcasts over heads and queries; kernels want the query dtype.
+    return None if bias is None else bias[:, None, None, :].to(dtype)
+
+
+def _scale(q: torch.Tensor, scale: float | None) -> float:
+    return scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+
+
+def attention_with_lse(q, k, v, bias=None, *, scale=None, is_causal=False):
+    """Exact softmax attention of `q` over (`k`, `v`) and the per-row log-sum-exp.
+
+    Args:
+        q: (B, Sq, H, D); k, v: (B, Sk, H, D).
+        bias: optional additive float32 key bias (b, Sk) from `masks.key_bias_from_mask`.
+        scale: softmax scale, default 1/sqrt(D).
+        is_causal: lower-triangular mask, top-left aligned (as SDPA).
+
+    Returns:
+        (out (B, Sq, H, D) in q's dtype, lse (B, H, Sq) float32). Rows whose keys are all masked get
+        out = 0 and lse = -inf, so that merging them changes nothing.
+    """
+    scale = _scale(q, scale)
+    out = lse = None
+    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(
+            _bhsd(q), _bhsd(k), _bhsd(v), 0.0, is_causal, attn_mask=_mask_for_kernel(bias, q.dtype), scale=scale
+        )
+    elif q.device.type == "cuda":
+        out, lse = _cuda_forward(q, k, v, bias, scale, is_causal)
+    if out is None:
+        out, lse = _math_forward(q, k, v, bias, scale, is_causal)
+        return out, lse
+    out, lse = _bhsd(out), lse[..., : q.shape[1]].float()
+    valid = rows_with_keys(bias)
+    if valid is not None:
+        # Kernels return lse = 0 (not -inf) for rows with no attendable key; make such rows neutral.
+        # Branch-free on purpose: no host sync, and it traces.
+        keep = valid.view(-1, 1, 1)
+        lse = torch.where(keep, lse, float("-inf"))
+        out = out * keep.view(-1, 1, 1, 1).to(out.dtype)
+    return out, lse
+
+
+def attention_with_lse_backward(dout, q, k, v, out, lse, bias=None, *, scale=None, is_causal=False):
+    """Gradients of this block's share of the global attention output.
+
+    Args:
+        dout: gradient of the global output (B, Sq, H, D).
+        out, lse: the merged output and float32 log-sum-exp over all key blocks.
+        Others as in `attention_with_lse`.
+
+    Returns:
+        (dq, dk, dv), float32 when the inputs are reduced precision on the math path, else the input dtype.
+    """
+    scale = _scale(q, scale)
+    # A row with no attendable key anywhere has lse = -inf; +inf makes its probabilities exp(s - inf) = 0.
+    lse = torch.where(torch.isneginf(lse), float("inf"), lse)
+    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        grads = _aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            _bhsd(dout.to(q.dtype)).contiguous(),
+            _bhsd(q),
+            _bhsd(k),
+            _bhsd(v),
+            _bhsd(out.to(q.dtype)).contiguous(),
+            lse.contiguous(),
+            0.0,
+            is_causal,
+            attn_mask=_mask_for_kernel(bias, q.dtype),
+            scale=scale,
+        )
+        return tuple(_bhsd(g) for g in grads)
+    if q.device.type == "cuda":
+        grads = _cuda_backward(dout, q, k, v, out, lse, bias, scale, is_causal)
+        if grads is not None:
+            return grads
+    return _math_backward(dout, q, k, v, out, lse, bias, scale, is_causal)
+
+
+# ----------------------------------------------------------------------------------------------- math
+def _scores(q, k, bias, scale, is_causal):
+    s = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale
+    if bias is not None:
+        s = s + bias[:, None, None, :]
+    if is_causal:
+        sq, sk = s.shape[-2:]
+        s = s.masked_fill(torch.ones(sq, sk, dtype=torch.bool, device=s.device).triu(1), float("-inf"))
+    return s
+
+
+def _math_forward(q, k, v, bias, scale, is_causal):
+    s = _scores(q, k, bias, scale, is_causal)
+    lse = torch.logsumexp(s, dim=-1)  # (B, H, Sq)
+    p = torch.exp(s - torch.where(torch.isneginf(lse), 0.0, lse)[..., None])
+    out = torch.einsum("bhqk,bkhd->bqhd", p, v.float()).to(q.dtype)
+    return out, lse
+
+
+def _math_backward(dout, q, k, v, out, lse, bias, scale, is_causal):
+    s = _scores(q, k, bias, scale, is_causal)
+    p = torch.exp(s - lse[..., None])  # this block's slice of the global softmax
+    do = dout.float()
+    dv = torch.einsum("bhqk,bqhd->bkhd", p, do)
+    dp = torch.einsum("bqhd,bkhd->bhqk", do, v.float())
+    delta = (do * out.float()).sum(-1).transpose(1, 2)  # (B, H, Sq): rowsum(dO * O)
+    ds = p * (dp - delta[..., None]) * scale
+    dq = torch.einsum("bhqk,bkhd->bqhd", ds, k.float())
+    dk = torch.einsum("bhqk,bqhd->bkhd", ds, q.float())
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+# ----------------------------------------------------------------------------------------------- cuda
+def _cuda_forward(q, k, v, bias, scale, is_causal):
+    try:
+        if bias is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+            res = _aten._scaled_dot_product_flash_attention(_bhsd(q), _bhsd(k), _bhsd(v), 0.0, is_causal, scale=scale)
+            return res[0], res[1]
+        res = _aten._scaled_dot_product_efficient_attention(
+            _bhsd(q), _bhsd(k), _bhsd(v), _efficient_bias(bias, q), True, 0.0, is_causal, scale=scale
+        )
+        return res[0], res[1]
+    except RuntimeError:
+        return None, None
+
+
+def _efficient_bias(bias, q):
+    if bias is None:
+        return None
+    b, sk = bias.shape
+    # The efficient kernel wants a bias whose last dim is 16-element aligned in memory: pad, then view.
+    padded = torch.zeros(b, 1, 1, (sk + 15) // 16 * 16, dtype=q.dtype, device=q.device)
+    padded[..., :sk] = bias[:, None, None, :]
+    return padded[..., :sk].expand(q.shape[0], q.shape[2], q.shape[1], sk)
+
+
+def _cuda_backward(dout, q, k, v, out, lse, bias, scale, is_causal):
+    try:
+        if bias is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+            sq, sk = q.shape[1], k.shape[1]
+            empty = torch.empty(0, device=q.device)
+            zero = torch.zeros((), dtype=torch.int64, device=q.device)
+            grads = _aten._scaled_dot_product_flash_attention_backward(
+                _bhsd(dout.to(q.dtype)), _bhsd(q), _bhsd(k), _bhsd(v), _bhsd(out.to(q.dtype)), lse.contiguous(),
+                empty, empty, sq, sk, 0.0, is_causal, zero, zero, scale=scale,
+            )
+        else:
+            zero = torch.zeros((), dtype=torch.int64, device=q.device)
+            attn_bias = _efficient_bias(bias, q)
+            grads = _aten._scaled_dot_product_efficient_attention_backward(
+                _bhsd(dout.to(q.dtype)), _bhsd(q), _bhsd(k), _bhsd(v), attn_bias, _bhsd(out.to(q.dtype)),
+                lse.contiguous(), zero, zero, 0.0, [True, True, True, False], is_causal, scale=scale,
+            )[:3]
+        return tuple(_bhsd(g) for g in grads)
+    except RuntimeError:
+        return None

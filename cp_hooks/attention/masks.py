@@ -1,0 +1,54 @@
+"""Key-padding masks in one canonical form: an additive float32 bias of shape (b, S_kv), b in {1, B}.
+
+A bias row follows its keys: Ulysses gathers it along keys, ring attention rotates (or gathers) it with
+its key/value block, so every block is attended with the mask of *that* block.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def key_bias_from_mask(mask: torch.Tensor | None, batch: int, kv_len: int) -> torch.Tensor | None:
+    """Convert a user mask for the local keys to an additive float32 bias of shape (b, kv_len).
+
+    Accepted: boolean (B, S_kv) (True = attend), or boolean / additive masks broadcastable to
+    (B, 1, 1, S_kv). A mask that varies along queries or heads cannot be split with the keys of a local
+    shard and is refused.
+
+    Raises:
+        ValueError: the mask has another shape.
+        TypeError: the mask is neither boolean nor floating point.
+    """
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(f"attn_mask must be boolean (True = attend) or an additive float mask, got {mask.dtype}.")
+    shape = tuple(mask.shape)
+    expected = f"(batch={batch}, local_kv_seq={kv_len}) or broadcastable to (batch, 1, 1, local_kv_seq)"
+    if mask.dim() == 2 and shape[0] in (1, batch) and shape[1] == kv_len:
+        rows = mask
+    elif mask.dim() in (1, 3, 4) and shape[-1] == kv_len:
+        lead = shape[:-1]
+        if mask.dim() == 4:
+            if shape[0] not in (1, batch):
+                raise ValueError(f"attn_mask of shape {shape} has batch {shape[0]}; expected {expected}.")
+            lead = shape[1:-1]
+        if any(s != 1 for s in lead):
+            raise ValueError(
+                f"attn_mask of shape {shape} varies along queries or heads. Context parallelism splits queries "
+                f"and keys across ranks, so only key-padding masks are supported: {expected}."
+            )
+        rows = mask.reshape(shape[0] if mask.dim() == 4 else 1, kv_len)
+    else:
+        raise ValueError(f"attn_mask has shape {shape}; expected {expected}.")
+    if rows.dtype == torch.bool:
+        return torch.zeros(rows.shape, dtype=torch.float32, device=rows.device).masked_fill_(~rows, float("-inf"))
+    return rows.detach().to(torch.float32)
+
+
+def rows_with_keys(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """(b,) boolean: True where at least one key of the block is attendable (else the block adds nothing)."""
+    if bias is None:
+        return None
+    return (bias > float("-inf")).any(dim=-1)

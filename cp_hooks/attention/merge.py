@@ -1,0 +1,28 @@
+"""Merging partial attention results computed over disjoint key blocks.
+
+For one query and two key blocks with outputs o_a, o_b and log-sum-exps l_a, l_b, the exact result over
+both blocks is the softmax-weighted mix  o = (e^{l_a} o_a + e^{l_b} o_b) / (e^{l_a} + e^{l_b})  and
+l = log(e^{l_a} + e^{l_b}). Written with sigmoid so that nothing overflows:
+    o = o_a - sigmoid(l_b - l_a) * (o_a - o_b)
+    l = l_a - logsigmoid(l_a - l_b)          (== logaddexp(l_a, l_b))
+A block whose keys are all masked has l = -inf and o = 0; the weight of -inf against -inf is taken as 0,
+so merging such a block changes nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def merge_partial(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor, block_lse: torch.Tensor):
+    """Merge one block into the running (out, lse); returns the new pair.
+
+    Shapes: out (B, S, H, D), lse (B, H, S). `out` stays in the dtype it has (float32 when the caller
+    converts, the input dtype otherwise); lse is float32.
+    """
+    weight = torch.sigmoid(block_lse - lse).nan_to_num_(0.0)  # (B, H, S); nan only for -inf vs -inf
+    weight = weight.transpose(1, 2).unsqueeze(-1).to(out.dtype)  # -> (B, S, H, 1)
+    out = out - weight * (out - block_out.to(out.dtype))
+    # logaddexp is the -inf-safe spelling of lse - logsigmoid(lse - block_lse).
+    lse = torch.logaddexp(lse, block_lse)
+    return out, lse

@@ -1,0 +1,164 @@
+"""Ring attention: queries stay, key/value blocks visit every rank of the ring group, partials are merged.
+
+Two ways to move the blocks (`rotate_method`):
+  * "alltoall" — a true ring. At each step a rank posts the send of its current block to the next rank
+    and the receive of the next block from the previous one, computes on the current block while they
+    travel, then merges. It holds its own block plus at most two in flight. The backward passes the
+    dK/dV accumulators around the ring with the blocks, and one last hop brings each home.
+  * "allgather" — one all-gather of every block, then the same loop (same block order, so the two
+    methods give identical results). The backward re-gathers and returns each block's dK/dV with one
+    all-to-all.
+
+A key-padding bias travels with its block, so every block is masked by its own keys. Block order on rank
+r: step s works on the block of rank (r - s) mod N. With `is_causal`, blocks of later ranks are skipped
+and the own block is causal (queries and keys of a rank are the same contiguous slice of the sequence).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import comm
+from .local import attention_with_lse, attention_with_lse_backward
+from .merge import merge_partial
+
+
+def _block_kind(src: int, rank: int, is_causal: bool) -> str:
+    if not is_causal or src < rank:
+        return "full"
+    return "causal" if src == rank else "skip"
+
+
+def _kv_shape(k: torch.Tensor, length: int) -> torch.Size:
+    return torch.Size((k.shape[0], length) + tuple(k.shape[2:]))
+
+
+def _block_tensors(k, v, bias):
+    return [k, v] if bias is None else [k, v, bias]
+
+
+def _recv_shapes(k, bias, length):
+    shapes = [_kv_shape(k, length), _kv_shape(k, length)]
+    if bias is not None:
+        shapes.append(torch.Size((bias.shape[0], length)))
+    return shapes
+
+
+def _iter_blocks(k, v, bias, kv_sizes, group, rotate_method):
+    """Yield (src, k, v, bias) for every block in ring order; overlaps the transfer of the next block."""
+    world, rank = comm.group_size(group), comm.group_rank(group)
+    if rotate_method == "allgather":
+        full = [comm.all_gather(t, kv_sizes, group, dim=1) for t in _block_tensors(k, v, bias)]
+        offsets = [sum(kv_sizes[:i]) for i in range(world)]
+        for step in range(world):
+            src = (rank - step) % world
+            pieces = [t.narrow(1, offsets[src], kv_sizes[src]) for t in full]
+            yield src, pieces[0], pieces[1], pieces[2] if bias is not None else None
+        return
+    exchange = comm.RingExchange(group)
+    current = _block_tensors(k, v, bias)
+    for step in range(world):
+        src = (rank - step) % world
+        if step + 1 < world:
+            exchange.start(current, _recv_shapes(k, bias, kv_sizes[(src - 1) % world]))
+        yield src, current[0], current[1], current[2] if bias is not None else None
+        if step + 1 < world:
+            current = exchange.wait()
+
+
+def ring_forward(q, k, v, bias, *, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32):
+    """Forward pass; returns (out (B, Sq, H, D) in q's dtype, lse (B, H, Sq) float32)."""
+    rank = comm.group_rank(group)
+    acc_dtype = torch.float32 if convert_to_fp32 else q.dtype
+    out = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
+    lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), dtype=torch.float32, device=q.device)
+    for src, kb, vb, bb in _iter_blocks(k, v, bias, kv_sizes, group, rotate_method):
+        kind = _block_kind(src, rank, is_causal)
+        if kind == "skip" or kb.shape[1] == 0:
+            continue
+        block_out, block_lse = attention_with_lse(q, kb, vb, bb, scale=scale, is_causal=kind == "causal")
+        out, lse = merge_partial(out, lse, block_out, block_lse)
+    return out.to(q.dtype), lse
+
+
+def ring_backward(dout, q, k, v, bias, out, lse, *, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32):
+    """Backward pass; returns (dq, dk, dv) for this rank's q, k, v."""
+    world, rank = comm.group_size(group), comm.group_rank(group)
+    acc_dtype = torch.float32 if convert_to_fp32 else q.dtype
+    dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
+
+    def block_grads(src, kb, vb, bb):
+        kind = _block_kind(src, rank, is_causal)
+        if kind == "skip" or kb.shape[1] == 0 or q.shape[1] == 0:
+            return None, torch.zeros(kb.shape, dtype=acc_dtype, device=q.device), torch.zeros(vb.shape, dtype=acc_dtype, device=q.device)
+        gq, gk, gv = attention_with_lse_backward(dout, q, kb, vb, out, lse, bb, scale=scale, is_causal=kind == "causal")
+        return gq, gk.to(acc_dtype), gv.to(acc_dtype)
+
+    if rotate_method == "allgather":
+        dk_blocks, dv_blocks = [None] * world, [None] * world
+        for src, kb, vb, bb in _iter_blocks(k, v, bias, kv_sizes, group, rotate_method):
+            gq, dk_blocks[src], dv_blocks[src] = block_grads(src, kb, vb, bb)
+            if gq is not None:
+                dq += gq
+        # Block j's gradient goes home to rank j, where the N contributions are summed.
+        own = kv_sizes[rank]
+        dkv = torch.stack([torch.cat(dk_blocks, dim=1), torch.cat(dv_blocks, dim=1)])  # (2, B, Sk_total, H, D)
+        rows = comm.all_to_all(dkv.movedim(2, 0), kv_sizes, [own] * world, group)  # (world*own, 2, B, H, D)
+        summed = rows.view(world, own, *rows.shape[1:]).sum(0).movedim(0, 2)  # (2, B, own, H, D)
+        return dq.to(q.dtype), summed[0].to(k.dtype), summed[1].to(v.dtype)
+
+    kv_exchange, grad_exchange = comm.RingExchange(group), comm.RingExchange(group)
+    current = _block_tensors(k, v, bias)
+    carried = None
+    for step in range(world):
+        src = (rank - step) % world
+        nxt = (src - 1) % world
+        if step + 1 < world:
+            kv_exchange.start(current, _recv_shapes(k, bias, kv_sizes[nxt]))
+        gq, gk, gv = block_grads(src, current[0], current[1], current[2] if bias is not None else None)
+        if gq is not None:
+            dq += gq
+        if carried is not None:
+            # The accumulator of block `src`, summed by the ranks that held it before us.
+            received = grad_exchange.wait()
+            gk, gv = received[0] + gk, received[1] + gv
+        # Pass it on; after the last step the next rank is the block's owner.
+        grad_exchange.start([gk, gv], [_kv_shape(gk, kv_sizes[nxt])] * 2)
+        carried = True
+        if step + 1 < world:
+            current = kv_exchange.wait()
+    dk, dv = grad_exchange.wait()
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+class RingAttention(torch.autograd.Function):
+    """Autograd wrapper: forward and backward above; saves only local q, k, v, out and lse."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32):
+        options = dict(group=group, kv_sizes=kv_sizes, rotate_method=rotate_method, scale=scale,
+                       is_causal=is_causal, convert_to_fp32=convert_to_fp32)
+        out, lse = ring_forward(q, k, v, bias, **options)
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        ctx.options = options
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, bias, out, lse = ctx.saved_tensors
+        dq, dk, dv = ring_backward(dout, q, k, v, bias, out, lse, **ctx.options)
+        return dq, dk, dv, None, None, None, None, None, None, None
+
+
+def ring_attention(q, k, v, bias, *, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32):
+    """Exact attention of the local queries over the keys/values of every rank in `group`.
+
+    Args:
+        q: (B, Sq, H, D) local queries; k, v: (B, Sk, H, D) local keys/values.
+        bias: additive float32 key bias (b, Sk) for the local keys, or None.
+        kv_sizes: every ring rank's key length (equal unless an anything mode is on).
+
+    Returns:
+        (B, Sq, H, D) in q's dtype.
+    """
+    return RingAttention.apply(q, k, v, bias, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32)

@@ -1,0 +1,34 @@
+"""Which attention calls are context-parallel: a per-thread marker of where the current call comes from.
+
+Interceptors (the diffusers dispatch swap, the SDPA function mode) consult it so that the local attention
+that cp_hooks itself runs, and attention inside modules marked `LocalAttention`, are never redirected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+_state = threading.local()
+
+
+def _depth() -> int:
+    return getattr(_state, "local_depth", 0)
+
+
+@contextlib.contextmanager
+def inside_cp_kernel():
+    """Attention calls inside this block run locally (used by cp_hooks' own kernels and local modules)."""
+    _state.local_depth = _depth() + 1
+    try:
+        yield
+    finally:
+        _state.local_depth -= 1
+
+
+run_locally = inside_cp_kernel
+
+
+def is_local() -> bool:
+    """True inside `inside_cp_kernel()` / `run_locally()`."""
+    return _depth() > 0

@@ -1,0 +1,66 @@
+"""Ulysses attention: trade the sequence split for a head split with all-to-all, attend, trade back.
+
+Rank j of a Ulysses group of N starts with its sequence shard of every head (B, S_j, H, D). After the
+all-to-all it holds the whole group's sequence for heads chunk j (B, sum S, H/N, D), so attention over
+that sequence is exact. A second all-to-all returns the output to the sequence split. Key-padding biases
+are all-gathered along keys. With uneven shards the sizes are exchanged each call; a head count N does
+not divide is padded with zero heads that are sliced off again (`ulysses_anything`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import comm
+
+
+def seq_to_heads(x: torch.Tensor, group, seq_sizes: list[int]) -> torch.Tensor:
+    """(B, S_local, H, D) -> (B, sum(seq_sizes), H / N, D); H must be divisible by N (pad first)."""
+    world = comm.group_size(group)
+    b, s, h, d = x.shape
+    # Row j of the send buffer goes to rank j: (N, S_local, B, H/N, D), rows flattened over (N, S_local).
+    send = x.reshape(b, s, world, h // world, d).permute(2, 1, 0, 3, 4).reshape(world * s, b, h // world, d)
+    recv = comm.AllToAll.apply(send, [s] * world, seq_sizes, group)  # (sum S, B, H/N, D), in rank order
+    return recv.permute(1, 0, 2, 3)
+
+
+def heads_to_seq(x: torch.Tensor, group, seq_sizes: list[int]) -> torch.Tensor:
+    """Inverse of `seq_to_heads`: (B, sum(seq_sizes), H / N, D) -> (B, S_local, H, D)."""
+    world, rank = comm.group_size(group), comm.group_rank(group)
+    b, _, hc, d = x.shape
+    s = seq_sizes[rank]
+    send = x.permute(1, 0, 2, 3)  # (sum S, B, H/N, D): rows of rank j's shard go back to rank j
+    recv = comm.AllToAll.apply(send, seq_sizes, [s] * world, group)  # (N * S_local, B, H/N, D)
+    return recv.reshape(world, s, b, hc, d).permute(2, 1, 0, 3, 4).reshape(b, s, world * hc, d)
+
+
+def pad_heads(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Append zero heads (dim 2) up to a multiple of `multiple`."""
+    extra = -x.shape[2] % multiple
+    if extra == 0:
+        return x
+    return torch.cat([x, x.new_zeros(x.shape[0], x.shape[1], extra, x.shape[3])], dim=2)
+
+
+def ulysses_attention(q, k, v, bias, *, group, q_sizes, kv_sizes, inner):
+    """Attention over the Ulysses group's whole sequence for a slice of heads.
+
+    Args:
+        q, k, v: (B, S_local, H, D); bias: (b, Sk_local) float32 or None.
+        q_sizes, kv_sizes: every group rank's query / key length.
+        inner: `inner(q, k, v, bias) -> out` computing attention on the gathered sequence (local attention
+            for pure Ulysses, ring attention across the ring group for hybrid).
+
+    Returns:
+        (B, S_local, H, D) in q's dtype.
+    """
+    world = comm.group_size(group)
+    heads = q.shape[2]
+    q, k, v = (pad_heads(t, world) for t in (q, k, v))
+    q = seq_to_heads(q, group, q_sizes)
+    k = seq_to_heads(k, group, kv_sizes)
+    v = seq_to_heads(v, group, kv_sizes)
+    if bias is not None:
+        bias = comm.all_gather(bias, kv_sizes, group, dim=1)
+    out = inner(q, k, v, bias)
+    return heads_to_seq(out, group, q_sizes)[:, :, :heads]

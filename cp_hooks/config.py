@@ -1,0 +1,213 @@
+"""`ContextParallelConfig`: degrees, validation, and binding to a process group / device mesh.
+
+The config is pure data until `setup()` binds it to the current process group. Everything that can be
+checked without communicating (degrees, flags, world size, mesh shape) is checked here, so that a bad
+config fails on every rank with the same message before any collective is issued.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+
+_ROTATE_METHODS = ("allgather", "alltoall")
+MESH_DIM_NAMES = ("ring", "ulysses")
+
+LAUNCH_HINT = (
+    "Launch with `accelerate launch --num_processes N script.py` (add `--multi_gpu` to start N CPU processes "
+    "on a machine without GPUs) or `torchrun --nproc_per_node N script.py`, and call "
+    "`torch.distributed.init_process_group()` (or create `accelerate.PartialState()`) before enabling "
+    "context parallelism."
+)
+
+
+@dataclass
+class ContextParallelConfig:
+    """How one sample's sequence is split across processes, and how attention is computed over it.
+
+    Field names, meanings and defaults follow diffusers' class of the same name.
+
+    Args:
+        ring_degree: ranks that pass key/value shards around a ring (`None` means 1).
+        ulysses_degree: ranks that exchange sequence for heads with all-to-all (`None` means 1).
+            The context-parallel group has `ring_degree * ulysses_degree` ranks; ulysses is the inner
+            (contiguous-rank) mesh dimension.
+        convert_to_fp32: merge ring partial results (output and log-sum-exp) in float32.
+        rotate_method: `"allgather"` gathers every key/value shard once, then loops over them;
+            `"alltoall"` is a true ring: each step sends one shard to the next rank while computing on the
+            current one, so a rank holds at most its own shard plus two in flight.
+        ulysses_anything: allow sequence lengths and head counts that `ulysses_degree` does not divide.
+        ring_anything: allow sequence lengths that `ring_degree` does not divide.
+        mesh: a `DeviceMesh` with dimensions named "ring" and "ulysses" (others may exist, e.g. "dp");
+            built by `setup()` when omitted.
+
+    Raises:
+        ValueError: on degrees below 1, both degrees 1, an unknown `rotate_method`, or an anything flag
+            whose degree is 1.
+
+    Example:
+        >>> config = ContextParallelConfig(ulysses_degree=2)
+        >>> config.world_size
+        2
+    """
+
+    ring_degree: int | None = None
+    ulysses_degree: int | None = None
+    convert_to_fp32: bool = True
+    rotate_method: Literal["allgather", "alltoall"] = "allgather"
+    ulysses_anything: bool = False
+    ring_anything: bool = False
+    mesh: "dist.device_mesh.DeviceMesh | None" = None
+
+    # Bound by setup(); not part of the user-facing fields.
+    _mesh: object = field(default=None, init=False, repr=False, compare=False)
+    _ring_group: object = field(default=None, init=False, repr=False, compare=False)
+    _ulysses_group: object = field(default=None, init=False, repr=False, compare=False)
+    _flat_group: object = field(default=None, init=False, repr=False, compare=False)
+    _rank: int | None = field(default=None, init=False, repr=False, compare=False)
+    _ring_rank: int | None = field(default=None, init=False, repr=False, compare=False)
+    _ulysses_rank: int | None = field(default=None, init=False, repr=False, compare=False)
+    _device_type: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.mesh is not None:
+            self._fill_degrees_from_mesh(self.mesh)
+        self.ring_degree = 1 if self.ring_degree is None else self.ring_degree
+        self.ulysses_degree = 1 if self.ulysses_degree is None else self.ulysses_degree
+        for name in ("ring_degree", "ulysses_degree"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
+            if value < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {value}. Use 1 to leave that dimension unused.")
+        if self.ring_degree == 1 and self.ulysses_degree == 1:
+            raise ValueError(
+                "Both `ring_degree` and `ulysses_degree` are 1, so there is nothing to parallelize. Set one of "
+                "them to the number of processes, e.g. ContextParallelConfig(ulysses_degree=2)."
+            )
+        if self.rotate_method not in _ROTATE_METHODS:
+            raise ValueError(
+                f"Unknown `rotate_method` {self.rotate_method!r}; choose one of {_ROTATE_METHODS}: 'allgather' "
+                "gathers all key/value shards at once, 'alltoall' passes one shard at a time around the ring."
+            )
+        if self.ulysses_anything and self.ulysses_degree == 1:
+            raise ValueError(
+                "`ulysses_anything=True` needs `ulysses_degree > 1`; with ring attention only, use "
+                "`ring_anything=True` instead."
+            )
+        if self.ring_anything and self.ring_degree == 1:
+            raise ValueError(
+                "`ring_anything=True` needs `ring_degree > 1`; with Ulysses attention only, use "
+                "`ulysses_anything=True` instead."
+            )
+
+    def _fill_degrees_from_mesh(self, mesh) -> None:
+        names = mesh.mesh_dim_names or ()
+        missing = [n for n in MESH_DIM_NAMES if n not in names]
+        if missing:
+            raise ValueError(
+                f"The mesh must have dimensions named 'ring' and 'ulysses' (size 1 for an unused one); it has "
+                f"{tuple(names)}. Build it with e.g. init_device_mesh(device_type, (dp, ring, ulysses), "
+                "mesh_dim_names=('dp', 'ring', 'ulysses'))."
+            )
+        for dim_name, attr in (("ring", "ring_degree"), ("ulysses", "ulysses_degree")):
+            size = mesh[dim_name].size()
+            given = getattr(self, attr)
+            if given is not None and given != size:
+                raise ValueError(f"`{attr}`={given} contradicts the mesh's '{dim_name}' dimension of size {size}.")
+            setattr(self, attr, size)
+
+    # ------------------------------------------------------------------ derived facts
+    @property
+    def world_size(self) -> int:
+        """Ranks in the context-parallel group: `ring_degree * ulysses_degree`."""
+        return self.ring_degree * self.ulysses_degree
+
+    @property
+    def anything(self) -> bool:
+        """True when uneven sequence shards are allowed (either anything flag)."""
+        return self.ulysses_anything or self.ring_anything
+
+    @property
+    def is_setup(self) -> bool:
+        """True once `setup()` has bound the config to a process group."""
+        return self._flat_group is not None
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in the flattened ("ring", "ulysses") group; it holds shard `rank`."""
+        self._require_setup()
+        return self._rank
+
+    @property
+    def device_type(self) -> str:
+        """Device type of the mesh ("cpu" for gloo, "cuda" for nccl)."""
+        self._require_setup()
+        return self._device_type
+
+    def _require_setup(self) -> None:
+        if not self.is_setup:
+            raise RuntimeError(
+                "This ContextParallelConfig is not set up. Call `config.setup()` inside an initialised process "
+                "group, or pass it to `enable_parallelism(model, config)`, which does."
+            )
+
+    # ------------------------------------------------------------------ binding
+    def setup(self, mesh=None) -> "ContextParallelConfig":
+        """Bind the config to the current process group and build (or adopt) the device mesh.
+
+        Idempotent: a second call with no new mesh does nothing. Every check runs on every rank before
+        the first collective (mesh creation), so a bad setup raises the same error everywhere.
+
+        Args:
+            mesh: optional `DeviceMesh` with "ring" and "ulysses" dimensions; overrides `self.mesh`.
+
+        Returns:
+            self, set up.
+
+        Raises:
+            RuntimeError: no initialised process group.
+            ValueError: degrees that do not fit the world size or the mesh.
+        """
+        if mesh is None and self.is_setup:
+            return self
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(f"Context parallelism needs an initialised torch.distributed process group. {LAUNCH_HINT}")
+        mesh = mesh if mesh is not None else self.mesh
+        world = dist.get_world_size()
+        if mesh is None:
+            if self.world_size != world:
+                raise ValueError(
+                    f"ring_degree ({self.ring_degree}) * ulysses_degree ({self.ulysses_degree}) = {self.world_size} "
+                    f"!= world size ({world}). Launch {self.world_size} processes, change the degrees so that their "
+                    "product is the world size, or pass a mesh with extra dimensions (e.g. 'dp') as `mesh=`."
+                )
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh(
+                _device_type_of_process_group(), (self.ring_degree, self.ulysses_degree), mesh_dim_names=MESH_DIM_NAMES
+            )
+        else:
+            self._fill_degrees_from_mesh(mesh)
+        self._mesh = mesh
+        self._ring_group = mesh["ring"].get_group()
+        self._ulysses_group = mesh["ulysses"].get_group()
+        self._flat_group = mesh[MESH_DIM_NAMES]._flatten().get_group()
+        self._ring_rank = mesh["ring"].get_local_rank()
+        self._ulysses_rank = mesh["ulysses"].get_local_rank()
+        self._rank = self._ring_rank * self.ulysses_degree + self._ulysses_rank
+        self._device_type = mesh.device_type
+        return self
+
+
+def _device_type_of_process_group() -> str:
+    """The device the default process group communicates on: cuda for nccl, cpu for gloo."""
+    backend = str(dist.get_backend()).lower()
+    if "nccl" in backend and torch.cuda.is_available():
+        return "cuda"
+    if backend in ("gloo", "cpu:gloo") or not torch.cuda.is_available():
+        return "cpu"
+    return "cuda"

@@ -1,0 +1,1 @@
+"""Routing a model's attention calls into context-parallel attention (diffusers processors, plain SDPA)."""

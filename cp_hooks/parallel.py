@@ -1,0 +1,134 @@
+"""`enable_parallelism` / `disable_parallelism`: the orchestrator.
+
+It reads top to bottom: validate the model and plan -> bind the config to the mesh -> install the plan's
+split/gather hooks -> route attention. Everything that can fail on user input fails before the first
+collective (the mesh creation in `config.setup()`), identically on every rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from .config import ContextParallelConfig
+from .hooks import HookRegistry
+from .integration import diffusers_attention
+from .integration.sdpa import LocalAttentionHook, SDPARouterHook
+from .plan import LocalAttention, get_plan
+from .resolve import resolve_modules
+from .shard_hooks import GatherHook, SplitHook
+
+_STATE_ATTR = "_cp_hooks_state"
+_HOOK_PREFIX = "cp_hooks."
+
+
+@dataclass
+class _ParallelState:
+    config: ContextParallelConfig
+    plan: dict
+    hooks: list = field(default_factory=list)  # (module, hook name)
+    processor_undo: list = field(default_factory=list)
+
+
+def is_parallelized(model: nn.Module) -> bool:
+    """True while `model` has context parallelism enabled."""
+    return _STATE_ATTR in model.__dict__
+
+
+def enable_parallelism(model: nn.Module, config: ContextParallelConfig, plan: dict | None = None) -> nn.Module:
+    """Give `model` context parallelism as `plan` describes; returns the same model.
+
+    Args:
+        model: any `nn.Module` (a diffusers transformer, or a model that calls SDPA).
+        config: the degrees and options; set up here if it is not yet.
+        plan: module name -> spec (see `cp_hooks.plan`). Default: the plan registered for the model's
+            class, else the model's own `_cp_plan`.
+
+    Returns:
+        `model`, whose forward now takes and returns full (unsplit) tensors on every rank.
+
+    Raises:
+        RuntimeError: no process group (the message says how to launch), or already enabled.
+        ValueError / TypeError: a malformed plan, a plan naming a missing module or parameter, degrees that
+            do not fit the world size, a model on another device than the mesh.
+
+    Example:
+        >>> enable_parallelism(transformer, ContextParallelConfig(ulysses_degree=2))
+        >>> out = transformer(**inputs)   # on every rank, equal to the single-process output
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"enable_parallelism needs an nn.Module, got {type(model).__name__}.")
+    if not isinstance(config, ContextParallelConfig):
+        raise TypeError(
+            f"config must be a cp_hooks.ContextParallelConfig, got {type(config).__name__}. "
+            "(diffusers' config has the same fields: ContextParallelConfig(ring_degree=..., ulysses_degree=...).)"
+        )
+    if is_parallelized(model):
+        raise RuntimeError(
+            f"Context parallelism is already enabled on this {type(model).__name__}; call "
+            "disable_parallelism(model) first to change the config or plan."
+        )
+    plan = get_plan(model, plan)
+    targets = [(name, spec, resolve_modules(model, name)) for name, spec in plan.items()]
+
+    config.setup()
+    _check_model_device(model, config)
+
+    state = _ParallelState(config=config, plan=plan)
+    try:
+        for name, spec, modules in targets:
+            for full_name, module in modules:
+                if isinstance(spec, LocalAttention):
+                    hook = LocalAttentionHook()
+                elif isinstance(spec, dict):
+                    hook = SplitHook(module, full_name, spec, config)
+                else:
+                    hook = GatherHook(full_name, spec, config)
+                _add_hook(state, module, f"{_HOOK_PREFIX}{type(hook).__name__}[{name}]", hook)
+        # Outermost, so that SDPA calls anywhere in the forward see the router.
+        _add_hook(state, model, f"{_HOOK_PREFIX}sdpa_router", SDPARouterHook(config))
+        state.processor_undo = diffusers_attention.install(model, config)
+    except BaseException:
+        _remove_everything(model, state)
+        raise
+    object.__setattr__(model, _STATE_ATTR, state)
+    return model
+
+
+def disable_parallelism(model: nn.Module) -> nn.Module:
+    """Remove every hook and attention swap that `enable_parallelism` installed; returns the model.
+
+    Afterwards the model's `forward`, its signature, its `state_dict` and its outputs are exactly what they
+    were before. Calling it on a model without context parallelism is a no-op.
+    """
+    state = model.__dict__.get(_STATE_ATTR)
+    if state is None:
+        return model
+    _remove_everything(model, state)
+    del model.__dict__[_STATE_ATTR]
+    return model
+
+
+def _add_hook(state: _ParallelState, module: nn.Module, name: str, hook) -> None:
+    HookRegistry.of(module).add(name, hook)
+    state.hooks.append((module, name))
+
+
+def _remove_everything(model: nn.Module, state: _ParallelState) -> None:
+    diffusers_attention.restore(state.processor_undo)
+    state.processor_undo = []
+    for module, name in reversed(state.hooks):
+        HookRegistry.of(module, create=False).remove(name)
+    state.hooks = []
+
+
+def _check_model_device(model: nn.Module, config: ContextParallelConfig) -> None:
+    param = next(model.parameters(), None)
+    if param is not None and param.device.type != config.device_type:
+        raise ValueError(
+            f"The model is on {param.device} but the context-parallel mesh communicates on '{config.device_type}'. "
+            "Move the model to the process group's device first (e.g. model.to(f'cuda:{local_rank}') with nccl), "
+            "or initialise the process group with a backend for the model's device."
+        )
+

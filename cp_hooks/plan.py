@@ -1,0 +1,203 @@
+"""Plan specs (`ContextParallelInput`, `ContextParallelOutput`, `LocalAttention`) and the plan registry.
+
+A plan is plain data: a dict from module names to what happens at that module.
+
+    {
+        "": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},   # split a forward input
+        "rope": {0: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True)},  # split output 0
+        "blocks.*.attn2": LocalAttention(),                # attention here runs locally (replicated keys)
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),                   # gather the output
+    }
+
+Names are dotted module paths (`""` is the model itself); `*` stands for every child of a `ModuleList` or
+`Sequential`. diffusers' spec objects of the same names are accepted and converted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class ContextParallelInput:
+    """Split a tensor along `split_dim` so that rank r keeps piece r of `tensor.tensor_split(world, dim)`.
+
+    Args:
+        split_dim: dimension holding the sequence.
+        expected_dims: the tensor's number of dimensions; a tensor with another number is an error.
+        split_output: split the module's output (key = output index) instead of an input (key = parameter
+            name). Use it for positional embeddings computed from the full sequence.
+
+    Example:
+        >>> ContextParallelInput(split_dim=1, expected_dims=3)
+        ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)
+    """
+
+    split_dim: int
+    expected_dims: int | None = None
+    split_output: bool = False
+
+
+@dataclass(frozen=True)
+class ContextParallelOutput:
+    """Gather an output tensor along `gather_dim` so that every rank holds the full sequence again.
+
+    Args:
+        gather_dim: dimension holding the sequence.
+        expected_dims: the tensor's number of dimensions; a tensor with another number is an error.
+
+    Example:
+        >>> ContextParallelOutput(gather_dim=1, expected_dims=3)
+        ContextParallelOutput(gather_dim=1, expected_dims=3)
+    """
+
+    gather_dim: int
+    expected_dims: int | None = None
+
+
+@dataclass(frozen=True)
+class LocalAttention:
+    """Mark a module whose attention calls must run locally, with no communication.
+
+    Use it for cross-attention whose keys and values are replicated on every rank (e.g. a text context
+    that is not split) in models that call `torch.nn.functional.scaled_dot_product_attention` directly.
+    diffusers processors that pass `parallel_config=None` for such calls need no marking.
+
+    Example:
+        >>> plan = {"blocks.*.cross_attn": LocalAttention()}
+    """
+
+
+InputPlan = dict[Union[str, int], Union[ContextParallelInput, list, tuple]]
+OutputPlan = Union[ContextParallelOutput, list, tuple]
+ModulePlan = Union[InputPlan, OutputPlan, LocalAttention]
+Plan = dict[str, ModulePlan]
+
+_REGISTRY: dict[type, Plan] = {}
+
+
+def _convert_spec(spec: Any, where: str):
+    """Accept our specs, diffusers' specs (same fields), lists/tuples of them, and None placeholders."""
+    if spec is None or isinstance(spec, (ContextParallelInput, ContextParallelOutput, LocalAttention)):
+        return spec
+    if isinstance(spec, (list, tuple)):
+        return type(spec)(_convert_spec(s, where) for s in spec)
+    kind = type(spec).__name__
+    if kind == "ContextParallelInput" and hasattr(spec, "split_dim"):
+        return ContextParallelInput(spec.split_dim, spec.expected_dims, bool(spec.split_output))
+    if kind == "ContextParallelOutput" and hasattr(spec, "gather_dim"):
+        return ContextParallelOutput(spec.gather_dim, spec.expected_dims)
+    raise TypeError(
+        f"Plan entry {where} is a {kind}; expected ContextParallelInput, ContextParallelOutput, LocalAttention, "
+        "or a list/tuple of them."
+    )
+
+
+def normalize_plan(plan: Any) -> Plan:
+    """Return a copy of `plan` with every spec converted to cp_hooks' types, checking its structure.
+
+    Raises:
+        TypeError: the plan is not a dict of module name -> spec, or holds an unknown spec type.
+        ValueError: an input key whose `split_output` does not match its kind (name vs. output index).
+    """
+    if not isinstance(plan, dict):
+        raise TypeError(f"A plan must be a dict of module name -> spec, got {type(plan).__name__}.")
+    result: Plan = {}
+    for module_name, entry in plan.items():
+        if not isinstance(module_name, str):
+            raise TypeError(f"Plan keys are module names (str, '' for the model itself); got {module_name!r}.")
+        if isinstance(entry, dict):
+            inputs = {}
+            for key, spec in entry.items():
+                spec = _convert_spec(spec, f"[{module_name!r}][{key!r}]")
+                _check_input_key(module_name, key, spec)
+                inputs[key] = spec
+            result[module_name] = inputs
+        else:
+            spec = _convert_spec(entry, f"[{module_name!r}]")
+            specs = spec if isinstance(spec, (list, tuple)) else [spec]
+            if isinstance(spec, LocalAttention):
+                result[module_name] = spec
+                continue
+            if not all(s is None or isinstance(s, ContextParallelOutput) for s in specs):
+                raise TypeError(
+                    f"Plan entry [{module_name!r}] must be a dict of inputs, a ContextParallelOutput (or a list of "
+                    "them, one per output, None to skip one) or LocalAttention()."
+                )
+            result[module_name] = spec
+    return result
+
+
+def _check_input_key(module_name: str, key, spec) -> None:
+    specs = spec if isinstance(spec, (list, tuple)) else [spec]
+    for s in specs:
+        if s is None:
+            continue
+        if not isinstance(s, ContextParallelInput):
+            raise TypeError(f"Plan entry [{module_name!r}][{key!r}] must be ContextParallelInput, got {s!r}.")
+        if isinstance(key, int) and not s.split_output:
+            raise ValueError(
+                f"Plan entry [{module_name!r}][{key}] is keyed by an output index, so it needs split_output=True; "
+                "to split a forward parameter, key it by the parameter's name."
+            )
+        if isinstance(key, str) and s.split_output:
+            raise ValueError(
+                f"Plan entry [{module_name!r}][{key!r}] has split_output=True, so key it by the output index "
+                "(0, 1, ...), not by a parameter name."
+            )
+
+
+def register_plan(model_class: type, plan: Plan) -> None:
+    """Register `plan` as the built-in plan for `model_class` (and its subclasses).
+
+    Args:
+        model_class: the `nn.Module` subclass the plan is for.
+        plan: the plan (see module docstring).
+
+    Raises:
+        TypeError: `model_class` is not an `nn.Module` subclass, or the plan is malformed.
+
+    Example:
+        >>> register_plan(MyDiT, {"": {"x": ContextParallelInput(1, 3)}, "head": ContextParallelOutput(1, 3)})
+    """
+    if not (isinstance(model_class, type) and issubclass(model_class, nn.Module)):
+        raise TypeError(f"register_plan needs an nn.Module subclass, got {model_class!r}.")
+    _REGISTRY[model_class] = normalize_plan(plan)
+
+
+def registered_plan(model_class: type) -> Plan | None:
+    """The plan registered for `model_class` or its nearest registered base class, else None."""
+    for cls in model_class.__mro__:
+        if cls in _REGISTRY:
+            return _REGISTRY[cls]
+    return None
+
+
+def get_plan(model: nn.Module, plan: Plan | None = None) -> Plan:
+    """The plan `enable_parallelism` would use for `model`.
+
+    Lookup order: the explicit `plan`, then a plan registered for the model's class, then the model's own
+    `_cp_plan` attribute (diffusers' convention).
+
+    Raises:
+        ValueError: no plan is found; the message says how to declare one.
+    """
+    if plan is not None:
+        return normalize_plan(plan)
+    from . import plans  # noqa: F401  (registers the built-in plans on first use)
+
+    found = registered_plan(type(model))
+    if found is not None:
+        return found
+    own = getattr(model, "_cp_plan", None)
+    if own:
+        return normalize_plan(own)
+    raise ValueError(
+        f"No context-parallel plan for {type(model).__name__}. Pass one with enable_parallelism(model, config, "
+        "plan={...}) or register one with cp_hooks.register_plan(ModelClass, plan): split the sequence inputs "
+        "with ContextParallelInput and gather the final output with ContextParallelOutput (see README, "
+        "'Declaring a plan')."
+    )

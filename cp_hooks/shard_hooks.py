@@ -1,0 +1,146 @@
+"""The hooks a plan installs: split inputs/outputs into this rank's shard, gather outputs back.
+
+Each hook touches exactly one module. Parameter names are resolved against the module's forward
+signature once, at enable time; tensors are checked against `expected_dims` on every call (a mismatch is
+an error, never a silent skip: a skipped split gives a wrong result, not a crash).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+
+import torch
+import torch.nn as nn
+
+from .config import ContextParallelConfig
+from .hooks import ModelHook
+from .plan import ContextParallelInput, ContextParallelOutput
+from .sharding import gather_tensor, split_tensor
+
+
+def _check_dims(x: torch.Tensor, spec, what: str) -> None:
+    if spec.expected_dims is not None and x.dim() != spec.expected_dims:
+        raise ValueError(
+            f"{what} has {x.dim()} dims (shape {tuple(x.shape)}), but the plan expects {spec.expected_dims}. "
+            "Fix the plan's expected_dims (or the input): splitting the wrong dim would silently give a wrong result."
+        )
+
+
+def split_for_plan(x: torch.Tensor, spec: ContextParallelInput, config: ContextParallelConfig, what: str) -> torch.Tensor:
+    """This rank's shard of `x` as `spec` says, after checking dims and divisibility."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} is a {type(x).__name__}, but the plan splits it as a tensor.")
+    _check_dims(x, spec, what)
+    dim = spec.split_dim % x.dim()
+    length, world = x.shape[dim], config.world_size
+    if length % world:
+        if not config.anything:
+            raise ValueError(
+                f"{what} has length {length} along dim {dim}, not divisible by the {world} context-parallel ranks. "
+                "Set ContextParallelConfig(ulysses_anything=True) (Ulysses) or ring_anything=True (ring) to allow "
+                "uneven shards, or pad the input."
+            )
+        if length < world:
+            raise ValueError(
+                f"{what} has length {length} along dim {dim}, shorter than the {world} context-parallel ranks; "
+                "some ranks would hold no tokens. Run it without context parallelism or with fewer ranks."
+            )
+    return split_tensor(x, dim, config._flat_group, config.rank, world)
+
+
+class SplitHook(ModelHook):
+    """Split the named forward inputs (before the forward) and the indexed outputs (after it)."""
+
+    def __init__(self, module: nn.Module, module_name: str, specs: dict, config: ContextParallelConfig) -> None:
+        self.config = config
+        self.module_name = module_name or "<model>"
+        self.input_specs = {k: s for k, s in specs.items() if isinstance(k, str)}
+        self.output_specs = {k: s for k, s in specs.items() if isinstance(k, int)}
+        self.positions = _parameter_positions(module, module_name, list(self.input_specs))
+
+    def pre_forward(self, module, args, kwargs):
+        args = list(args)
+        for name, spec in self.input_specs.items():
+            position = self.positions[name]
+            if name in kwargs:
+                kwargs[name] = self._split_value(kwargs[name], spec, name)
+            elif position is not None and position < len(args):
+                args[position] = self._split_value(args[position], spec, name)
+            # else: an optional parameter the caller did not pass; nothing to split.
+        return tuple(args), kwargs
+
+    def post_forward(self, module, output):
+        if not self.output_specs:
+            return output
+        single = isinstance(output, torch.Tensor)
+        items = [output] if single else list(output)
+        for index, spec in self.output_specs.items():
+            if index >= len(items):
+                raise ValueError(f"The plan splits output {index} of '{self.module_name}', which returns {len(items)} output(s).")
+            items[index] = self._split_value(items[index], spec, index)
+        return items[0] if single else type(output)(items)
+
+    def _split_value(self, value, spec, key):
+        what = f"'{self.module_name}' {'input' if isinstance(key, str) else 'output'} {key!r}"
+        if value is None:
+            return None
+        if isinstance(spec, (list, tuple)):
+            if not isinstance(value, (list, tuple)) or len(value) != len(spec):
+                raise ValueError(f"{what}: the plan has {len(spec)} specs but the value is {type(value).__name__}"
+                                 f"{'' if not isinstance(value, (list, tuple)) else f' of length {len(value)}'}.")
+            parts = [v if s is None or v is None else split_for_plan(v, s, self.config, f"{what}[{i}]")
+                     for i, (v, s) in enumerate(zip(value, spec))]
+            return type(value)(parts)
+        return split_for_plan(value, spec, self.config, what)
+
+
+class GatherHook(ModelHook):
+    """Gather the module's output(s) along the sequence so every rank holds the full tensor."""
+
+    def __init__(self, module_name: str, specs, config: ContextParallelConfig) -> None:
+        self.config = config
+        self.module_name = module_name or "<model>"
+        self.specs = list(specs) if isinstance(specs, (list, tuple)) else [specs]
+
+    def post_forward(self, module, output):
+        single = isinstance(output, torch.Tensor)
+        items = [output] if single else list(output) if isinstance(output, (list, tuple)) else None
+        if items is None:
+            raise TypeError(f"'{self.module_name}' returned {type(output).__name__}; the plan gathers tensors or tuples of them.")
+        if len(items) < len(self.specs):
+            raise ValueError(f"The plan gathers {len(self.specs)} output(s) of '{self.module_name}', which returned {len(items)}.")
+        config = self.config
+        for i, spec in enumerate(self.specs):
+            if spec is None:
+                continue
+            what = f"'{self.module_name}' output {i}"
+            if not isinstance(items[i], torch.Tensor):
+                raise TypeError(f"{what} is a {type(items[i]).__name__}, but the plan gathers it as a tensor.")
+            _check_dims(items[i], spec, what)
+            items[i] = gather_tensor(items[i], spec.gather_dim, config._flat_group, config.rank, config.world_size,
+                                     uneven=config.anything)
+        return items[0] if single else type(output)(items)
+
+
+def _parameter_positions(module: nn.Module, module_name: str, names: list[str]) -> dict[str, int | None]:
+    """Positional index of each named forward parameter (None if keyword-only); errors name close matches."""
+    signature = inspect.signature(module.forward)
+    params = list(signature.parameters.values())
+    accepts_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
+    positions = {}
+    for name in names:
+        found = next((i for i, p in enumerate(params) if p.name == name), None)
+        if found is None:
+            if accepts_kwargs:
+                positions[name] = None
+                continue
+            close = difflib.get_close_matches(name, [p.name for p in params], n=3)
+            raise ValueError(
+                f"The plan splits parameter {name!r} of '{module_name or '<model>'}' ({type(module).__name__}), whose "
+                f"forward has no such parameter. {'Did you mean ' + ', '.join(map(repr, close)) + '? ' if close else ''}"
+                f"Parameters: {[p.name for p in params]}."
+            )
+        kind = params[found].kind
+        positions[name] = found if kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) else None
+    return positions

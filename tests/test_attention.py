@@ -1,0 +1,84 @@
+"""context_parallel_attention against single-process SDPA: every mode, forward and backward, CPU/gloo."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cp_hooks import context_parallel_attention
+from cp_testing import BF16_TOL, FP32_TOL, make_config, rel_err, shard
+
+import torch.distributed as dist
+
+
+def _inputs(b, s, h, d, dtype, mask_kind, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v, grad = (torch.randn(b, s, h, d, generator=g) for _ in range(4))
+    mask = None
+    if mask_kind == "padding":
+        keep = torch.ones(b, s, dtype=torch.bool)
+        keep[0, s - max(1, s // 3):] = False  # padding at the end: whole remote blocks are masked
+        if b > 1:
+            keep[1, : s // 4] = False
+        mask = keep
+    elif mask_kind == "additive":
+        mask = torch.randn(b, 1, 1, s, generator=g).mul(2).view(b, 1, 1, s)
+    return [t.to(dtype) for t in (q, k, v, grad)], mask
+
+
+def _reference(q, k, v, mask, is_causal, grad):
+    q, k, v = (t.double().detach().requires_grad_() for t in (q, k, v))
+    m = None
+    if mask is not None:
+        m = mask[:, None, None, :] if mask.dtype == torch.bool else mask.double()
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=m,
+                                         is_causal=is_causal).transpose(1, 2)
+    out.backward(grad.double())
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+def attention_parity(ring, ulysses, rotate, shape, dtype_name, mask_kind, is_causal=False, anything=False, seed=0):
+    dtype = getattr(torch, dtype_name)
+    flags = {}
+    if anything:
+        flags = dict(ulysses_anything=ulysses > 1, ring_anything=ring > 1)
+    config = make_config(ring, ulysses, rotate_method=rotate, **flags)
+    (q, k, v, grad), mask = _inputs(*shape, dtype, mask_kind, seed)
+    ref_out, ref_dq, ref_dk, ref_dv = _reference(q, k, v, mask, is_causal, grad)
+
+    lq, lk, lv = (shard(t).requires_grad_() for t in (q, k, v))
+    local_mask = None if mask is None else (shard(mask, 1) if mask.dim() == 2 else shard(mask, 3))
+    out = context_parallel_attention(lq, lk, lv, local_mask, is_causal=is_causal, config=config)
+    out.backward(shard(grad))
+    errors = {
+        "out": rel_err(out, shard(ref_out)),
+        "dq": rel_err(lq.grad, shard(ref_dq)),
+        "dk": rel_err(lk.grad, shard(ref_dk)),
+        "dv": rel_err(lv.grad, shard(ref_dv)),
+    }
+    tol = FP32_TOL if dtype == torch.float32 else BF16_TOL
+    bad = {k: e for k, e in errors.items() if not e <= tol}
+    assert not bad, f"rank {dist.get_rank()}: errors above {tol}: {bad}"
+    return errors
+
+
+MODES_2 = [(1, 2, "allgather"), (2, 1, "allgather"), (2, 1, "alltoall")]
+MODES_4 = [(1, 4, "allgather"), (4, 1, "allgather"), (4, 1, "alltoall"), (2, 2, "allgather"), (2, 2, "alltoall")]
+
+
+@pytest.mark.parametrize("mask_kind", [None, "padding", "additive"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("ring,ulysses,rotate", MODES_2)
+def test_two_ranks(pool, ring, ulysses, rotate, dtype, mask_kind):
+    pool(2).run(attention_parity, ring, ulysses, rotate, (2, 64, 4, 16), dtype, mask_kind)
+
+
+@pytest.mark.parametrize("mask_kind", [None, "padding"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("ring,ulysses,rotate", MODES_4)
+def test_four_ranks(pool, ring, ulysses, rotate, dtype, mask_kind):
+    pool(4).run(attention_parity, ring, ulysses, rotate, (2, 64, 4, 16), dtype, mask_kind)
+
+
+@pytest.mark.parametrize("ring,ulysses,rotate", MODES_4)
+def test_causal(pool, ring, ulysses, rotate):
+    pool(4).run(attention_parity, ring, ulysses, rotate, (1, 32, 4, 8), "float32", None, True)
