@@ -46,7 +46,7 @@ def split_for_plan(x: torch.Tensor, spec: ContextParallelInput, config: ContextP
                 f"{what} has length {length} along dim {dim}, shorter than the {world} context-parallel ranks; "
                 "some ranks would hold no tokens. Run it without context parallelism or with fewer ranks."
             )
-    return split_tensor(x, dim, config._flat_group, config.rank, world)
+    return split_tensor(x, dim, config.rank, world)
 
 
 class SplitHook(ModelHook):

@@ -3,9 +3,13 @@
 Rank r of a group of N holds piece r of `tensor.tensor_split(N, dim)`: equal pieces when N divides the
 length, otherwise the first `length % N` ranks hold one more element. Gather is the exact inverse.
 
-Gradient convention (training): the full tensor before a split is replicated, and every rank computes the
-same loss from the full, gathered output. So the backward of a split all-gathers the shard gradients (each
-rank then holds the gradient of the replicated tensor) and the backward of a gather keeps this rank's slice.
+Gradient convention (training): every rank computes the same loss from the full, gathered output, and
+each rank back-propagates only the part of it that flows through its own tokens. So the backward of a
+gather keeps this rank's slice, and the backward of a split places the shard's gradient at its offset in a
+zero tensor: every gradient upstream of a split, like every parameter gradient, is this rank's *partial*
+sum, and summing over the context-parallel group (`reduce_gradients`) gives the single-process gradient.
+(An all-gather here would make the gradients of layers before the split complete on every rank, and the
+sum would count them N times.)
 """
 
 from __future__ import annotations
@@ -28,14 +32,17 @@ def take_shard(x: torch.Tensor, dim: int, rank: int, world: int) -> torch.Tensor
 
 class _Split(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dim, group, rank, world):
-        ctx.args = (dim, group, shard_sizes(x.shape[dim], world))
+    def forward(ctx, x, dim, rank, world):
+        sizes = shard_sizes(x.shape[dim], world)
+        ctx.args = (dim, sum(sizes[:rank]), tuple(x.shape))
         return take_shard(x, dim, rank, world)
 
     @staticmethod
     def backward(ctx, grad):
-        dim, group, sizes = ctx.args
-        return comm.all_gather(grad, sizes, group, dim), None, None, None, None
+        dim, start, shape = ctx.args
+        full = grad.new_zeros(shape)
+        full.narrow(dim, start, grad.shape[dim]).copy_(grad)
+        return full, None, None, None
 
 
 class _Gather(torch.autograd.Function):
@@ -50,9 +57,9 @@ class _Gather(torch.autograd.Function):
         return grad.narrow(dim, start, length), None, None, None, None
 
 
-def split_tensor(x: torch.Tensor, dim: int, group, rank: int, world: int) -> torch.Tensor:
-    """This rank's shard of the replicated tensor `x` along `dim` (backward: all-gather)."""
-    return _Split.apply(x, dim, group, rank, world)
+def split_tensor(x: torch.Tensor, dim: int, rank: int, world: int) -> torch.Tensor:
+    """This rank's shard of the replicated tensor `x` along `dim` (backward: the shard's partial gradient)."""
+    return _Split.apply(x, dim, rank, world)
 
 
 def gather_tensor(x: torch.Tensor, dim: int, group, rank: int, world: int, uneven: bool) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 Each rank back-propagates only through its own tokens, so a parameter's gradient on one rank is the part
 of the full gradient that comes from that rank's shard. Summing over the context-parallel group gives the
-single-process gradient. This holds when every rank computes the same loss from the full, gathered output
-(the plan's gather hooks make the output full on every rank) and the model has no parameters after the
-last gather. With data parallelism on top, average over the data-parallel group as usual afterwards.
+single-process gradient. This holds for parameters before, between and after the plan's splits, as long
+as every rank computes the same loss from the full, gathered output (the plan's gather hooks make the
+output full on every rank) and no parameter is applied after the last gather (each rank would then hold
+its full gradient, and the sum would count it N times). With data parallelism on top, average over the data-parallel group as usual afterwards.
 """
 
 from __future__ import annotations

@@ -1,0 +1,72 @@
+"""Tiny diffusers models under context parallelism against the same model in one process (fp32)."""
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import tiny_models
+from cp_hooks import disable_parallelism, enable_parallelism
+from cp_testing import FP32_TOL, make_config, rel_err
+
+
+def model_parity(builder, build_kwargs, ring, ulysses, rotate="allgather", anything=False, backward=False):
+    model, inputs = getattr(tiny_models, builder)(**build_kwargs)
+    flags = dict(ulysses_anything=ulysses > 1, ring_anything=ring > 1) if anything else {}
+    config = make_config(ring, ulysses, rotate_method=rotate, **flags)
+    with torch.no_grad():
+        reference = model(**inputs)[0]
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+
+    enable_parallelism(model, config)
+    with torch.set_grad_enabled(backward):
+        out = model(**inputs)[0]
+    err = rel_err(out, reference)
+    assert err <= FP32_TOL, f"rank {dist.get_rank()}: {builder} error {err:.2e} > {FP32_TOL}"
+
+    grad_err = None
+    if backward:
+        from cp_hooks import reduce_gradients
+
+        out.square().mean().backward()
+        reduce_gradients(model, config)
+        cp_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        disable_parallelism(model)
+        model(**inputs)[0].square().mean().backward()
+        grad_err = max(rel_err(cp_grads[n], p.grad) for n, p in model.named_parameters() if p.grad is not None)
+        assert set(cp_grads) == {n for n, p in model.named_parameters() if p.grad is not None}
+        assert grad_err <= FP32_TOL, f"rank {dist.get_rank()}: gradient error {grad_err:.2e}"
+    else:
+        disable_parallelism(model)
+    # Enabling never changes a weight; disabling restores the single-process behaviour exactly.
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(model(**inputs)[0], reference)
+    return err, grad_err
+
+
+MODES_2 = [(1, 2, "allgather"), (2, 1, "allgather"), (2, 1, "alltoall")]
+MODES_4 = [(1, 4, "allgather"), (4, 1, "alltoall"), (2, 2, "allgather"), (2, 2, "alltoall")]
+
+
+@pytest.mark.parametrize("ring,ulysses,rotate", MODES_2)
+@pytest.mark.parametrize("builder,kwargs", [("tiny_flux", {}), ("tiny_wan", {}), ("tiny_wan", {"image_len": 6})])
+def test_two_ranks(pool, builder, kwargs, ring, ulysses, rotate):
+    pool(2).run(model_parity, builder, kwargs, ring, ulysses, rotate)
+
+
+@pytest.mark.parametrize("ring,ulysses,rotate", MODES_4)
+@pytest.mark.parametrize("builder,kwargs", [("tiny_flux", {}), ("tiny_wan", {})])
+def test_four_ranks(pool, builder, kwargs, ring, ulysses, rotate):
+    pool(4).run(model_parity, builder, kwargs, ring, ulysses, rotate)
+
+
+@pytest.mark.parametrize("ring,ulysses,rotate", [(1, 2, "allgather"), (2, 1, "alltoall")])
+@pytest.mark.parametrize("builder", ["tiny_flux", "tiny_wan"])
+def test_gradients_two_ranks(pool, builder, ring, ulysses, rotate):
+    pool(2).run(model_parity, builder, {}, ring, ulysses, rotate, backward=True)
+
+
+@pytest.mark.parametrize("ring,ulysses,rotate", [(2, 2, "alltoall"), (4, 1, "allgather")])
+def test_gradients_four_ranks(pool, ring, ulysses, rotate):
+    pool(4).run(model_parity, "tiny_flux", {}, ring, ulysses, rotate, backward=True)
