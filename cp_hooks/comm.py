@@ -107,21 +107,27 @@ def _row_bytes(x: torch.Tensor) -> int:
 
 
 def all_gather(x: torch.Tensor, sizes: list[int] | None, group, dim: int) -> torch.Tensor:
-    """Concatenate every rank's `x` along `dim`. `sizes` (per-rank lengths along `dim`) may be None when equal."""
+    """Concatenate every rank's `x` along `dim`. `sizes` (per-rank lengths along `dim`) may be None when equal.
+
+    Uneven pieces are padded to the longest and sliced after one all-gather: gloo's list all-gather
+    refuses pieces of different sizes, and one fused call is faster than N broadcasts anyway.
+    """
     world = group_size(group)
     rank = group_rank(group)
-    x = x.movedim(dim, 0).contiguous()
-    if sizes is None or len(set(sizes)) == 1:
-        out = x.new_empty((x.shape[0] * world,) + tuple(x.shape[1:]))
-        dist.all_gather_into_tensor(out, x, group=group)
+    x = x.movedim(dim, 0)
+    if sizes is None:
         sizes = [x.shape[0]] * world
-    else:
-        pieces = [x.new_empty((s,) + tuple(x.shape[1:])) for s in sizes]
-        dist.all_gather(pieces, x, group=group)
-        out = torch.cat(pieces, dim=0)
+    longest = max(sizes)
+    if x.shape[0] < longest:
+        x = torch.cat([x, x.new_zeros((longest - x.shape[0],) + tuple(x.shape[1:]))])
+    x = x.contiguous()
+    out = x.new_empty((longest * world,) + tuple(x.shape[1:]))
+    dist.all_gather_into_tensor(out, x, group=group)
+    if len(set(sizes)) > 1:
+        out = torch.cat([out[r * longest : r * longest + sizes[r]] for r in range(world)])
     row = _row_bytes(x)
-    # Counted as a ring all-gather would move it: each rank's piece reaches the N-1 others.
-    _record("all_gather", row * sizes[rank] * (world - 1), row * (sum(sizes) - sizes[rank]))
+    # Counted as a ring all-gather moves it: each rank's (padded) piece reaches the N-1 others.
+    _record("all_gather", row * longest * (world - 1), row * longest * (world - 1))
     return out.movedim(0, dim)
 
 

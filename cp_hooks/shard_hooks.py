@@ -34,18 +34,14 @@ def split_for_plan(x: torch.Tensor, spec: ContextParallelInput, config: ContextP
     _check_dims(x, spec, what)
     dim = spec.split_dim % x.dim()
     length, world = x.shape[dim], config.world_size
-    if length % world:
-        if not config.anything:
-            raise ValueError(
-                f"{what} has length {length} along dim {dim}, not divisible by the {world} context-parallel ranks. "
-                "Set ContextParallelConfig(ulysses_anything=True) (Ulysses) or ring_anything=True (ring) to allow "
-                "uneven shards, or pad the input."
-            )
-        if length < world:
-            raise ValueError(
-                f"{what} has length {length} along dim {dim}, shorter than the {world} context-parallel ranks; "
-                "some ranks would hold no tokens. Run it without context parallelism or with fewer ranks."
-            )
+    if length % world and not config.anything:
+        raise ValueError(
+            f"{what} has length {length} along dim {dim}, not divisible by the {world} context-parallel ranks. "
+            "Set ContextParallelConfig(ulysses_anything=True) (Ulysses) or ring_anything=True (ring) to allow "
+            "uneven shards, or pad the input."
+        )
+    # In the anything modes a length below the rank count leaves some ranks with empty shards; they still
+    # take part in every collective, and attention handles empty shards exactly.
     return split_tensor(x, dim, config.rank, world)
 
 

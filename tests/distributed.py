@@ -18,6 +18,7 @@ import traceback
 import torch.multiprocessing as mp
 
 DEFAULT_TIMEOUT_S = 180.0
+FAILURE_GRACE_S = 10.0
 
 
 def _free_port() -> int:
@@ -77,6 +78,10 @@ class DistributedPool:
         outcomes = {}
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout)
         while len(outcomes) < self.world:
+            if any(not ok for ok, _ in outcomes.values()):
+                # A rank failed: the others may be blocked in a collective it will never join. Give them a
+                # short grace to report their own errors, then tear the pool down.
+                deadline = min(deadline, datetime.datetime.now() + datetime.timedelta(seconds=FAILURE_GRACE_S))
             remaining = (deadline - datetime.datetime.now()).total_seconds()
             try:
                 rank, ok, value = self._results.get(timeout=max(remaining, 0.01))
@@ -84,6 +89,8 @@ class DistributedPool:
                 missing = sorted(set(range(self.world)) - set(outcomes))
                 self.close()
                 report = "".join(f"\n--- rank {r} ---\n{v}" for r, (ok, v) in sorted(outcomes.items()) if not ok)
+                if report:
+                    raise AssertionError(f"{fn.__name__} failed; ranks {missing} were left blocked:{report}") from None
                 raise TimeoutError(f"{fn.__name__} on {self.world} ranks: ranks {missing} did not finish within "
                                    f"{timeout:.0f}s (hang?).{report}") from None
             outcomes[rank] = (ok, value)

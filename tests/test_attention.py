@@ -82,3 +82,47 @@ def test_four_ranks(pool, ring, ulysses, rotate, dtype, mask_kind):
 @pytest.mark.parametrize("ring,ulysses,rotate", MODES_4)
 def test_causal(pool, ring, ulysses, rotate):
     pool(4).run(attention_parity, ring, ulysses, rotate, (1, 32, 4, 8), "float32", None, True)
+
+
+# ----------------------------------------------------------------------------- anything modes (uneven)
+def _modes(world):
+    modes = [(1, world, "allgather"), (world, 1, "allgather"), (world, 1, "alltoall")]
+    if world == 4:
+        modes += [(2, 2, "allgather"), (2, 2, "alltoall")]
+    return modes
+
+
+def uneven_sweep(world, lengths, heads_list, dtype="float32", mask_kinds=(None, "padding")):
+    """Many uneven cases in one task: every mode x length x heads x mask, forward and backward."""
+    worst = 0.0
+    for ring, ulysses, rotate in _modes(world):
+        for length in lengths:
+            for heads in heads_list:
+                for mask_kind in mask_kinds:
+                    try:
+                        errors = attention_parity(ring, ulysses, rotate, (2, length, heads, 8), dtype, mask_kind,
+                                                  anything=True, seed=length)
+                    except AssertionError as e:
+                        raise AssertionError(f"ring={ring} ulysses={ulysses} {rotate} len={length} heads={heads} "
+                                             f"mask={mask_kind}: {e}") from None
+                    worst = max(worst, *errors.values())
+    return worst
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_uneven_lengths_and_heads(pool, world):
+    lengths = sorted({world - 1, world + 1, 2 * world + 1, 13, 31})
+    pool(world).run(uneven_sweep, world, [n for n in lengths if n >= 1], [3, 5, 2 * world])
+
+
+def test_wan_i2v_text_length_769(pool):
+    pool(3).run(uneven_sweep, 3, [769], [30], "float32", (None,))
+
+
+def test_uneven_bf16(pool):
+    pool(4).run(uneven_sweep, 4, [13], [5], "bfloat16", ("padding",))
+
+
+def test_sequence_shorter_than_ranks(pool):
+    # One token over two ranks: rank 1 holds an empty shard and must still take part in every collective.
+    pool(2).run(uneven_sweep, 2, [1], [2, 3], "float32", (None,))

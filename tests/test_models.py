@@ -70,3 +70,38 @@ def test_gradients_two_ranks(pool, builder, ring, ulysses, rotate):
 @pytest.mark.parametrize("ring,ulysses,rotate", [(2, 2, "alltoall"), (4, 1, "allgather")])
 def test_gradients_four_ranks(pool, ring, ulysses, rotate):
     pool(4).run(model_parity, "tiny_flux", {}, ring, ulysses, rotate, backward=True)
+
+
+# ----------------------------------------------------------------------------- uneven (anything modes)
+UNEVEN_2 = [(1, 2, "allgather"), (2, 1, "allgather"), (2, 1, "alltoall")]
+
+
+@pytest.mark.parametrize("ring,ulysses,rotate", UNEVEN_2)
+@pytest.mark.parametrize(
+    "builder,kwargs",
+    [
+        ("tiny_flux", {"text_len": 7, "height": 7, "width": 5}),  # odd text and odd image token counts
+        ("tiny_flux", {"text_len": 1, "height": 3, "width": 3, "heads": 3}),  # 1 text token: rank 1 holds none
+        ("tiny_wan", {"frames": 3, "height": 6, "width": 6, "text_len": 9}),  # 27 video tokens
+    ],
+)
+def test_uneven_two_ranks(pool, builder, kwargs, ring, ulysses, rotate):
+    pool(2).run(model_parity, builder, kwargs, ring, ulysses, rotate, anything=True)
+
+
+@pytest.mark.parametrize("rotate", ["allgather", "alltoall"])
+def test_uneven_hybrid(pool, rotate):
+    pool(4).run(model_parity, "tiny_flux", {"text_len": 7, "height": 7, "width": 5, "heads": 6}, 2, 2, rotate,
+                anything=True)
+
+
+def test_wan_i2v_769_context_tokens(pool):
+    # Wan 2.1 I2V: 512 text + 257 image tokens = 769 context tokens (replicated: cross-attention is local).
+    pool(2).run(model_parity, "tiny_wan", {"text_len": 512, "image_len": 257, "frames": 3, "height": 6, "width": 6},
+                1, 2, "allgather", anything=True)
+
+
+@pytest.mark.parametrize("ring,ulysses,rotate", [(1, 2, "allgather"), (2, 1, "alltoall")])
+def test_uneven_gradients(pool, ring, ulysses, rotate):
+    pool(2).run(model_parity, "tiny_flux", {"text_len": 7, "height": 7, "width": 5, "heads": 3}, ring, ulysses,
+                rotate, anything=True, backward=True)

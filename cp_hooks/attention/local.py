@@ -52,6 +52,10 @@ def attention_with_lse(q, k, v, bias=None, *, scale=None, is_causal=False):
         out = 0 and lse = -inf, so that merging them changes nothing.
     """
     scale = _scale(q, scale)
+    if q.shape[1] == 0 or k.shape[1] == 0:
+        # Empty shards (a sequence shorter than the ring): the CPU kernel divides by zero on them.
+        lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), device=q.device)
+        return q.new_zeros(q.shape[:3] + v.shape[3:]), lse
     out = lse = None
     if q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(
@@ -85,6 +89,8 @@ def attention_with_lse_backward(dout, q, k, v, out, lse, bias=None, *, scale=Non
         (dq, dk, dv), float32 when the inputs are reduced precision on the math path, else the input dtype.
     """
     scale = _scale(q, scale)
+    if q.shape[1] == 0 or k.shape[1] == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     # A row with no attendable key anywhere has lse = -inf; +inf makes its probabilities exp(s - inf) = 0.
     lse = torch.where(torch.isneginf(lse), float("inf"), lse)
     if q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):

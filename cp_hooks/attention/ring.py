@@ -74,7 +74,7 @@ def ring_forward(q, k, v, bias, *, group, kv_sizes, rotate_method, scale, is_cau
     lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), dtype=torch.float32, device=q.device)
     for src, kb, vb, bb in _iter_blocks(k, v, bias, kv_sizes, group, rotate_method):
         kind = _block_kind(src, rank, is_causal)
-        if kind == "skip" or kb.shape[1] == 0:
+        if kind == "skip":
             continue
         block_out, block_lse = attention_with_lse(q, kb, vb, bb, scale=scale, is_causal=kind == "causal")
         out, lse = merge_partial(out, lse, block_out, block_lse)
@@ -89,7 +89,7 @@ def ring_backward(dout, q, k, v, bias, out, lse, *, group, kv_sizes, rotate_meth
 
     def block_grads(src, kb, vb, bb):
         kind = _block_kind(src, rank, is_causal)
-        if kind == "skip" or kb.shape[1] == 0 or q.shape[1] == 0:
+        if kind == "skip":
             return None, torch.zeros(kb.shape, dtype=acc_dtype, device=q.device), torch.zeros(vb.shape, dtype=acc_dtype, device=q.device)
         gq, gk, gv = attention_with_lse_backward(dout, q, kb, vb, out, lse, bb, scale=scale, is_causal=kind == "causal")
         return gq, gk.to(acc_dtype), gv.to(acc_dtype)

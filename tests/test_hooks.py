@@ -1,0 +1,94 @@
+"""The hook registry: named, ordered, removable, and removal restores the module exactly."""
+
+import inspect
+
+import pytest
+import torch
+import torch.nn as nn
+
+from cp_hooks.hooks import HookRegistry, ModelHook
+
+
+class Recorder(ModelHook):
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def pre_forward(self, module, args, kwargs):
+        self.log.append(f"pre:{self.name}")
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        self.log.append(f"post:{self.name}")
+        return output + 1
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x, scale: float = 1.0):
+        return self.lin(x) * scale
+
+
+def test_order_names_and_exact_removal():
+    model, log = Tiny(), []
+    x = torch.randn(2, 3)
+    original_forward = model.forward
+    signature = inspect.signature(model.forward)
+    reference = model(x)
+    registry = HookRegistry.of(model)
+    registry.add("a", Recorder("a", log))
+    registry.add("b", Recorder("b", log))
+    assert registry.names == ["a", "b"]
+    with pytest.raises(ValueError, match="already registered"):
+        registry.add("a", Recorder("a", log))
+    assert torch.allclose(model(x), reference + 2)
+    assert log == ["pre:a", "pre:b", "post:b", "post:a"]
+    assert inspect.signature(model.forward) == signature and model.forward.__name__ == "forward"
+    registry.remove("a")
+    assert torch.allclose(model(x, scale=1.0), reference + 1)
+    registry.remove("b")
+    assert "forward" not in model.__dict__ and HookRegistry.of(model, create=False) is None
+    assert model.forward == original_forward and inspect.signature(model.forward) == signature
+    assert torch.equal(model(x), reference)
+    assert set(model.state_dict()) == {"lin.weight", "lin.bias"}
+
+
+def test_instance_forward_is_restored():
+    model = Tiny()
+    custom = lambda x, scale=1.0: x  # noqa: E731
+    model.forward = custom
+    registry = HookRegistry.of(model)
+    registry.add("a", ModelHook())
+    assert model.forward is not custom
+    registry.remove("a")
+    assert model.forward is custom
+
+
+class Context(ModelHook):
+    def __init__(self, log):
+        self.log = log
+
+    def context(self, module):
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm():
+            self.log.append("enter")
+            try:
+                yield
+            finally:
+                self.log.append("exit")
+
+        return cm()
+
+
+def test_context_exits_on_exception_and_module_stays_usable():
+    model, log = Tiny(), []
+    HookRegistry.of(model).add("ctx", Context(log))
+    with pytest.raises(RuntimeError):
+        model(torch.randn(2, 4))  # wrong feature size
+    assert log == ["enter", "exit"]
+    assert model(torch.randn(2, 3)).shape == (2, 3)
+    assert log == ["enter", "exit", "enter", "exit"]
