@@ -35,6 +35,9 @@ class CommStats:
 
 _ACTIVE_STATS: list[CommStats] = []
 
+# torch >= 2.13 renames all_gather_into_tensor (and deprecates the old name); older releases have only it.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
 
 @contextlib.contextmanager
 def comm_stats():
@@ -82,7 +85,7 @@ def exchange_sizes(values: list[int], group, device) -> list[list[int]]:
     """
     local = torch.tensor(values, dtype=torch.int64, device=device)
     out = torch.empty(group_size(group) * len(values), dtype=torch.int64, device=device)
-    dist.all_gather_into_tensor(out, local, group=group)
+    _all_gather_single(out, local, group=group)
     _record("size_exchange", _nbytes(local) * (group_size(group) - 1), _nbytes(local) * (group_size(group) - 1))
     return out.view(group_size(group), len(values)).tolist()
 
@@ -122,7 +125,7 @@ def all_gather(x: torch.Tensor, sizes: list[int] | None, group, dim: int) -> tor
         x = torch.cat([x, x.new_zeros((longest - x.shape[0],) + tuple(x.shape[1:]))])
     x = x.contiguous()
     out = x.new_empty((longest * world,) + tuple(x.shape[1:]))
-    dist.all_gather_into_tensor(out, x, group=group)
+    _all_gather_single(out, x, group=group)
     if len(set(sizes)) > 1:
         out = torch.cat([out[r * longest : r * longest + sizes[r]] for r in range(world)])
     row = _row_bytes(x)

@@ -30,15 +30,19 @@ class ContextParallelInput:
         expected_dims: the tensor's number of dimensions; a tensor with another number is an error.
         split_output: split the module's output (key = output index) instead of an input (key = parameter
             name). Use it for positional embeddings computed from the full sequence.
+        skip_other_dims: leave a tensor whose number of dims differs from `expected_dims` whole instead of
+            raising. Only for inputs that carry the sequence in some variants of a model and not in others
+            (Wan 2.2 TI2V's per-token timestep (B, S) vs. the usual (B,)); never needed otherwise.
 
     Example:
         >>> ContextParallelInput(split_dim=1, expected_dims=3)
-        ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)
+        ContextParallelInput(split_dim=1, expected_dims=3, split_output=False, skip_other_dims=False)
     """
 
     split_dim: int
     expected_dims: int | None = None
     split_output: bool = False
+    skip_other_dims: bool = False
 
 
 @dataclass(frozen=True)

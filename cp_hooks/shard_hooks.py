@@ -31,6 +31,8 @@ def split_for_plan(x: torch.Tensor, spec: ContextParallelInput, config: ContextP
     """This rank's shard of `x` as `spec` says, after checking dims and divisibility."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} is a {type(x).__name__}, but the plan splits it as a tensor.")
+    if spec.skip_other_dims and spec.expected_dims is not None and x.dim() != spec.expected_dims:
+        return x
     _check_dims(x, spec, what)
     dim = spec.split_dim % x.dim()
     length, world = x.shape[dim], config.world_size
