@@ -70,24 +70,26 @@ def enable_parallelism(model: nn.Module, config: ContextParallelConfig, plan: di
             "disable_parallelism(model) first to change the config or plan."
         )
     plan = get_plan(model, plan)
-    targets = [(name, spec, resolve_modules(model, name)) for name, spec in plan.items()]
+    hooks = []  # (module, hook name, hook): built first, so that plan errors come before any collective
+    for name, spec in plan.items():
+        for full_name, module in resolve_modules(model, name):
+            if isinstance(spec, LocalAttention):
+                hook = LocalAttentionHook()
+            elif isinstance(spec, dict):
+                hook = SplitHook(module, full_name, spec, config)
+            else:
+                hook = GatherHook(full_name, spec, config)
+            hooks.append((module, f"{_HOOK_PREFIX}{type(hook).__name__}[{name}]", hook))
+    # Outermost on the model, so that SDPA calls anywhere in the forward see the router.
+    hooks.append((model, f"{_HOOK_PREFIX}sdpa_router", SDPARouterHook(config)))
 
     config.setup()
     _check_model_device(model, config)
 
     state = _ParallelState(config=config, plan=plan)
     try:
-        for name, spec, modules in targets:
-            for full_name, module in modules:
-                if isinstance(spec, LocalAttention):
-                    hook = LocalAttentionHook()
-                elif isinstance(spec, dict):
-                    hook = SplitHook(module, full_name, spec, config)
-                else:
-                    hook = GatherHook(full_name, spec, config)
-                _add_hook(state, module, f"{_HOOK_PREFIX}{type(hook).__name__}[{name}]", hook)
-        # Outermost, so that SDPA calls anywhere in the forward see the router.
-        _add_hook(state, model, f"{_HOOK_PREFIX}sdpa_router", SDPARouterHook(config))
+        for module, hook_name, hook in hooks:
+            _add_hook(state, module, hook_name, hook)
         state.processor_undo = diffusers_attention.install(model, config)
     except BaseException:
         _remove_everything(model, state)
