@@ -1,5 +1,8 @@
 """Tiny diffusers models under context parallelism against the same model in one process (fp32)."""
 
+import inspect
+import sys
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -16,6 +19,7 @@ def model_parity(builder, build_kwargs, ring, ulysses, rotate="allgather", anyth
     with torch.no_grad():
         reference = model(**inputs)[0]
     weights = {k: v.clone() for k, v in model.state_dict().items()}
+    signature = inspect.signature(model.forward)
 
     enable_parallelism(model, config)
     with torch.set_grad_enabled(backward):
@@ -38,8 +42,14 @@ def model_parity(builder, build_kwargs, ring, ulysses, rotate="allgather", anyth
         assert grad_err <= FP32_TOL, f"rank {dist.get_rank()}: gradient error {grad_err:.2e}"
     else:
         disable_parallelism(model)
-    # Enabling never changes a weight; disabling restores the single-process behaviour exactly.
+    # Enabling never changes a weight; disabling restores the module, its processors and outputs exactly.
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert all("forward" not in m.__dict__ and "_cp_hook_registry" not in m.__dict__ for m in model.modules())
+    assert inspect.signature(model.forward) == signature
+    processors = [m.processor for m in model.modules() if hasattr(getattr(m, "processor", None), "_parallel_config")]
+    assert processors and all("_parallel_config" not in p.__dict__ for p in processors)
+    assert all(not hasattr(sys.modules[type(p).__module__].dispatch_attention_fn, "__cp_hooks_original__")
+               for p in processors)
     with torch.no_grad():
         assert torch.equal(model(**inputs)[0], reference)
     return err, grad_err
