@@ -89,7 +89,7 @@ def enable_parallelism(
             else:
                 hook = GatherHook(full_name, spec, config)
             hooks.append((module, f"{_HOOK_PREFIX}{type(hook).__name__}[{name}]", hook))
-    # Outermost on the model, so that SDPA calls anywhere in the forward see the router.
+    # On the model itself, so that SDPA calls anywhere in its forward see the router.
     hooks.append((model, f"{_HOOK_PREFIX}sdpa_router", SDPARouterHook(config)))
 
     config.setup()

@@ -44,6 +44,10 @@ def _make_wrapper(original):
     @functools.wraps(original)
     def dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                               enable_gqa=False, attention_kwargs=None, *, backend=None, parallel_config=None):
+        if isinstance(parallel_config, CPHandle) and routing.is_local():
+            # A module the plan marks LocalAttention() (cross-attention over replicated keys, in a processor
+            # that passes its parallel config for every call, e.g. SkyReels-V2): run it as diffusers would alone.
+            parallel_config = None
         if isinstance(parallel_config, CPHandle):
             if enable_gqa:
                 key, value = _repeat_kv_heads(query, key, value)

@@ -10,7 +10,7 @@ import importlib
 
 from ..plan import register_plan
 
-_FAMILIES = ("flux", "wan")
+_FAMILIES = ("flux", "sd3", "qwenimage", "wan", "pixart", "cogvideox")
 
 
 def _register_all() -> None:

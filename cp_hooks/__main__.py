@@ -1,0 +1,37 @@
+"""`python -m cp_hooks check MODEL_CLASS ...` (the plan checker) and `python -m cp_hooks table` (README table)."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage:
+  torchrun --nproc_per_node N -m cp_hooks check MODEL_CLASS [--ring R] [--ulysses U] [--config JSON] [--anything]
+                                                            [--case NAME] [--plan MODULE:NAME]
+  python -m cp_hooks table [--readme README.md]   print (or rewrite in README.md) the supported-models section"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a subcommand; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "check":
+        from .checker import main as check
+
+        return check(rest)
+    if command == "table":
+        from .catalogue.table import models_section, update_readme
+
+        if rest[:1] == ["--readme"] and len(rest) == 2:
+            update_readme(rest[1])
+        else:
+            print(models_section(), end="")
+        return 0
+    print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The model catalogue: a tiny random config and pipeline-shaped inputs for every class with a built-in plan.
+
+Each family file (`cp_hooks/catalogue/<family>.py`) defines `ENTRIES = [ModelEntry(...), ...]`. An entry is
+data: the diffusers class name, a tiny config (random weights, nothing downloaded), its input cases (one
+per way a pipeline calls the model: text-to-video, image-to-video, masks, per-token timesteps, ...) and the
+context-parallel modes it is verified in. The test suite (`tests/test_catalogue.py`), the plan checker
+(`python -m cp_hooks check`) and the README table (`python -m cp_hooks table`) all read this one list, so a
+mode is listed as supported exactly when it is tested.
+
+    >>> from cp_hooks.catalogue import get_entry
+    >>> model, inputs = get_entry("FluxTransformer2DModel").build()
+    >>> model(**inputs)[0].shape
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .modes import HYBRID_MODES, MODES_2, Mode
+
+# Families in the order of the README table.
+_FAMILIES = ("flux", "sd3", "qwenimage", "wan", "pixart_cogvideox", "unsupported")
+
+# Classes tried and found impossible to express as a plan: class name -> the precise reason.
+UNSUPPORTED: dict[str, str] = {}
+
+InputBuilder = Callable[[dict, torch.Generator], dict]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A diffusers transformer class in the catalogue: how to build it tiny and how its pipeline calls it.
+
+    Args:
+        class_name: the diffusers class (`getattr(diffusers, class_name)`).
+        config: keyword arguments of a tiny configuration (a few layers, small widths, random weights).
+        cases: case name -> `builder(config, generator) -> forward kwargs`. The builder gets the final config
+            (after overrides), so inputs always match the model; it must use only `generator` for randomness.
+        case_configs: case name -> config overrides that case needs (e.g. an image projection for I2V).
+        anything: the model's real token counts (text length, image tokens) are not divisible by common
+            degrees, so the model is verified with `ulysses_anything` / `ring_anything` and uneven inputs.
+        modes: the two-rank modes it is verified in.
+        hybrid_modes: the four-rank (ring x Ulysses) modes it is verified in; empty when too slow.
+        note: one line for the README table.
+
+    Example:
+        >>> entry = get_entry("WanTransformer3DModel")
+        >>> model, inputs = entry.build(case="i2v", seed=0)
+    """
+
+    class_name: str
+    config: dict
+    cases: dict[str, InputBuilder]
+    case_configs: dict[str, dict] = field(default_factory=dict)
+    anything: bool = False
+    modes: tuple[Mode, ...] = MODES_2
+    hybrid_modes: tuple[Mode, ...] = HYBRID_MODES
+    note: str = ""
+
+    def model_class(self) -> type[nn.Module]:
+        """The diffusers class; raises ImportError when the installed diffusers lacks it."""
+        import diffusers
+
+        cls = getattr(diffusers, self.class_name, None)
+        if cls is None:
+            raise ImportError(f"diffusers {diffusers.__version__} has no class {self.class_name}; upgrade diffusers.")
+        return cls
+
+    def final_config(self, case: str, overrides: dict | None = None) -> dict:
+        """The tiny config of `case` with the user's `overrides` applied on top."""
+        return {**self.config, **self.case_configs.get(case, {}), **(overrides or {})}
+
+    def build(self, case: str | None = None, seed: int = 0, overrides: dict | None = None,
+              model_class: type | None = None) -> tuple[nn.Module, dict]:
+        """A randomly initialised model in eval mode and the inputs of `case` (default: the first case).
+
+        `model_class` builds a subclass of the entry's class (with the same config and inputs) instead.
+
+        Raises:
+            KeyError: an unknown case (the message lists the known ones).
+        """
+        case = case or next(iter(self.cases))
+        if case not in self.cases:
+            raise KeyError(f"{self.class_name} has no case {case!r}; cases: {', '.join(self.cases)}.")
+        config = self.final_config(case, overrides)
+        torch.manual_seed(seed)
+        model = (model_class or self.model_class())(**config).eval()
+        inputs = self.cases[case](dict(model.config), torch.Generator().manual_seed(seed + 1))
+        return model, inputs
+
+
+def _load() -> dict[str, ModelEntry]:
+    entries: dict[str, ModelEntry] = {}
+    for family in _FAMILIES:
+        module = importlib.import_module(f"{__name__}.{family}")
+        for entry in module.ENTRIES:
+            entries[entry.class_name] = entry
+        UNSUPPORTED.update(getattr(module, "UNSUPPORTED", {}))
+    return entries
+
+
+ENTRIES: dict[str, ModelEntry] = _load()
+
+
+def get_entry(class_name: str) -> ModelEntry:
+    """The catalogue entry of `class_name`.
+
+    Raises:
+        KeyError: the class is not in the catalogue (the message lists the ones that are).
+    """
+    if class_name not in ENTRIES:
+        raise KeyError(f"{class_name} is not in the catalogue; known classes: {', '.join(sorted(ENTRIES))}.")
+    return ENTRIES[class_name]
+
+
+def entry_for_class(model_class: type) -> ModelEntry | None:
+    """The entry of `model_class` or of its nearest base class in the catalogue, else None."""
+    for cls in model_class.__mro__:
+        if cls.__name__ in ENTRIES:
+            return ENTRIES[cls.__name__]
+    return None
