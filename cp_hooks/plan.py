@@ -9,6 +9,11 @@ A plan is plain data: a dict from module names to what happens at that module.
         "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),                   # gather the output
     }
 
+A `ContextParallelOutput` keyed by a parameter name inside an input dict gathers that (already split)
+input back to full length before the module runs: for a module that needs the whole sequence while the
+rest of the model works on shards (HunyuanVideo's token refiner needs the whole text and its mask, which
+the blocks need split).
+
 Names are dotted module paths (`""` is the model itself); `*` stands for every child of a `ModuleList` or
 `Sequential`. diffusers' spec objects of the same names are accepted and converted.
 """
@@ -140,6 +145,8 @@ def _check_input_key(module_name: str, key, spec) -> None:
     for s in specs:
         if s is None:
             continue
+        if isinstance(s, ContextParallelOutput) and isinstance(key, str):
+            continue  # gather a split input back to full length before this module (see module docstring)
         if not isinstance(s, ContextParallelInput):
             raise TypeError(f"Plan entry [{module_name!r}][{key!r}] must be ContextParallelInput, got {s!r}.")
         if isinstance(key, int) and not s.split_output:

@@ -47,8 +47,19 @@ def split_for_plan(x: torch.Tensor, spec: ContextParallelInput, config: ContextP
     return split_tensor(x, dim, config.rank, world)
 
 
+def gather_for_plan(x: torch.Tensor, spec: ContextParallelOutput, config: ContextParallelConfig, what: str) -> torch.Tensor:
+    """The full tensor, gathered from every rank's shard along `spec.gather_dim`, after checking dims."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} is a {type(x).__name__}, but the plan gathers it as a tensor.")
+    _check_dims(x, spec, what)
+    return gather_tensor(x, spec.gather_dim, config._flat_group, config.rank, config.world_size, uneven=config.anything)
+
+
 class SplitHook(ModelHook):
-    """Split the named forward inputs (before the forward) and the indexed outputs (after it)."""
+    """Split the named forward inputs (before the forward) and the indexed outputs (after it).
+
+    An input whose spec is a `ContextParallelOutput` is gathered instead (a module that needs it whole).
+    """
 
     def __init__(self, module: nn.Module, module_name: str, specs: dict, config: ContextParallelConfig) -> None:
         self.config = config
@@ -83,6 +94,8 @@ class SplitHook(ModelHook):
         what = f"'{self.module_name}' {'input' if isinstance(key, str) else 'output'} {key!r}"
         if value is None:
             return None
+        if isinstance(spec, ContextParallelOutput):
+            return gather_for_plan(value, spec, self.config, what)
         if isinstance(spec, (list, tuple)):
             if not isinstance(value, (list, tuple)) or len(value) != len(spec):
                 raise ValueError(f"{what}: the plan has {len(spec)} specs but the value is {type(value).__name__}"
@@ -108,16 +121,9 @@ class GatherHook(ModelHook):
             raise TypeError(f"'{self.module_name}' returned {type(output).__name__}; the plan gathers tensors or tuples of them.")
         if len(items) < len(self.specs):
             raise ValueError(f"The plan gathers {len(self.specs)} output(s) of '{self.module_name}', which returned {len(items)}.")
-        config = self.config
         for i, spec in enumerate(self.specs):
-            if spec is None:
-                continue
-            what = f"'{self.module_name}' output {i}"
-            if not isinstance(items[i], torch.Tensor):
-                raise TypeError(f"{what} is a {type(items[i]).__name__}, but the plan gathers it as a tensor.")
-            _check_dims(items[i], spec, what)
-            items[i] = gather_tensor(items[i], spec.gather_dim, config._flat_group, config.rank, config.world_size,
-                                     uneven=config.anything)
+            if spec is not None:
+                items[i] = gather_for_plan(items[i], spec, self.config, f"'{self.module_name}' output {i}")
         return items[0] if single else type(output)(items)
 
 

@@ -126,3 +126,22 @@ def test_uneven_bf16(pool):
 def test_sequence_shorter_than_ranks(pool):
     # One token over two ranks: rank 1 holds an empty shard and must still take part in every collective.
     pool(2).run(uneven_sweep, 2, [1], [2, 3], "float32", (None,))
+
+
+def heads_repeated_mask():
+    """A key-padding mask repeated over heads (B, H, 1, S), as LTX's processor passes it, is accepted."""
+    config = make_config(2, 1)
+    (q, k, v, _), keep = _inputs(2, 16, 4, 8, torch.float32, "padding")
+    repeated = keep[:, None, None, :].expand(2, 4, 1, 16)
+    out = context_parallel_attention(shard(q), shard(k), shard(v), shard(repeated, 3), config=config)
+    expected = context_parallel_attention(shard(q), shard(k), shard(v), shard(keep, 1), config=config)
+    assert torch.equal(out, expected)
+    per_head = repeated.clone()
+    per_head[:, 1] = True
+    with pytest.raises(ValueError, match="varies along queries or heads"):
+        context_parallel_attention(shard(q), shard(k), shard(v), shard(per_head, 3), config=config)
+    return True
+
+
+def test_mask_repeated_over_heads(pool):
+    pool(2).run(heads_repeated_mask)

@@ -158,3 +158,55 @@ def test_local_attention_runs_without_communication(pool):
     depth = 2
     assert marked == 4 * depth  # q, k, v in and the output back, self-attention only
     assert unmarked == 8 * depth
+
+
+class NeedsWholeSequence(nn.Module):
+    """A module that must see the whole sequence (it normalises over it), inside an otherwise split model."""
+
+    def forward(self, x, keep):
+        weights = keep.float()[..., None]
+        return x - (x * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1)
+
+
+class PooledDiT(TinyDiT):
+    def __init__(self):
+        super().__init__()
+        self.whole = NeedsWholeSequence()
+
+    def forward(self, tokens, context, padding_mask):
+        x = self.embed(tokens)
+        x = self.whole(x, padding_mask)  # needs every token: its inputs are gathered back
+        for block in self.blocks:
+            x = block(x, context, None, padding_mask[:, None, None, :])
+        return self.head(x)
+
+
+def gathered_inputs_parity(ring, ulysses):
+    torch.manual_seed(0)
+    model = PooledDiT()
+    tokens, context = torch.randn(2, 12, 8), torch.randn(2, 5, 32)
+    keep = torch.ones(2, 12, dtype=torch.bool)
+    keep[1, 7:] = False
+    reference = model(tokens, context, keep)
+    plan = {
+        "": {"tokens": ContextParallelInput(split_dim=1, expected_dims=3),
+             "padding_mask": ContextParallelInput(split_dim=1, expected_dims=2)},
+        # Gather both inputs of the module that needs them whole, and split its output again.
+        "whole": {"x": ContextParallelOutput(gather_dim=1, expected_dims=3),
+                  "keep": ContextParallelOutput(gather_dim=1, expected_dims=2),
+                  0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},
+        "blocks.*.cross_attn": LocalAttention(),
+        "head": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+    config = make_config(ring, ulysses)
+    enable_parallelism(model, config, plan=plan)
+    out = model(tokens, context, keep)
+    disable_parallelism(model)
+    err = rel_err(out, reference)
+    assert err <= FP32_TOL, err
+    return err
+
+
+def test_plan_can_gather_a_module_input(pool):
+    pool(2).run(gathered_inputs_parity, 1, 2)
+    pool(2).run(gathered_inputs_parity, 2, 1)

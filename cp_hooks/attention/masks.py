@@ -13,8 +13,9 @@ def key_bias_from_mask(mask: torch.Tensor | None, batch: int, kv_len: int) -> to
     """Convert a user mask for the local keys to an additive float32 bias of shape (b, kv_len).
 
     Accepted: boolean (B, S_kv) (True = attend), or boolean / additive masks broadcastable to
-    (B, 1, 1, S_kv). A mask that varies along queries or heads cannot be split with the keys of a local
-    shard and is refused.
+    (B, 1, 1, S_kv), or a (B, H, 1, S_kv) mask whose heads are all equal (processors that repeat a
+    key-padding mask over heads, like LTX's; checked on every call). A mask that varies along queries or
+    heads cannot be split with the keys of a local shard and is refused.
 
     Raises:
         ValueError: the mask has another shape.
@@ -33,6 +34,8 @@ def key_bias_from_mask(mask: torch.Tensor | None, batch: int, kv_len: int) -> to
         if mask.dim() == 4:
             if shape[0] not in (1, batch):
                 raise ValueError(f"attn_mask of shape {shape} has batch {shape[0]}; expected {expected}.")
+            if shape[1] > 1 and shape[2] == 1 and torch.equal(mask, mask[:, :1].expand(shape)):
+                mask, shape = mask[:, :1], (shape[0], 1, 1, kv_len)  # a key-padding mask repeated over heads
             lead = shape[1:-1]
         if any(s != 1 for s in lead):
             raise ValueError(
