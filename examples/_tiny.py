@@ -1,0 +1,135 @@
+"""Tiny random diffusers pipelines (Flux, Wan) built offline from configs, for the examples and their tests.
+
+Nothing is downloaded: every model is built from its config with random weights (seeded, so every rank
+builds the same one), and the tokenizers are small word-level vocabularies made in code and wrapped in
+transformers fast tokenizers. The images they generate are noise-like, but they exercise the real
+pipelines end to end: tokenizers, text encoders, scheduler, the parallelized transformer and the VAE.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# A small fixed vocabulary: words outside it become the unknown token, which is fine for random encoders.
+_WORDS = (
+    "a an the of on in at with and under over near by to from is are photo painting picture drawing "
+    "cat dog fox bird horse fish owl robot astronaut city forest mountain river sea beach sky sun moon star "
+    "cloud rain snow night day morning evening red green blue yellow black white golden silver small big "
+    "old young happy running flying sitting walking swimming cinematic detailed realistic watercolor style "
+    "light dark street house castle garden field lake tree flower space planet ship car train bridge"
+).split()
+
+
+def word_tokenizer(specials: dict[str, int], bos: str | None, eos: str, model_max_length: int):
+    """A word-level fast tokenizer: lowercase, split on whitespace and punctuation, `bos`/`eos` added.
+
+    Args:
+        specials: special token -> id (they take the first ids, as in CLIP and T5 vocabularies).
+        bos: token put before every sequence, or None (T5 has none).
+        eos: token put after every sequence.
+        model_max_length: the length pipelines pad and truncate to by default.
+
+    Returns:
+        a `transformers.PreTrainedTokenizerFast`.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = dict(specials)
+    for word in _WORDS:
+        vocab.setdefault(word, len(vocab))
+    unk = next(token for token in specials if "unk" in token)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    single = f"{bos} $A {eos}" if bos else f"$A {eos}"
+    tok.post_processor = processors.TemplateProcessing(
+        single=single, special_tokens=[(t, specials[t]) for t in (bos, eos) if t]
+    )
+    pad = next(token for token in specials if "pad" in token)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token=unk, pad_token=pad, eos_token=eos, bos_token=bos,
+        model_max_length=model_max_length,
+    )
+
+
+def clip_tokenizer():
+    """CLIP-like: <|startoftext|> ... <|endoftext|>, 77 tokens; ids match the tiny CLIPTextConfig below."""
+    return word_tokenizer({"<|startoftext|>": 0, "<pad>": 1, "<|endoftext|>": 2, "<unk>": 3},
+                          bos="<|startoftext|>", eos="<|endoftext|>", model_max_length=77)
+
+
+def t5_tokenizer():
+    """T5-like: ... </s>, no start token; pad 0, eos 1, unk 2 as in T5's vocabulary."""
+    return word_tokenizer({"<pad>": 0, "</s>": 1, "<unk>": 2}, bos=None, eos="</s>", model_max_length=512)
+
+
+def _t5_encoder(vocab_size: int = 128, d_model: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(
+        vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )).eval()
+
+
+def tiny_flux_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim: int = 16):
+    """A FluxPipeline with a tiny random transformer, VAE, CLIP and T5 text encoders, and word-level tokenizers.
+
+    The VAE downsamples by 2 and the pipeline packs 2x2 latent patches, so an image of H x W pixels gives
+    (H/4) * (W/4) image tokens; the text adds `max_sequence_length` T5 tokens.
+
+    Args:
+        seed: weights seed; the same seed gives the same pipeline on every rank.
+        layers: double-stream and single-stream transformer blocks, each.
+        heads, head_dim: attention heads of the transformer (Ulysses needs heads divisible by its degree).
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=layers, num_single_layers=layers, attention_head_dim=head_dim,
+        num_attention_heads=heads, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=rope,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, pad_token_id=1, vocab_size=128, hidden_size=32, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, projection_dim=32, hidden_act="gelu",
+    ))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1, latent_channels=4,
+        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(),
+        text_encoder_2=_t5_encoder(), tokenizer_2=t5_tokenizer(), transformer=transformer,
+    )
+    for module in (transformer, text_encoder, vae, pipe.text_encoder_2):
+        module.eval()
+    return pipe
+
+
+def tiny_wan_pipeline(seed: int = 0, layers: int = 2, heads: int = 4, head_dim: int = 8):
+    """A WanPipeline (text to video) with a tiny random transformer, Wan VAE and UMT5-like (T5) encoder.
+
+    The VAE downsamples 8x in space and 4x in time; the transformer patches 1x2x2, so `frames` x H x W
+    pixels give ((frames-1)/4 + 1) * (H/16) * (W/16) video tokens.
+    """
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=16,
+        out_channels=16, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    pipe = WanPipeline(tokenizer=t5_tokenizer(), text_encoder=_t5_encoder(), vae=vae, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
+    for module in (transformer, vae, pipe.text_encoder):
+        module.eval()
+    return pipe
