@@ -15,22 +15,44 @@ import torch
 import torch.distributed as dist
 
 
-@dataclass
+@dataclass(eq=False)  # identity, not contents: comm_stats() removes *its* block from a stack of nested ones
 class CommStats:
-    """Bytes sent / received and call counts per collective kind, for this rank."""
+    """What this rank communicated inside a `comm_stats()` block.
+
+    Three counters keyed by collective kind — "all_to_all", "all_gather", "send_recv" — and one keyed by
+    payload, so that the attention data can be compared with DESIGN.md's formulas on its own:
+      * "attention": queries, keys, values and outputs of attention (and their gradients in a backward) — what
+        the formulas count;
+      * "mask": key-padding biases that travel with their keys (4 bytes per key: small, but not in the formulas);
+      * "sizes": per-rank lengths exchanged by the anything modes (a few int64s per call);
+      * "other": everything else, today the plan's output gathers (`ContextParallelOutput`), once per forward.
+    A payload's bytes are also in its collective kind's counter, so `total_sent` is everything that left.
+
+    Attributes:
+        bytes_sent / bytes_received: kind -> bytes that left / reached this rank.
+        calls: kind -> number of collectives issued (a batched ring send/recv step is one call).
+        payload_sent: payload -> bytes that left this rank.
+    """
 
     bytes_sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     bytes_received: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    payload_sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     @property
     def total_sent(self) -> int:
         """All bytes this rank sent to other ranks."""
         return sum(self.bytes_sent.values())
 
+    @property
+    def attention_sent(self) -> int:
+        """Bytes of attention data (q, k, v, o) sent: the quantity DESIGN.md's formulas give."""
+        return self.payload_sent.get("attention", 0)
+
     def as_dict(self) -> dict:
         """Plain-dict view for printing or JSON."""
-        return {"bytes_sent": dict(self.bytes_sent), "bytes_received": dict(self.bytes_received), "calls": dict(self.calls)}
+        return {"bytes_sent": dict(self.bytes_sent), "bytes_received": dict(self.bytes_received),
+                "calls": dict(self.calls), "payload_sent": dict(self.payload_sent)}
 
 
 _ACTIVE_STATS: list[CommStats] = []
@@ -44,7 +66,9 @@ def comm_stats():
     """Count what cp_hooks communicates inside the block, per rank, by collective kind.
 
     Only bytes that leave or reach this rank are counted (a rank's own piece of an all-to-all or
-    all-gather is not). Costs a few integer additions per collective.
+    all-gather is not). An all-gather counts this rank's piece once per other rank, as a ring all-gather
+    sends it (uneven pieces are padded to the longest first, and the padding is counted: it is sent).
+    Costs a few integer additions per collective, so it can stay on in a benchmark. Blocks may nest.
 
     Example:
         >>> with comm_stats() as stats:
@@ -59,11 +83,14 @@ def comm_stats():
         _ACTIVE_STATS.remove(stats)
 
 
-def _record(kind: str, sent: int, received: int) -> None:
+def _record(kind: str, sent: int, received: int, payload: str | dict[str, int]) -> None:
+    """Count one collective. `payload` names what was sent, or maps payload -> bytes for a mixed call."""
     for stats in _ACTIVE_STATS:
         stats.bytes_sent[kind] += sent
         stats.bytes_received[kind] += received
         stats.calls[kind] += 1
+        for name, n in ({payload: sent} if isinstance(payload, str) else payload).items():
+            stats.payload_sent[name] += n
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -86,19 +113,24 @@ def exchange_sizes(values: list[int], group, device) -> list[list[int]]:
     local = torch.tensor(values, dtype=torch.int64, device=device)
     out = torch.empty(group_size(group) * len(values), dtype=torch.int64, device=device)
     _all_gather_single(out, local, group=group)
-    _record("size_exchange", _nbytes(local) * (group_size(group) - 1), _nbytes(local) * (group_size(group) - 1))
+    others = group_size(group) - 1
+    _record("all_gather", _nbytes(local) * others, _nbytes(local) * others, payload="sizes")
     return out.view(group_size(group), len(values)).tolist()
 
 
 def all_to_all(x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], group) -> torch.Tensor:
-    """Send rows `x.split(send_sizes)[j]` (dim 0) to rank j; return the received rows in rank order."""
+    """Send rows `x.split(send_sizes)[j]` (dim 0) to rank j; return the received rows in rank order.
+
+    Only attention uses it (Ulysses, and the all-gather ring's backward): counted as payload "attention".
+    """
     rank = group_rank(group)
     x = x.contiguous()
     out = x.new_empty((sum(recv_sizes),) + tuple(x.shape[1:]))
     even = len(set(send_sizes)) == 1 and len(set(recv_sizes)) == 1
     dist.all_to_all_single(out, x, None if even else recv_sizes, None if even else send_sizes, group=group)
     row = _row_bytes(x)
-    _record("all_to_all", row * (sum(send_sizes) - send_sizes[rank]), row * (sum(recv_sizes) - recv_sizes[rank]))
+    _record("all_to_all", row * (sum(send_sizes) - send_sizes[rank]), row * (sum(recv_sizes) - recv_sizes[rank]),
+            payload="attention")
     return out
 
 
@@ -109,8 +141,10 @@ def _row_bytes(x: torch.Tensor) -> int:
     return n
 
 
-def all_gather(x: torch.Tensor, sizes: list[int] | None, group, dim: int) -> torch.Tensor:
+def all_gather(x: torch.Tensor, sizes: list[int] | None, group, dim: int, *, payload: str = "other") -> torch.Tensor:
     """Concatenate every rank's `x` along `dim`. `sizes` (per-rank lengths along `dim`) may be None when equal.
+
+    `payload` labels the bytes for `comm_stats()`: "attention" (K/V), "mask" (a key bias) or "other".
 
     Uneven pieces are padded to the longest and sliced after one all-gather: gloo's list all-gather
     refuses pieces of different sizes, and one fused call is faster than N broadcasts anyway.
@@ -130,7 +164,7 @@ def all_gather(x: torch.Tensor, sizes: list[int] | None, group, dim: int) -> tor
         out = torch.cat([out[r * longest : r * longest + sizes[r]] for r in range(world)])
     row = _row_bytes(x)
     # Counted as a ring all-gather moves it: each rank's (padded) piece reaches the N-1 others.
-    _record("all_gather", row * longest * (world - 1), row * longest * (world - 1))
+    _record("all_gather", row * longest * (world - 1), row * longest * (world - 1), payload=payload)
     return out.movedim(0, dim)
 
 
@@ -150,15 +184,23 @@ class RingExchange:
         self._works = []
         self._received: list[torch.Tensor] = []
 
-    def start(self, tensors: list[torch.Tensor], recv_shapes: list[torch.Size]) -> None:
-        """Post sends of `tensors` to the next rank and receives of `recv_shapes` from the previous one."""
+    def start(self, tensors: list[torch.Tensor], recv_shapes: list[torch.Size], payloads: list[str] | None = None) -> None:
+        """Post sends of `tensors` to the next rank and receives of `recv_shapes` from the previous one.
+
+        `payloads` labels each tensor for `comm_stats()` (default: all "attention"; the ring is attention's).
+        """
         ops = []
         self._received = [t.new_empty(shape) for t, shape in zip(tensors, recv_shapes)]
         for t, r in zip(tensors, self._received):
             ops.append(dist.P2POp(dist.isend, t.contiguous(), self.next_rank, self.group))
             ops.append(dist.P2POp(dist.irecv, r, self.prev_rank, self.group))
         self._works = dist.batch_isend_irecv(ops)
-        _record("send_recv", sum(_nbytes(t) for t in tensors), sum(_nbytes(r) for r in self._received))
+        if not _ACTIVE_STATS:
+            return
+        by_payload = defaultdict(int)
+        for t, name in zip(tensors, payloads or ["attention"] * len(tensors)):
+            by_payload[name] += _nbytes(t)
+        _record("send_recv", sum(_nbytes(t) for t in tensors), sum(_nbytes(r) for r in self._received), by_payload)
 
     def wait(self) -> list[torch.Tensor]:
         """Block until the posted transfers finish; return the received tensors."""

@@ -66,7 +66,7 @@ def attention_with_lse(q, k, v, bias=None, *, scale=None, is_causal=False):
     if out is None:
         out, lse = _math_forward(q, k, v, bias, scale, is_causal)
         return out, lse
-    out, lse = _bhsd(out), lse[..., : q.shape[1]].float()
+    out, lse = _bhsd(out), lse[..., : q.shape[1]].to(torch.promote_types(q.dtype, torch.float32))
     valid = rows_with_keys(bias)
     if valid is not None:
         # Kernels return lse = 0 (not -inf) for rows with no attendable key; make such rows neutral.

@@ -26,3 +26,16 @@ def merge_partial(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor,
     # logaddexp is the -inf-safe spelling of lse - logsigmoid(lse - block_lse).
     lse = torch.logaddexp(lse, block_lse)
     return out, lse
+
+
+def merge_partial_(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor, block_lse: torch.Tensor):
+    """In-place `merge_partial`: updates `out` without temporaries of its size; returns (out, new lse).
+
+    `out - w * (out - o_b)` is `lerp(out, o_b, w)`; `lerp_` computes it element by element in place, so a
+    ring step needs no full-size temporaries beyond the block's own output. Not for autograd (ring attention
+    merges inside its autograd.Function forward). `out` must not alias `block_out`.
+    """
+    weight = torch.sigmoid(block_lse - lse).nan_to_num_(0.0)  # (B, H, S); nan only for -inf vs -inf
+    weight = weight.transpose(1, 2).unsqueeze(-1).to(out.dtype)  # -> (B, S, H, 1)
+    out.lerp_(block_out.to(out.dtype), weight)
+    return out, torch.logaddexp(lse, block_lse)

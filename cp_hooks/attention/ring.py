@@ -20,7 +20,7 @@ import torch
 
 from .. import comm
 from .local import attention_with_lse, attention_with_lse_backward
-from .merge import merge_partial
+from .merge import merge_partial_
 
 
 def _block_kind(src: int, rank: int, is_causal: bool) -> str:
@@ -37,6 +37,11 @@ def _block_tensors(k, v, bias):
     return [k, v] if bias is None else [k, v, bias]
 
 
+def _payloads(bias):
+    # Labels for comm_stats(): the key bias is counted apart from the K/V data of DESIGN.md's formula.
+    return ["attention", "attention"] if bias is None else ["attention", "attention", "mask"]
+
+
 def _recv_shapes(k, bias, length):
     shapes = [_kv_shape(k, length), _kv_shape(k, length)]
     if bias is not None:
@@ -48,7 +53,7 @@ def _iter_blocks(k, v, bias, kv_sizes, group, rotate_method):
     """Yield (src, k, v, bias) for every block in ring order; overlaps the transfer of the next block."""
     world, rank = comm.group_size(group), comm.group_rank(group)
     if rotate_method == "allgather":
-        full = [comm.all_gather(t, kv_sizes, group, dim=1) for t in _block_tensors(k, v, bias)]
+        full = [comm.all_gather(t, kv_sizes, group, dim=1, payload=p) for t, p in zip(_block_tensors(k, v, bias), _payloads(bias))]
         offsets = [sum(kv_sizes[:i]) for i in range(world)]
         for step in range(world):
             src = (rank - step) % world
@@ -60,7 +65,7 @@ def _iter_blocks(k, v, bias, kv_sizes, group, rotate_method):
     for step in range(world):
         src = (rank - step) % world
         if step + 1 < world:
-            exchange.start(current, _recv_shapes(k, bias, kv_sizes[(src - 1) % world]))
+            exchange.start(current, _recv_shapes(k, bias, kv_sizes[(src - 1) % world]), _payloads(bias))
         yield src, current[0], current[1], current[2] if bias is not None else None
         if step + 1 < world:
             current = exchange.wait()
@@ -69,22 +74,31 @@ def _iter_blocks(k, v, bias, kv_sizes, group, rotate_method):
 def ring_forward(q, k, v, bias, *, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32):
     """Forward pass; returns (out (B, Sq, H, D) in q's dtype, lse (B, H, Sq) float32)."""
     rank = comm.group_rank(group)
-    acc_dtype = torch.float32 if convert_to_fp32 else q.dtype
-    out = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
-    lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), dtype=torch.float32, device=q.device)
+    acc_dtype = torch.promote_types(q.dtype, torch.float32) if convert_to_fp32 else q.dtype
+    out = lse = None
     for src, kb, vb, bb in _iter_blocks(k, v, bias, kv_sizes, group, rotate_method):
         kind = _block_kind(src, rank, is_causal)
-        if kind == "skip":
-            continue
-        block_out, block_lse = attention_with_lse(q, kb, vb, bb, scale=scale, is_causal=kind == "causal")
-        out, lse = merge_partial(out, lse, block_out, block_lse)
+        if kind != "skip":
+            block_out, block_lse = attention_with_lse(q, kb, vb, bb, scale=scale, is_causal=kind == "causal")
+            if out is None:
+                # The first block is the running result as it is: no zero-filled accumulator, no merge.
+                out, lse = block_out.to(acc_dtype), block_lse
+            else:
+                out, lse = merge_partial_(out, lse, block_out, block_lse)
+            del block_out
+        # Drop this block before the generator receives the next one: with rotate_method="alltoall" the
+        # rank then holds the block being computed and the one in flight, never a third.
+        del kb, vb, bb
+    if out is None:  # only when every block is skipped, which causal order never does; kept for safety
+        out = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
+        lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), dtype=torch.float32, device=q.device)
     return out.to(q.dtype), lse
 
 
 def ring_backward(dout, q, k, v, bias, out, lse, *, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32):
     """Backward pass; returns (dq, dk, dv) for this rank's q, k, v."""
     world, rank = comm.group_size(group), comm.group_rank(group)
-    acc_dtype = torch.float32 if convert_to_fp32 else q.dtype
+    acc_dtype = torch.promote_types(q.dtype, torch.float32) if convert_to_fp32 else q.dtype
     dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
 
     def block_grads(src, kb, vb, bb):

@@ -61,6 +61,6 @@ def ulysses_attention(q, k, v, bias, *, group, q_sizes, kv_sizes, inner):
     k = seq_to_heads(k, group, kv_sizes)
     v = seq_to_heads(v, group, kv_sizes)
     if bias is not None:
-        bias = comm.all_gather(bias, kv_sizes, group, dim=1)
+        bias = comm.all_gather(bias, kv_sizes, group, dim=1, payload="mask")
     out = inner(q, k, v, bias)
     return heads_to_seq(out, group, q_sizes)[:, :, :heads]

@@ -1,0 +1,170 @@
+"""Measurements: time per forward, bytes sent, peak memory, and the time spent in cp_hooks' own code.
+
+All functions run on every rank (they contain collectives) and return per-rank numbers; run.py reduces
+them over ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+from torch.profiler import ProfilerActivity, profile
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device) -> tuple[object, float]:
+    """Run `fn()` after a barrier (all ranks start together); returns (result, seconds on this rank)."""
+    sync(device)
+    dist.barrier()
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def max_over_ranks(value: float, device) -> float:
+    """A forward is as slow as its slowest rank."""
+    t = torch.tensor([value], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+# ----------------------------------------------------------------------------------------------- memory
+def peak_memory(fn, device) -> tuple[object, int]:
+    """(result, peak bytes allocated by `fn()` above what was allocated when it started), this rank.
+
+    CUDA: the caching allocator's peak. CPU: the profiler's allocation events (every CPU tensor allocation
+    and free while profiling, with a running total), so the peak is allocator-exact and free of RSS noise
+    (glibc keeping freed pages, other processes). Memory allocated outside torch's allocator (gloo's own buffers) is not
+    seen on either device.
+    """
+    if device.type == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = fn()
+        sync(device)
+        return out, torch.cuda.max_memory_allocated(device) - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    events = sorted((e for e in _trace_events(prof) if e.get("name") == "[memory]"
+                     and e.get("args", {}).get("Device Type", 0) == 0), key=lambda e: e["ts"])
+    if not events:
+        return out, 0
+    # "Total Allocated" is a running sum that carries over between profiling sessions (tensors that outlive
+    # one, freed while nothing profiles, are never subtracted): measure from the value before the first event.
+    start = events[0]["args"]["Total Allocated"] - events[0]["args"]["Bytes"]
+    return out, max(0, max(e["args"]["Total Allocated"] for e in events) - start)
+
+
+def _trace_events(prof) -> list[dict]:
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            return json.load(f)["traceEvents"]
+    finally:
+        os.remove(path)
+
+
+# --------------------------------------------------------------------------------------------- overhead
+_COLLECTIVES = re.compile(r"torch/distributed/.*\): (all_to_all_single|all_gather_into_tensor|all_gather_single|"
+                          r"all_gather|batch_isend_irecv|isend|irecv|send|recv|all_reduce|barrier|broadcast)$")
+
+
+# cp_hooks' SDPA router is a TorchFunctionMode: every torch call of the model passes through its
+# `__torch_function__`. Its own time is cp_hooks'; what it calls belongs to whoever called the torch function.
+PASSTHROUGH = "passthrough"
+
+
+def classify(event: dict) -> str | None:
+    """Who owns an event's time: "cp_hooks", "model", "attention", "comm", or None (its caller's owner).
+
+    Model layers are diffusers' and torch.nn's Python code (a hook calls the original forward, so they
+    run inside cp_hooks frames); attention kernels are the SDPA/flash ops; collectives are torch.distributed's
+    collective calls, c10d/gloo/nccl ops, and waiting on their work objects. Everything else that runs below a
+    cp_hooks frame — its Python, hook dispatch, reshapes and copies, the LSE merge — is cp_hooks' own.
+    """
+    name, cat = event.get("name", ""), event.get("cat", "")
+    if cat == "python_function":
+        if "cp_hooks/" in name and name.endswith("__torch_function__"):
+            return PASSTHROUGH
+        if "cp_hooks/" in name and "benchmarks/" not in name:
+            return "cp_hooks"
+        if "diffusers/" in name or "torch/nn/modules/" in name or "torch/nn/functional.py" in name:
+            return "model"
+        if _COLLECTIVES.search(name) or re.search(r"built-in method (wait|wait_tensor)\b", name):
+            return "comm"
+        return None
+    if cat in ("cpu_op", "user_annotation"):
+        if "scaled_dot_product" in name or "flash_attention" in name or "efficient_attention" in name:
+            return "attention"
+        if name.startswith(("c10d::", "c10d_functional::", "_c10d_functional::", "gloo:", "nccl:", "record_param_comms")):
+            return "comm"
+    return None
+
+
+def attribute_time(events: list[dict], tid) -> dict[str, float]:
+    """Exclusive time (microseconds) of one thread's events, attributed to the nearest classified owner."""
+    spans = sorted((e for e in events if e.get("ph") == "X" and e.get("tid") == tid and "dur" in e),
+                   key=lambda e: (e["ts"], -e["dur"]))
+    totals: dict[str, float] = {}
+    stack: list[tuple[float, str, str]] = []  # (end, owner of its own time, owner of its callees)
+
+    def close_until(ts):
+        while stack and stack[-1][0] <= ts + 1e-3:
+            stack.pop()
+
+    for e in spans:
+        close_until(e["ts"])
+        parent_time_owner = stack[-1][1] if stack else "other"  # who is charged for the parent's own time
+        inherited = stack[-1][2] if stack else "other"  # who owns what the parent calls
+        kind = classify(e)
+        owner, passes_on = (("cp_hooks", inherited) if kind == PASSTHROUGH else (kind or inherited, kind or inherited))
+        if stack:
+            totals[parent_time_owner] = totals.get(parent_time_owner, 0.0) - e["dur"]  # not the parent's own time
+        totals[owner] = totals.get(owner, 0.0) + e["dur"]
+        stack.append((e["ts"] + e["dur"], owner, passes_on))
+    return totals
+
+
+def framework_overhead(fn, device) -> dict:
+    """Profile one call of `fn()` with Python stacks; split its time by owner (see `classify`).
+
+    The Python tracer slows every Python call, cp_hooks' and the model's alike, so the share measured here is
+    an upper bound on the share in an unprofiled forward.
+    """
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    dist.barrier()
+    with profile(activities=activities, with_stack=True) as prof:
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        wall = time.perf_counter() - start
+    events = _trace_events(prof)
+    main_tid = _main_thread(events)
+    totals = attribute_time(events, main_tid)
+    seconds = {k: max(v, 0.0) / 1e6 for k, v in totals.items()}
+    return dict(profiled_forward_s=wall, by_owner_s=seconds, cp_hooks_s=seconds.get("cp_hooks", 0.0),
+                share=seconds.get("cp_hooks", 0.0) / wall if wall else None)
+
+
+def _main_thread(events: list[dict]):
+    # The thread with the most Python function time is the one running the forward.
+    busy: dict = {}
+    for e in events:
+        if e.get("cat") == "python_function" and "dur" in e:
+            busy[e["tid"]] = busy.get(e["tid"], 0) + e["dur"]
+    return max(busy, key=busy.get)

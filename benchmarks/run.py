@@ -1,0 +1,315 @@
+"""Benchmark cp_hooks against one process and against diffusers' own context parallelism, in one launch.
+
+    torchrun --nproc_per_node 2 benchmarks/run.py                       # CPU: gloo, 1 thread per rank
+    accelerate launch --multi_gpu --num_processes 2 benchmarks/run.py   # the same through accelerate
+    torchrun --nproc_per_node 4 benchmarks/run.py --suites attention --attn-lengths 16384 --tag cpu-4ranks-memory
+    torchrun --nproc_per_node 1 benchmarks/run.py --suites split        # one GPU: cost of splitting attention
+    bash benchmarks/run_all.sh                                          # everything in benchmarks/README.md
+
+For every workload (tiny-config Flux at 1k/4k/16k image tokens, a Wan video shape, bare attention at several
+lengths, any `--model`) the variants — one process, every cp_hooks mode that fits the world, diffusers'
+`enable_parallelism` — are timed in alternating rounds so that machine drift falls on all of them alike.
+Each record has: median time per forward (slowest rank), speed-up over one process and parallel efficiency
+(speed-up / N), bytes sent per rank against DESIGN.md's formula, peak memory per rank above the inputs, the
+max difference from the one-process output, and (at --overhead-tokens) the share of cp_hooks' own code.
+Rank 0 writes results/<tag>.json and regenerates the Markdown, plots and README sections (report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import traceback
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import measure  # noqa: E402
+import report  # noqa: E402
+import workloads  # noqa: E402
+from split_attention import split_efficiency  # noqa: E402
+from variants import Mode, Runner, cp_modes, diffusers_modes  # noqa: E402
+
+from cp_hooks import comm_stats, context_parallel_attention, init_distributed  # noqa: E402
+from cp_hooks.sharding import take_shard  # noqa: E402
+
+DEFAULT_MODELS = "flux-1k,flux-4k,flux-16k,wan"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suites", default=None,
+                   help="comma list of models, attention, split (default: models,attention; split on one rank)")
+    p.add_argument("--models", default=DEFAULT_MODELS, help="comma list of flux-<N>k and wan")
+    p.add_argument("--model", action="append", default=[], help="extra model: module:function or file.py:function")
+    p.add_argument("--attn-lengths", default="1024,4096,16384", help="attention-only sequence lengths")
+    p.add_argument("--split-lengths", default="4096,16384,32768", help="split suite lengths")
+    p.add_argument("--flux-layers", type=int, default=1, help="double- and single-stream blocks, each")
+    p.add_argument("--wan-shape", default="16x32x32", help="latent frames x height x width")
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported), after one warm-up")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per rank (the one-process run gets the same)")
+    p.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
+    p.add_argument("--overhead-tokens", type=int, default=4096, help="profile cp_hooks' own time at this size")
+    p.add_argument("--no-diffusers", action="store_true", help="skip diffusers' enable_parallelism")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--tag", default=None, help="results/<tag>.json (default: <device>-<N>ranks)")
+    p.add_argument("--no-report", action="store_true", help="write the JSON only")
+    p.add_argument("--readme", action="store_true", help="also rewrite the README result sections")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = init_distributed()
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype or ("float32" if device.type == "cpu" else "bfloat16"))
+    suites = (args.suites or ("models,attention" if world > 1 else "split")).split(",")
+    meta = machine(args, device, dtype, world)
+    records: list[dict] = []
+
+    def add(new):
+        records.extend(new)
+        if rank == 0:
+            for r in new:
+                print(report.one_line(r), flush=True)
+
+    if "models" in suites:
+        specs = [m for m in args.models.split(",") if m] + [f"custom:{m}" for m in args.model]
+        for spec in specs:
+            add(bench_model(build(spec, args, device, dtype), args, device, world))
+    if "attention" in suites and world > 1:
+        for length in (int(x) for x in args.attn_lengths.split(",") if x):
+            add(bench_attention(workloads.attention(length, device, dtype, heads=args.heads, head_dim=args.head_dim),
+                                args, device, world))
+    if "split" in suites and rank == 0:
+        add(split_efficiency([int(x) for x in args.split_lengths.split(",")], [2, 4, 8], device, dtype,
+                             heads=args.heads, head_dim=args.head_dim, repeats=max(args.repeats, 3)))
+    meta["load_average_end"] = os.getloadavg()
+    if rank == 0:
+        tag = args.tag or f"{device.type}-{world}ranks"
+        path = report.write_json(args.out, tag, meta, records)
+        print(f"wrote {path}")
+        if not args.no_report:
+            report.generate(args.out, readme=args.readme)
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+def build(spec: str, args, device, dtype) -> workloads.Workload:
+    kw = dict(heads=args.heads, head_dim=args.head_dim)
+    if spec.startswith("flux-"):
+        size = spec.split("-", 1)[1]
+        tokens = int(size[:-1]) * 1024 if size.endswith("k") else int(size)
+        return workloads.flux(tokens, device, dtype, layers=args.flux_layers, **kw)
+    if spec == "wan":
+        f, h, w = (int(x) for x in args.wan_shape.split("x"))
+        return workloads.wan(f, h, w, device, dtype, **kw)
+    if spec.startswith("custom:"):
+        return workloads.custom(spec.split(":", 1)[1], device, dtype)
+    raise ValueError(f"unknown model {spec!r}; use flux-<N>k, flux-<N>, wan, or --model module:function")
+
+
+def machine(args, device, dtype, world) -> dict:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return dict(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        command=os.environ.get("BENCH_COMMAND") or f"<launcher> --nproc {world} " + " ".join(sys.argv),
+        world=world, device=device.type, dtype=str(dtype).replace("torch.", ""), threads_per_rank=args.threads,
+        cpu=cpu, cores=os.cpu_count(), memory_gib=_memory_gib(), platform=platform.platform(),
+        gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        torch=torch.__version__, diffusers=_version("diffusers"), python=platform.python_version(),
+        backend=dist.get_backend(), load_average_start=os.getloadavg(), repeats=args.repeats,
+    )
+
+
+def _memory_gib():
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        return None
+
+
+def _version(name):
+    try:
+        return __import__(name).__version__
+    except ImportError:
+        return None
+
+
+# -------------------------------------------------------------------------------------------- variants
+def bench_model(w: workloads.Workload, args, device, world) -> list[dict]:
+    modes = [Mode("single", "single")] + cp_modes(world, w.heads or 1, device.type)
+    if not args.no_diffusers and getattr(w.model, "_cp_plan", None) and hasattr(w.model, "enable_parallelism"):
+        modes += diffusers_modes(world, w.heads or 1)
+    runner = Runner(w.model, modes)
+
+    def forward(mode):
+        def run():
+            with torch.no_grad():
+                return runner.model_for(mode)(**w.inputs)[0]
+        return run
+
+    return bench(w, modes, runner, forward, args, device, world)
+
+
+def bench_attention(w: workloads.Workload, args, device, world) -> list[dict]:
+    modes = [Mode("single", "single")] + cp_modes(world, w.heads, device.type)
+    runner = Runner(torch.nn.Identity(), [])
+    full = w.inputs
+    rank = dist.get_rank()
+    local = {k: take_shard(v, 1, rank, world).contiguous() for k, v in full.items()}
+
+    def forward(mode):
+        if mode.kind == "single":
+            def run():
+                q, k, v = (full[n].transpose(1, 2) for n in "qkv")
+                return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        else:
+            def run():
+                return context_parallel_attention(local["q"], local["k"], local["v"], config=mode.config)
+        return run
+
+    # enter/exit are no-ops here: the mode's config is passed directly.
+    runner.enter = lambda mode: None
+    runner.exit = lambda mode: None
+    return bench(w, modes, runner, forward, args, device, world, gather_dim=1)
+
+
+def bench(w, modes, runner, forward, args, device, world, gather_dim=None) -> list[dict]:
+    """Warm up, time alternating rounds, then memory, overhead and error passes; returns one record per mode."""
+    failed = dict(runner.failed)
+    outputs, times, sent, calls = {}, {m.name: [] for m in modes}, {}, {}
+    live = [m for m in modes if m.name not in failed]
+
+    # Warm-up, which is also the output used for the error measure. A failure is the same on every rank.
+    for m in list(live):
+        try:
+            runner.enter(m)
+            outputs[m.name] = forward(m)()
+        except Exception as e:
+            failed[m.name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            live.remove(m)
+            dist.barrier()
+        finally:
+            runner.exit(m)
+
+    for r in range(args.repeats):
+        order = live[r % len(live):] + live[: r % len(live)]  # rotate: nobody is always first after a pause
+        for m in order:
+            runner.enter(m)
+            with comm_stats() as stats:
+                _, seconds = measure.timed(forward(m), device)
+            runner.exit(m)
+            times[m.name].append(measure.max_over_ranks(seconds, device))
+            sent.setdefault(m.name, []).append(stats.as_dict())
+
+    memory = {}
+    if not args.no_memory:
+        for m in live:
+            runner.enter(m)
+            dist.barrier()
+            _, memory[m.name] = measure.peak_memory(forward(m), device)
+            runner.exit(m)
+
+    overhead = {}
+    if w.tokens and abs(w.tokens - args.overhead_tokens) <= 128 and w.family != "attention":
+        for m in live:
+            if m.kind == "cp_hooks":
+                runner.enter(m)
+                overhead[m.name] = measure.framework_overhead(forward(m), device)
+                runner.exit(m)
+
+    reference = outputs.get("single")
+    records = []
+    for m in modes:
+        rec = dict(suite="attention" if w.family == "attention" else "model", workload=w.name, family=w.family,
+                   tokens=w.tokens, description=w.description, world=world, variant=m.name, kind=m.kind,
+                   label=m.label, ring=m.ring, ulysses=m.ulysses, rotate_method=m.rotate_method if m.ring > 1 else None)
+        if m.name in failed:
+            rec["status"] = "failed"
+            rec["error"] = failed[m.name]
+            records.append(gather_rank_values(rec, {}))
+            continue
+        rec["status"] = "ok"
+        rec["time_ms"] = statistics.median(times[m.name]) * 1e3
+        rec["time_ms_rounds"] = [t * 1e3 for t in times[m.name]]
+        per_rank = {}
+        if m.name in sent and m.kind == "cp_hooks":  # diffusers' collectives do not pass through comm_stats
+            per_forward = [s["payload_sent"] for s in sent[m.name]]
+            per_rank["attention_bytes_sent"] = statistics.mean(p.get("attention", 0) for p in per_forward)
+            per_rank["all_bytes_sent"] = statistics.mean(sum(p.values()) for p in per_forward)
+            per_rank["calls"] = sent[m.name][-1]["calls"]
+        if m.name in memory:
+            per_rank["peak_memory_bytes"] = memory[m.name]
+        if m.name in overhead:
+            per_rank["overhead"] = overhead[m.name]
+        if reference is not None and m.name != "single":
+            out, ref = outputs[m.name].float(), reference.float()
+            diff = (out - ref).abs().max().item() if gather_dim is None else _sharded_diff(out, ref, world)
+            per_rank["max_abs_diff"] = diff
+            per_rank["ref_scale"] = max(1.0, ref.abs().max().item())
+        if w.attn_calls and m.kind != "single":
+            e = torch.empty((), dtype=next(iter(t for t in w.inputs.values() if torch.is_tensor(t)
+                                                and t.is_floating_point())).dtype).element_size()
+            rec["formula_bytes"] = sum(formula(w.batch, length, hidden, e, m.ring, m.ulysses) for length, hidden in w.attn_calls)
+        records.append(gather_rank_values(rec, per_rank))
+    return records
+
+
+def _sharded_diff(local_out, full_ref, world):
+    ref = take_shard(full_ref, 1, dist.get_rank(), world)
+    return (local_out - ref).abs().max().item()
+
+
+def formula(batch, length, hidden, e, ring, ulysses) -> float:
+    """DESIGN.md: Ulysses 4·bLde·(u−1)/(N·u) + ring 2·bLde·(r−1)/N per attention call, per rank."""
+    n, blde = ring * ulysses, batch * length * hidden * e
+    return 4 * blde * (ulysses - 1) / (n * ulysses) + 2 * blde * (ring - 1) / n
+
+
+def gather_rank_values(rec: dict, per_rank: dict) -> dict:
+    """Attach every rank's values (lists indexed by rank) and their summaries to the record."""
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, per_rank)
+    if not per_rank:
+        return rec
+    for key in ("attention_bytes_sent", "all_bytes_sent", "peak_memory_bytes", "max_abs_diff"):
+        if key in per_rank:
+            rec[f"{key}_per_rank"] = [r[key] for r in everyone]
+    if "calls" in per_rank:
+        rec["calls_rank0"] = everyone[0]["calls"]
+    if "max_abs_diff" in per_rank:
+        rec["max_abs_diff"] = max(r["max_abs_diff"] for r in everyone)
+        rec["rel_diff"] = rec["max_abs_diff"] / max(r["ref_scale"] for r in everyone)
+    if "peak_memory_bytes" in per_rank:
+        rec["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in everyone)
+    if "overhead" in per_rank:
+        rec["overhead_per_rank"] = [r["overhead"] for r in everyone]
+        rec["overhead_share"] = max(r["overhead"]["share"] for r in everyone)
+    return rec
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except Exception:
+        traceback.print_exc()
+        raise

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every benchmark shown in benchmarks/README.md, in one command (run from anywhere):
+#     bash benchmarks/run_all.sh
+# CPU (no GPU): one 2-rank launch (models + attention, 1 thread per rank), one 4-rank attention launch (for the
+# ring memory goal: on 2 cores its times are oversubscribed and not meaningful), then the report.
+# GPUs: one launch over all of them, plus the single-GPU split-attention measurement.
+# Results: benchmarks/results/*.json, results.md, *.png, and the generated sections of both READMEs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=benchmarks/results
+mkdir -p "$out"
+
+launch() {  # launch NPROC ARGS...: run one torchrun launch and record its exact command in the JSON
+    local n=$1; shift
+    export BENCH_COMMAND="torchrun --nproc_per_node $n benchmarks/run.py $*"
+    echo "+ $BENCH_COMMAND"
+    timeout "${BENCH_TIMEOUT:-3600}" torchrun --nproc_per_node "$n" benchmarks/run.py "$@" --no-report
+}
+
+if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+    if [ "$gpus" -gt 1 ]; then
+        launch "$gpus" --tag "cuda-${gpus}gpus" --attn-lengths 4096,16384,65536 --heads 24 --head-dim 128
+    fi
+    launch 1 --suites split --heads 24 --head-dim 128 --split-lengths 4096,16384,32768,65536 --repeats 5 --tag cuda-1gpu-split
+else
+    launch 2 --tag cpu-2ranks
+    launch 4 --suites attention --attn-lengths 4096,16384 --repeats 2 --tag cpu-4ranks-attention
+fi
+python benchmarks/report.py --readme > /dev/null
+echo "wrote $out/results.md and the README sections"

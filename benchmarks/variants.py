@@ -1,0 +1,122 @@
+"""The variants run side by side: one process, every cp_hooks mode that fits the world, diffusers' own CP.
+
+A variant turns a model on and off (`enter` / `exit`) so that the timing loop can alternate between them
+on one model; the configs (and their process groups) are made once. diffusers' `enable_parallelism` has no
+inverse, so its variant runs on its own copy of the model, enabled once.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+
+from cp_hooks import ContextParallelConfig, disable_parallelism, enable_parallelism
+
+_MESHES: dict = {}
+
+
+def _mesh(device_type: str, ring: int, ulysses: int):
+    # One mesh (and its process groups) per shape for the whole run: groups are not free to create.
+    key = (device_type, ring, ulysses)
+    if key not in _MESHES:
+        _MESHES[key] = init_device_mesh(device_type, (ring, ulysses), mesh_dim_names=("ring", "ulysses"))
+    return _MESHES[key]
+
+
+@dataclass
+class Mode:
+    """One way to run: `kind` is "single", "cp_hooks" or "diffusers"."""
+
+    name: str
+    kind: str
+    ring: int = 1
+    ulysses: int = 1
+    rotate_method: str = "allgather"
+    config: object = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        if self.kind == "single":
+            return "one process"
+        method = f", {self.rotate_method}" if self.ring > 1 else ""
+        return f"{self.kind}: ring {self.ring} x ulysses {self.ulysses}{method}"
+
+
+def cp_modes(world: int, heads: int, device_type: str) -> list[Mode]:
+    """Every cp_hooks mode that fits `world` ranks (Ulysses needs heads divisible by its degree)."""
+    modes = []
+    if world > 1 and heads % world == 0:
+        modes.append(Mode("ulysses", "cp_hooks", 1, world))
+    if world > 1:
+        modes.append(Mode("ring-allgather", "cp_hooks", world, 1, "allgather"))
+        modes.append(Mode("ring-alltoall", "cp_hooks", world, 1, "alltoall"))
+    for ring in range(2, world):
+        uly = world // ring
+        if ring * uly == world and uly > 1 and heads % uly == 0:
+            modes.append(Mode(f"hybrid-r{ring}u{uly}", "cp_hooks", ring, uly, "alltoall"))
+    for m in modes:
+        m.config = ContextParallelConfig(ring_degree=m.ring, ulysses_degree=m.ulysses, rotate_method=m.rotate_method)
+        m.config.setup(_mesh(device_type, m.ring, m.ulysses))
+    return modes
+
+
+def diffusers_modes(world: int, heads: int) -> list[Mode]:
+    """diffusers' Ulysses (when the heads divide) and ring."""
+    if world == 1:
+        return []
+    modes = [Mode("diffusers-ulysses", "diffusers", 1, world)] if heads % world == 0 else []
+    return modes + [Mode("diffusers-ring", "diffusers", world, 1, "allgather")]
+
+
+class Runner:
+    """Holds a workload's model (and a diffusers copy) and switches it between modes."""
+
+    def __init__(self, model: torch.nn.Module, modes: list[Mode]) -> None:
+        self.model = model
+        self.copies: dict[str, torch.nn.Module] = {}
+        self.failed: dict[str, str] = {}
+        for m in modes:
+            if m.kind == "diffusers":
+                try:
+                    self.copies[m.name] = enable_diffusers_cp(copy.deepcopy(model), m)
+                except Exception as e:  # recorded as the result of this variant
+                    self.failed[m.name] = f"{type(e).__name__}: {e}"
+
+    def model_for(self, mode: Mode) -> torch.nn.Module:
+        return self.copies.get(mode.name, self.model)
+
+    def enter(self, mode: Mode) -> torch.nn.Module:
+        if mode.kind == "cp_hooks":
+            enable_parallelism(self.model, mode.config)
+        return self.model_for(mode)
+
+    def exit(self, mode: Mode) -> None:
+        if mode.kind == "cp_hooks":
+            disable_parallelism(self.model)
+
+
+def enable_diffusers_cp(model: torch.nn.Module, mode: Mode) -> torch.nn.Module:
+    """diffusers' `ModelMixin.enable_parallelism` with its own ContextParallelConfig.
+
+    On CPU, diffusers computes `rank % torch.accelerator.device_count()`, which is 0 without an accelerator
+    (ZeroDivisionError); it is reported as 1 for the duration of the call, the one patch it needs.
+    """
+    from diffusers.models._modeling_parallel import ContextParallelConfig as DiffusersCPConfig
+
+    config = DiffusersCPConfig(ring_degree=mode.ring if mode.ring > 1 else None,
+                               ulysses_degree=mode.ulysses if mode.ulysses > 1 else None,
+                               rotate_method=mode.rotate_method)
+    patched = not torch.cuda.is_available() and torch.accelerator.device_count() == 0
+    original = torch.accelerator.device_count
+    if patched:
+        torch.accelerator.device_count = lambda: 1
+    try:
+        model.enable_parallelism(config=config)
+    finally:
+        torch.accelerator.device_count = original
+    dist.barrier()
+    return model
