@@ -13,15 +13,10 @@ UNSUPPORTED = {
         "packed dual-pathway sequences with grouped-query attention and ragged lengths; diffusers itself says "
         "its context parallelism cannot be a declarative plan (it uses shard/gather callbacks instead)"
     ),
-    "HunyuanVideoTransformer3DModel": (
-        "the text padding mask is needed whole by the token refiner (a query x key mask and a masked mean over "
-        "the text) and split by the blocks (`forward` builds their [video, text] mask from the *local* lengths "
-        "and `encoder_attention_mask.sum()`), but it is one forward input; it needs a plan spec that gathers a "
-        "module's input (a small core addition), not yet available"
-    ),
-    "LTXVideoTransformer3DModel": (
-        "its processor expands the text padding mask to (batch, heads, 1, keys) before attention, and cp_hooks "
-        "refuses masks with a heads dimension (it cannot tell a per-head mask from a repeated one without "
-        "reading values); needs the core to accept head-repeated key-padding masks"
+    "HunyuanVideo15Transformer3DModel": (
+        "its attention processor turns the text padding mask into a (batch, 1, S, S) query x key mask "
+        "(mask[q] & mask[k]) inside the processor, after every point a plan can reach, and cp_hooks accepts only "
+        "key-padding masks; every block attends with it. Supporting it needs the core to recognise that outer "
+        "product as a key-padding mask (the rows of padded queries are fully masked)"
     ),
 }
