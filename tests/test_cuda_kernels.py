@@ -31,11 +31,33 @@ def _err(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1)).item()
 
 
+@pytest.fixture
+def only_kernel(monkeypatch):
+    """Force one CUDA kernel (or the math path) and record whether the math path ran."""
+    import cp_hooks.attention.local as local
+
+    used_math = []
+    for name in ("_math_forward", "_math_backward"):
+        original = getattr(local, name)
+        monkeypatch.setattr(local, name, lambda *a, _f=original, _n=name: used_math.append(_n) or _f(*a))
+
+    def force(kernel):
+        monkeypatch.setattr(local, "CUDA_KERNELS", () if kernel == "math" else (kernel,))
+        monkeypatch.setattr(local, "CUDA_BACKWARD_KERNELS", (kernel,) if kernel in ("cudnn", "flash") else ())
+        return used_math
+
+    return force
+
+
+@pytest.mark.parametrize("kernel", ["cudnn", "flash", "efficient", "math"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("blocks", [1, 3])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_blockwise_attention_matches_sdpa(dtype, masked, blocks, head_dim):
+def test_blockwise_attention_matches_sdpa(only_kernel, kernel, dtype, masked, blocks, head_dim):
+    if kernel in ("cudnn", "flash") and (masked or dtype == torch.float32):
+        pytest.skip(f"{kernel} takes no mask and no fp32")
+    used_math = only_kernel(kernel)
     torch.manual_seed(0)
     b, s, h = 2, 384, 8
     q, k, v, grad = (torch.randn(b, s, h, head_dim, device="cuda", dtype=dtype) for _ in range(4))
@@ -60,6 +82,9 @@ def test_blockwise_attention_matches_sdpa(dtype, masked, blocks, head_dim):
         dks.append(gk)
         dvs.append(gv)
     tol = TOLERANCE[dtype]
+    # The efficient kernel serves forwards only; its blocks' backward is the math path (see local.py).
+    assert ("_math_forward" in used_math) == (kernel == "math"), f"{kernel} refused these inputs"
+    assert ("_math_backward" in used_math) == (kernel in ("math", "efficient")), f"{kernel} refused the backward"
     assert _err(out, ref_out) <= tol
     assert _err(dq, ref_dq) <= tol
     assert _err(torch.cat(dks, 1), ref_dk) <= tol
@@ -78,17 +103,16 @@ def test_causal_block(dtype):
         assert _err(actual, expected) <= tol
 
 
-def test_which_kernels_run():
-    """Report (and pin) that the fast kernels, not the math fallback, serve the common cases."""
+def test_default_kernels_avoid_the_math_path(only_kernel):
+    """With the default kernel order, bf16 attention with and without a mask never falls back to math."""
     import cp_hooks.attention.local as local
 
-    calls = []
-    original = local._math_forward
-    local._math_forward = lambda *a: calls.append("math") or original(*a)
-    try:
-        q = torch.randn(1, 128, 4, 64, device="cuda", dtype=torch.bfloat16)
-        attention_with_lse(q, q, q)
-        attention_with_lse(q, q, q, key_bias_from_mask(torch.ones(1, 128, dtype=torch.bool, device="cuda"), 1, 128))
-    finally:
-        local._math_forward = original
-    assert calls == [], "bf16 attention fell back to the math path"
+    used_math = only_kernel("efficient")
+    local.CUDA_KERNELS = ("cudnn", "flash", "efficient")
+    local.CUDA_BACKWARD_KERNELS = ("cudnn", "flash")
+    q = torch.randn(1, 128, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=False)
+    out, lse = attention_with_lse(q, q, q)
+    attention_with_lse_backward(q, q, q, q, out, lse)
+    bias = key_bias_from_mask(torch.ones(1, 128, dtype=torch.bool, device="cuda"), 1, 128)
+    attention_with_lse(q, q, q, bias)
+    assert not used_math
