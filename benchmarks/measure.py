@@ -128,6 +128,11 @@ def attribute_time(events: list[dict], tid) -> dict[str, float]:
 
     for e in spans:
         close_until(e["ts"])
+        if stack and e["ts"] + e["dur"] > stack[-1][0] + 1e-3:
+            # Not nested in the enclosing span: an asynchronous op (a ring's c10d::send/recv) whose span runs
+            # on past the call that posted it, over the compute that follows. Nesting it would charge that
+            # compute to the wrong owner; the time spent waiting for it is the Work.wait() call, counted as comm.
+            continue
         parent_time_owner = stack[-1][1] if stack else "other"  # who is charged for the parent's own time
         inherited = stack[-1][2] if stack else "other"  # who owns what the parent calls
         kind = classify(e)

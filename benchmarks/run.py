@@ -196,7 +196,7 @@ def bench_attention(w: workloads.Workload, args, device, world) -> list[dict]:
 def bench(w, modes, runner, forward, args, device, world, gather_dim=None) -> list[dict]:
     """Warm up, time alternating rounds, then memory, overhead and error passes; returns one record per mode."""
     failed = dict(runner.failed)
-    outputs, times, sent, calls = {}, {m.name: [] for m in modes}, {}, {}
+    outputs, times, sent = {}, {m.name: [] for m in modes}, {}
     live = [m for m in modes if m.name not in failed]
 
     # Warm-up, which is also the output used for the error measure. A failure is the same on every rank.

@@ -150,7 +150,6 @@ def all_gather(x: torch.Tensor, sizes: list[int] | None, group, dim: int, *, pay
     refuses pieces of different sizes, and one fused call is faster than N broadcasts anyway.
     """
     world = group_size(group)
-    rank = group_rank(group)
     x = x.movedim(dim, 0)
     if sizes is None:
         sizes = [x.shape[0]] * world

@@ -106,6 +106,14 @@ def print0(*args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
+def finish(ok: bool) -> int:
+    """End a script: wait for every rank, tear the process group down, exit 0 on a pass and 1 on a failure."""
+    dist.barrier()
+    print0("done")
+    dist.destroy_process_group()
+    return 0 if ok else 1
+
+
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual - expected| / max(1, max |expected|), in float64."""
     actual, expected = torch.as_tensor(actual).double(), torch.as_tensor(expected).double()

@@ -15,10 +15,9 @@ with status 1 if a difference exceeds the tolerance.
 
 from __future__ import annotations
 
-import torch.distributed as dist
 
 import _tiny
-from _common import print0, setup_parallel
+from _common import finish, setup_parallel
 from _generation import generate_and_check, generation_parser, load_pipeline, output_path
 
 
@@ -42,10 +41,7 @@ def main() -> int:
         path = output_path(args, "image.png", par)
         pipe.image_processor.numpy_to_pil(images)[0].save(path)
         print(f"rank {par.rank}: saved {path}", flush=True)
-    dist.barrier()
-    print0("done")
-    dist.destroy_process_group()
-    return 0 if ok else 1
+    return finish(ok)
 
 
 if __name__ == "__main__":

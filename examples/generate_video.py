@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-import torch.distributed as dist
 
 import _tiny
-from _common import print0, setup_parallel
+from _common import finish, setup_parallel
 from _generation import generate_and_check, generation_parser, load_pipeline, output_path
 
 
@@ -60,10 +59,7 @@ def main() -> int:
         path = output_path(args, "video.gif", par)
         save_frames(videos[0], path, args.fps)
         print(f"rank {par.rank}: saved {path} ({len(videos[0])} frames)", flush=True)
-    dist.barrier()
-    print0("done")
-    dist.destroy_process_group()
-    return 0 if ok else 1
+    return finish(ok)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,9 @@ import sys
 import textwrap
 
 import pytest
-import torch
 import torch.distributed as dist
 
 from cp_hooks.catalogue import ENTRIES, get_entry
-from cp_hooks.catalogue.modes import Mode
 from cp_hooks.checker import compare_parallel
 from cp_testing import FP32_TOL, make_config
 

@@ -4,7 +4,6 @@ Hypothesis draws the cases in the test process; each case runs on a persistent p
 Bounded (max_examples) so that the suite stays fast; derandomized so that CI is reproducible.
 """
 
-import pytest
 import torch
 import torch.distributed as dist
 from hypothesis import HealthCheck, given, settings

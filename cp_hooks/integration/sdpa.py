@@ -8,7 +8,6 @@ it is treated as self-attention over sequence-sharded tensors, except inside mod
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
