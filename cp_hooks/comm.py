@@ -25,6 +25,7 @@ class CommStats:
         the formulas count;
       * "mask": key-padding biases that travel with their keys (4 bytes per key: small, but not in the formulas);
       * "sizes": per-rank lengths exchanged by the anything modes (a few int64s per call);
+      * "consistency": the strict mode's input fingerprint (one int64 per forward);
       * "other": everything else, today the plan's output gathers (`ContextParallelOutput`), once per forward.
     A payload's bytes are also in its collective kind's counter, so `total_sent` is everything that left.
 
@@ -105,16 +106,17 @@ def group_rank(group) -> int:
     return dist.get_rank(group)
 
 
-def exchange_sizes(values: list[int], group, device) -> list[list[int]]:
+def exchange_sizes(values: list[int], group, device, payload: str = "sizes") -> list[list[int]]:
     """All-gather a few ints from every rank: returns `result[rank] == that rank's values`.
 
-    Called every forward in the anything modes (never cached, see module docstring). One tiny collective.
+    Called every forward in the anything modes (never cached, see module docstring), and by the strict
+    input check (`payload="consistency"`). One tiny collective.
     """
     local = torch.tensor(values, dtype=torch.int64, device=device)
     out = torch.empty(group_size(group) * len(values), dtype=torch.int64, device=device)
     _all_gather_single(out, local, group=group)
     others = group_size(group) - 1
-    _record("all_gather", _nbytes(local) * others, _nbytes(local) * others, payload="sizes")
+    _record("all_gather", _nbytes(local) * others, _nbytes(local) * others, payload=payload)
     return out.view(group_size(group), len(values)).tolist()
 
 

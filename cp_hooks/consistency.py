@@ -16,11 +16,9 @@ import hashlib
 import torch
 import torch.distributed as dist
 
+from . import comm
 from .config import ContextParallelConfig
 from .hooks import ModelHook
-
-# torch >= 2.13 renames all_gather_into_tensor (and deprecates the old name); older releases have only it.
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
 def describe_inputs(args: tuple, kwargs: dict) -> str:
@@ -52,10 +50,9 @@ def check_consistent(description: str, config: ContextParallelConfig, device: to
     """Raise the same ValueError on every rank if the ranks' input descriptions differ."""
     group = config._flat_group
     world = dist.get_world_size(group)
-    local = torch.tensor([_fingerprint(description)], dtype=torch.int64, device=device)
-    gathered = torch.empty(world, dtype=torch.int64, device=device)
-    _all_gather_single(gathered, local, group=group)
-    if bool((gathered == gathered[0]).all()):
+    fingerprints = [row[0] for row in comm.exchange_sizes([_fingerprint(description)], group, device,
+                                                         payload="consistency")]
+    if len(set(fingerprints)) == 1:
         return
     descriptions: list = [None] * world
     dist.all_gather_object(descriptions, description, group=group)

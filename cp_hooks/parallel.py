@@ -89,8 +89,10 @@ def enable_parallelism(
             else:
                 hook = GatherHook(full_name, spec, config)
             hooks.append((module, f"{_HOOK_PREFIX}{type(hook).__name__}[{name}]", hook))
-    # On the model itself, so that SDPA calls anywhere in its forward see the router.
-    hooks.append((model, f"{_HOOK_PREFIX}sdpa_router", SDPARouterHook(config)))
+    if not diffusers_attention.all_dispatch_routed(model):
+        # On the model itself, so that SDPA calls anywhere in its forward see the router. Skipped when every
+        # attention goes through diffusers' dispatch: the router would only add per-op overhead.
+        hooks.append((model, f"{_HOOK_PREFIX}sdpa_router", SDPARouterHook(config)))
 
     config.setup()
     _check_model_device(model, config)

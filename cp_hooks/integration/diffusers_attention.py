@@ -93,6 +93,19 @@ def attention_processors(model: nn.Module):
         yield name, processor
 
 
+def all_dispatch_routed(model: nn.Module) -> bool:
+    """True if `model` has attention processors and every one goes through `dispatch_attention_fn`.
+
+    Then every attention call is routed here and the SDPA router (a torch-function mode that sees every
+    torch call of the forward, at a few microseconds each) is not needed.
+    """
+    processors = [m.processor for m in model.modules() if getattr(m, "processor", None) is not None]
+    return bool(processors) and all(
+        hasattr(p, "_parallel_config") and callable(getattr(sys.modules.get(type(p).__module__), _DISPATCH_NAME, None))
+        for p in processors
+    )
+
+
 def install(model: nn.Module, config: ContextParallelConfig) -> list:
     """Mark every diffusers processor of `model` as context-parallel; returns what `restore` needs."""
     handle = CPHandle(config)
