@@ -145,3 +145,35 @@ def heads_repeated_mask():
 
 def test_mask_repeated_over_heads(pool):
     pool(2).run(heads_repeated_mask)
+
+
+def symmetric_padding_mask(ring, ulysses, rotate):
+    """A `v[q] & v[k]` self-attention mask (HunyuanVideo 1.5's processor) is split into keys and queries.
+
+    Each rank builds it from its own tokens, as the processor does; whole shards of invalid tokens included.
+    """
+    config = make_config(ring, ulysses, rotate_method=rotate, ulysses_anything=ulysses > 1, ring_anything=ring > 1)
+    b, s, h, d = 2, 22, 4, 8
+    (q, k, v, grad), _ = _inputs(b, s, h, d, torch.float32, None)
+    valid = torch.ones(b, s, dtype=torch.bool)
+    valid[0, 11:] = False  # the last ranks of sample 0 hold no valid token at all
+    valid[1, 3:6] = False
+    full_mask = valid[:, None, :, None] & valid[:, None, None, :]
+    lq, lk, lv = (shard(t).requires_grad_() for t in (q, k, v))
+    rq, rk, rv = (t.clone().requires_grad_() for t in (q, k, v))
+    # Reference in fp32 on CPU: SDPA's flash kernel gives zero rows for queries that see no key.
+    reference = F.scaled_dot_product_attention(rq.transpose(1, 2), rk.transpose(1, 2), rv.transpose(1, 2),
+                                               attn_mask=full_mask).transpose(1, 2)
+    reference.backward(grad)
+    local_valid = shard(valid, 1)
+    local_mask = local_valid[:, None, :, None] & local_valid[:, None, None, :]
+    out = context_parallel_attention(lq, lk, lv, local_mask, config=config)
+    out.backward(shard(grad))
+    for actual, expected in ((out, reference), (lq.grad, rq.grad), (lk.grad, rk.grad), (lv.grad, rv.grad)):
+        assert rel_err(actual, shard(expected)) <= FP32_TOL
+    return True
+
+
+@pytest.mark.parametrize("ring,ulysses,rotate", [(1, 4, "allgather"), (4, 1, "alltoall"), (2, 2, "alltoall")])
+def test_symmetric_padding_mask(pool, ring, ulysses, rotate):
+    pool(4).run(symmetric_padding_mask, ring, ulysses, rotate)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from .. import comm
 from ..config import ContextParallelConfig
 from . import routing
-from .masks import key_bias_from_mask
+from .masks import key_bias_from_mask, split_symmetric_mask
 from .ring import ring_attention
 from .ulysses import ulysses_attention
 
@@ -49,8 +49,22 @@ def context_parallel_attention(
         >>> out = context_parallel_attention(q_local, k_local, v_local, config=config)
     """
     config._require_setup()
+    query_valid = None
+    if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[-2] > 1:
+        # A mask that varies along queries is refused, unless it is a padding mask applied to both sides.
+        symmetric = split_symmetric_mask(attn_mask, query.shape[1], key.shape[1])
+        if symmetric is not None:
+            attn_mask, query_valid = symmetric
     bias = _validate(query, key, value, attn_mask, dropout_p, is_causal, config)
     scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
+    out = _dispatch(query, key, value, bias, dropout_p, is_causal, scale, config)
+    if query_valid is not None:
+        out = out * query_valid[:, :, None, None].to(out.dtype)  # queries that see no key: zero, as SDPA gives
+    return out
+
+
+def _dispatch(query, key, value, bias, dropout_p, is_causal, scale, config):
+    """Run the mode the config asks for: ring, Ulysses, or Ulysses inside and ring across (hybrid)."""
     with routing.inside_cp_kernel():
         if config.ulysses_degree == 1:
             return _ring(query, key, value, bias, config, scale, is_causal, config._ring_group)

@@ -50,6 +50,25 @@ def key_bias_from_mask(mask: torch.Tensor | None, batch: int, kv_len: int) -> to
     return rows.detach().to(torch.float32)
 
 
+def split_symmetric_mask(mask: torch.Tensor, q_len: int, kv_len: int):
+    """Split a self-attention mask `v[q] & v[k]` into its key-padding mask and the query rows to zero.
+
+    Some processors (HunyuanVideo 1.5's) turn a token-validity vector v into a boolean (B, 1, S, S) mask
+    allowing query q to see key k when both are valid. Its diagonal is v itself, so each rank can read the
+    validity of its own keys even when none of its queries is valid; keys then follow their blocks like
+    any key-padding mask, and the rows of invalid queries (which see no key) are set to zero, as SDPA does.
+
+    Returns:
+        (key mask (B, h, 1, S), query validity (B, S)) if `mask` has that form, else None.
+    """
+    if mask.dtype != torch.bool or mask.dim() != 4 or q_len != kv_len or tuple(mask.shape[-2:]) != (q_len, kv_len):
+        return None
+    valid = mask.diagonal(dim1=-2, dim2=-1)  # (B, h, S)
+    if not torch.equal(mask, valid[..., :, None] & valid[..., None, :]):
+        return None
+    return valid[..., None, :], valid[:, 0]
+
+
 def rows_with_keys(bias: torch.Tensor | None) -> torch.Tensor | None:
     """(b,) boolean: True where at least one key of the block is attendable (else the block adds nothing)."""
     if bias is None:
