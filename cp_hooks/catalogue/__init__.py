@@ -24,7 +24,7 @@ import torch.nn as nn
 from .modes import HYBRID_MODES, MODES_2, Mode
 
 # Families in the order of the README table.
-_FAMILIES = ("flux", "sd3", "qwenimage", "wan", "pixart_cogvideox", "hunyuan_video", "ltx", "ltx2", "mochi", "z_image", "helios", "minimax_h3", "unsupported")
+_FAMILIES = ("flux", "sd3", "qwenimage", "wan", "pixart_cogvideox", "hunyuan_video", "hunyuan_video15", "ltx", "ltx2", "mochi", "z_image", "helios", "minimax_h3", "unsupported")
 
 # Classes tried and found impossible to express as a plan: class name -> the precise reason.
 UNSUPPORTED: dict[str, str] = {}

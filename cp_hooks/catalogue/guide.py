@@ -18,8 +18,10 @@ GUIDE = """### Writing a plan for a new model
    `parallel_config=None` for it need nothing, processors that pass their config for every call and modules that
    call SDPA directly need `"blocks.*.attn2": LocalAttention()`.
 4. **Masks.** A key-padding mask must be split with its keys, in every block that receives it from
-   `forward` (`"blocks.*": {"encoder_attention_mask": ContextParallelInput(1, 2)}`); masks that vary along
-   queries (block-causal, query x key products) cannot be split and are refused.
+   `forward` (`"blocks.*": {"encoder_attention_mask": ContextParallelInput(1, 2)}`). A boolean self-attention
+   mask `v[q] & v[k]` built from such a mask inside the processor (HunyuanVideo 1.5) is read as a key-padding
+   mask, so split the vector it is built from the same way; other masks that vary along queries
+   (block-causal, general query x key masks) cannot be split and are refused.
 5. **Per-token conditioning.** Any tensor with one row per token (per-token timesteps, modulation indices)
    must be split with the tokens; `skip_other_dims=True` leaves its per-sample variants whole.
 6. **Check it.** `torchrun --nproc_per_node 2 -m cp_hooks check MyModel --plan my_plans:PLAN`: a split that

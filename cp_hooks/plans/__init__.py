@@ -10,7 +10,7 @@ import importlib
 
 from ..plan import register_plan
 
-_FAMILIES = ("flux", "sd3", "qwenimage", "wan", "pixart", "cogvideox", "hunyuan_video", "ltx", "ltx2", "mochi", "z_image", "helios", "minimax_h3")
+_FAMILIES = ("flux", "sd3", "qwenimage", "wan", "pixart", "cogvideox", "hunyuan_video", "hunyuan_video15", "ltx", "ltx2", "mochi", "z_image", "helios", "minimax_h3")
 
 
 def _register_all() -> None:
