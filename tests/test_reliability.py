@@ -33,7 +33,8 @@ def bad_attention_inputs():
     _expect(ValueError, "grouped-query", attn, q, q[:, :, :2], q[:, :, :2], config=config)
     _expect(ValueError, "not divisible by ulysses_degree=2.*ulysses_anything", attn, q[:, :, :3], q[:, :, :3],
             q[:, :, :3], config=config)
-    _expect(ValueError, "varies along queries", attn, q, q, q, torch.ones(1, 1, 8, 8, dtype=torch.bool), config=config)
+    causal_mask = torch.ones(8, 8, dtype=torch.bool).tril()[None, None]  # varies along queries: not key padding
+    _expect(ValueError, "varies along queries", attn, q, q, q, causal_mask, config=config)
     _expect(ValueError, "expected \\(batch=1, local_kv_seq=8\\)", attn, q, q, q, torch.ones(1, 7, dtype=torch.bool),
             config=config)
     _expect(TypeError, "boolean .* or an additive float", attn, q, q, q, torch.ones(1, 8, dtype=torch.int64),
