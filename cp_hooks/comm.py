@@ -45,11 +45,6 @@ class CommStats:
         """All bytes this rank sent to other ranks."""
         return sum(self.bytes_sent.values())
 
-    @property
-    def attention_sent(self) -> int:
-        """Bytes of attention data (q, k, v, o) sent: the quantity DESIGN.md's formulas give."""
-        return self.payload_sent.get("attention", 0)
-
     def as_dict(self) -> dict:
         """Plain-dict view for printing or JSON."""
         return {"bytes_sent": dict(self.bytes_sent), "bytes_received": dict(self.bytes_received),
@@ -110,8 +105,12 @@ def exchange_sizes(values: list[int], group, device, payload: str = "sizes") -> 
     """All-gather a few ints from every rank: returns `result[rank] == that rank's values`.
 
     Called every forward in the anything modes (never cached, see module docstring), and by the strict
-    input check (`payload="consistency"`). One tiny collective.
+    input check (`payload="consistency"`). One tiny collective, on `device` (the caller's tensors'),
+    except in a gloo group, which takes CPU tensors.
     """
+    backend = str(dist.get_backend(group)).lower()
+    if "gloo" in backend and "nccl" not in backend:
+        device = torch.device("cpu")
     local = torch.tensor(values, dtype=torch.int64, device=device)
     out = torch.empty(group_size(group) * len(values), dtype=torch.int64, device=device)
     _all_gather_single(out, local, group=group)

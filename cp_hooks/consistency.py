@@ -70,7 +70,5 @@ class ConsistencyHook(ModelHook):
         self.config = config
 
     def pre_forward(self, module, args, kwargs):
-        device = torch.device("cpu") if self.config.device_type == "cpu" else torch.device(
-            self.config.device_type, torch.cuda.current_device())
-        check_consistent(describe_inputs(args, kwargs), self.config, device)
+        check_consistent(describe_inputs(args, kwargs), self.config, torch.device(self.config.device_type))
         return args, kwargs

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from cp_hooks.attention.local import attention_with_lse, attention_with_lse_backward
 from cp_hooks.attention.masks import key_bias_from_mask
-from cp_hooks.attention.merge import merge_partial
+from cp_hooks.attention.merge import merge_partial_
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -73,7 +73,7 @@ def test_blockwise_attention_matches_sdpa(only_kernel, kernel, dtype, masked, bl
     out = lse = None
     for i in range(blocks):
         o, l = attention_with_lse(q, kb[i], vb[i], bb[i])
-        out, lse = (o.float(), l) if out is None else merge_partial(out, lse, o, l)
+        out, lse = (o.float().clone(), l) if out is None else merge_partial_(out, lse, o, l)
     dq = torch.zeros_like(q, dtype=torch.float32)
     dks, dvs = [], []
     for i in range(blocks):

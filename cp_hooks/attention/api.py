@@ -92,20 +92,14 @@ def _sizes(q_len: int, kv_len: int, group, config, device) -> tuple[list[int], l
     world = comm.group_size(group)
     if not config.anything:
         return [q_len] * world, [kv_len] * world
-    rows = comm.exchange_sizes([q_len, kv_len], group, _size_device(group, device))
+    rows = comm.exchange_sizes([q_len, kv_len], group, device)
     return [r[0] for r in rows], [r[1] for r in rows]
-
-
-def _size_device(group, device):
-    # Sizes travel on the group's own device; gloo groups take CPU tensors.
-    backend = str(torch.distributed.get_backend(group)).lower()
-    return torch.device("cpu") if "gloo" in backend and "nccl" not in backend else device
 
 
 def _ring(q, k, v, bias, config, scale, is_causal, group):
     world = comm.group_size(group)
     if config.anything:
-        kv_sizes = [r[0] for r in comm.exchange_sizes([k.shape[1]], group, _size_device(group, q.device))]
+        kv_sizes = [r[0] for r in comm.exchange_sizes([k.shape[1]], group, q.device)]
     else:
         kv_sizes = [k.shape[1]] * world
     return ring_attention(

@@ -14,23 +14,11 @@ from __future__ import annotations
 import torch
 
 
-def merge_partial(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor, block_lse: torch.Tensor):
-    """Merge one block into the running (out, lse); returns the new pair.
+def merge_partial_(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor, block_lse: torch.Tensor):
+    """Merge one block into the running (out, lse) in place; returns (out, new lse).
 
     Shapes: out (B, S, H, D), lse (B, H, S). `out` stays in the dtype it has (float32 when the caller
     converts, the input dtype otherwise); lse is float32.
-    """
-    weight = torch.sigmoid(block_lse - lse).nan_to_num_(0.0)  # (B, H, S); nan only for -inf vs -inf
-    weight = weight.transpose(1, 2).unsqueeze(-1).to(out.dtype)  # -> (B, S, H, 1)
-    out = out - weight * (out - block_out.to(out.dtype))
-    # logaddexp is the -inf-safe spelling of lse - logsigmoid(lse - block_lse).
-    lse = torch.logaddexp(lse, block_lse)
-    return out, lse
-
-
-def merge_partial_(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor, block_lse: torch.Tensor):
-    """In-place `merge_partial`: updates `out` without temporaries of its size; returns (out, new lse).
-
     `out - w * (out - o_b)` is `lerp(out, o_b, w)`; `lerp_` computes it element by element in place, so a
     ring step needs no full-size temporaries beyond the block's own output. Not for autograd (ring attention
     merges inside its autograd.Function forward). `out` must not alias `block_out`.
