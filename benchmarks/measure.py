@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import tempfile
 import time
 
@@ -93,8 +94,9 @@ def classify(event: dict) -> str | None:
 
     Model layers are diffusers' and torch.nn's Python code (a hook calls the original forward, so they
     run inside cp_hooks frames); attention kernels are the SDPA/flash ops; collectives are torch.distributed's
-    collective calls, c10d/gloo/nccl ops, and waiting on their work objects. Everything else that runs below a
-    cp_hooks frame — its Python, hook dispatch, reshapes and copies, the LSE merge — is cp_hooks' own.
+    collective calls (with the logging wrapper torch puts around each), c10d/gloo/nccl ops, and waiting on their
+    work objects. Everything else that runs below a cp_hooks frame — its Python, hook dispatch, reshapes and
+    copies, the LSE merge — is cp_hooks' own.
     """
     name, cat = event.get("name", ""), event.get("cat", "")
     if cat == "python_function":
@@ -104,7 +106,8 @@ def classify(event: dict) -> str | None:
             return "cp_hooks"
         if "diffusers/" in name or "torch/nn/modules/" in name or "torch/nn/functional.py" in name:
             return "model"
-        if _COLLECTIVES.search(name) or re.search(r"built-in method (wait|wait_tensor)\b", name):
+        if (_COLLECTIVES.search(name) or "torch/distributed/c10d_logger.py" in name
+                or re.search(r"built-in method (wait|wait_tensor)\b", name)):
             return "comm"
         return None
     if cat in ("cpu_op", "user_annotation"):
@@ -144,26 +147,33 @@ def attribute_time(events: list[dict], tid) -> dict[str, float]:
     return totals
 
 
-def framework_overhead(fn, device) -> dict:
-    """Profile one call of `fn()` with Python stacks; split its time by owner (see `classify`).
+def framework_overhead(fn, device, repeats: int = 3) -> dict:
+    """Profile `repeats` calls of `fn()` with Python stacks; split each call's time by owner (see `classify`).
 
+    Returns the median over the calls of each owner's seconds and of cp_hooks' share of the forward (one
+    profiled call varies by a fraction of a percent on a shared machine, as much as the share itself).
     The Python tracer slows every Python call, cp_hooks' and the model's alike, so the share measured here is
     an upper bound on the share in an unprofiled forward.
     """
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sync(device)
-    dist.barrier()
-    with profile(activities=activities, with_stack=True) as prof:
-        start = time.perf_counter()
-        fn()
+    calls = []
+    for _ in range(repeats):
         sync(device)
-        wall = time.perf_counter() - start
-    events = _trace_events(prof)
-    main_tid = _main_thread(events)
-    totals = attribute_time(events, main_tid)
-    seconds = {k: max(v, 0.0) / 1e6 for k, v in totals.items()}
-    return dict(profiled_forward_s=wall, by_owner_s=seconds, cp_hooks_s=seconds.get("cp_hooks", 0.0),
-                share=seconds.get("cp_hooks", 0.0) / wall if wall else None)
+        dist.barrier()
+        with profile(activities=activities, with_stack=True) as prof:
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            wall = time.perf_counter() - start
+        events = _trace_events(prof)
+        totals = attribute_time(events, _main_thread(events))
+        calls.append((wall, {k: max(v, 0.0) / 1e6 for k, v in totals.items()}))
+    owners = sorted({k for _, seconds in calls for k in seconds})
+    by_owner = {k: statistics.median(seconds.get(k, 0.0) for _, seconds in calls) for k in owners}
+    shares = [seconds.get("cp_hooks", 0.0) / wall for wall, seconds in calls if wall]
+    return dict(profiled_forward_s=statistics.median(wall for wall, _ in calls), by_owner_s=by_owner,
+                cp_hooks_s=by_owner.get("cp_hooks", 0.0), share=statistics.median(shares) if shares else None,
+                shares=shares)
 
 
 def _main_thread(events: list[dict]):

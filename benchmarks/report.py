@@ -13,6 +13,8 @@ import json
 import os
 import re
 
+from paired import median_interval, paired_ratios, verdict
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CP_MODES = ("ulysses", "ring-allgather", "ring-alltoall")
@@ -93,6 +95,26 @@ def table(records: list[dict]) -> list[str]:
     return lines
 
 
+OWNERS = (("attention", "attention kernels"), ("model", "model layers"), ("comm", "collectives and waits"),
+          ("cp_hooks", "cp_hooks' own code"), ("other", "other"))
+
+
+def time_split_table(records: list[dict]) -> list[str]:
+    """Where a profiled forward's time goes, by owner (measure.classify), mean over ranks of per-rank medians."""
+    profiled = [r for r in records if r.get("overhead_per_rank")]
+    if not profiled:
+        return []
+    lines = ["| workload | variant | profiled forward (ms) | " + " | ".join(label for _, label in OWNERS) + " |",
+             "|---|---|---:|" + "---:|" * len(OWNERS)]
+    for r in profiled:
+        ranks = r["overhead_per_rank"]
+        wall = sum(o["profiled_forward_s"] for o in ranks) / len(ranks)
+        shares = [sum(o["by_owner_s"].get(key, 0.0) for o in ranks) / len(ranks) / wall for key, _ in OWNERS]
+        lines.append(f"| {r['workload']} | {r['variant']} | {1e3 * wall:.1f} | "
+                     + " | ".join(f"{100 * x:.1f} %" for x in shares) + " |")
+    return lines
+
+
 def split_table(records: list[dict]) -> list[str]:
     lines = ["| tokens | blocks | one call, same kernel (ms) | one call, torch SDPA (ms) | one rank's ring compute (ms) | "
              "efficiency | efficiency vs torch SDPA |", "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -108,7 +130,14 @@ def machine_line(meta: dict) -> str:
     load_end = "/".join(f"{x:.2f}" for x in meta.get("load_average_end", ()))
     return (f"{meta['world']} ranks on {meta['device']} ({meta['backend']}), {where}, {meta['threads_per_rank']} "
             f"thread(s) per rank, {meta['dtype']}, torch {meta['torch']}, diffusers {meta['diffusers']}, "
-            f"{meta['repeats']} timed rounds; load average at start {load}, at end {load_end}; {meta['date']}")
+            f"{_rounds(meta)}; load average at start {load}, at end {load_end}; {meta['date']}")
+
+
+def _rounds(meta: dict) -> str:
+    if meta.get("min_seconds"):
+        return (f"at least {meta['repeats']} timed rounds per workload, more (up to {meta['max_rounds']}) until "
+                f"{meta['min_seconds']:g} s of timing")
+    return f"{meta['repeats']} timed rounds"
 
 
 # ----------------------------------------------------------------------------------------------- goals
@@ -119,20 +148,24 @@ def goals(runs: list[tuple[str, dict]]) -> list[str]:
             and run["meta"]["threads_per_rank"] == 1 for r in run["records"]]
     big = [r for r in cpu2 if r.get("suite") == "model" and r.get("tokens", 0) >= 4096 and r.get("status") == "ok"]
     for mode in ("ulysses", "ring-alltoall"):
-        effs = [(r["workload"], r["efficiency"]) for r in big if r["variant"] == mode and "efficiency" in r]
-        if effs:
-            worst = min(e for _, e in effs)
-            rows.append(f"| {mode}: efficiency ≥ {GOAL_EFFICIENCY} at ≥ 4k tokens | "
-                        + ", ".join(f"{w} {e:.3f}" for w, e in effs) + f" | {_yes(worst >= GOAL_EFFICIENCY)} |")
-            vs = []
-            for wname, e in effs:
-                d = next((r for r in big if r["workload"] == wname and r["variant"] == "diffusers-ulysses"), None)
-                if d and "efficiency" in d:
-                    vs.append((wname, e, d["efficiency"]))
-            if vs:
-                rows.append(f"| {mode}: efficiency ≥ diffusers' Ulysses (same launch) | "
-                            + ", ".join(f"{w} {a:.3f} vs {b:.3f}" for w, a, b in vs)
-                            + f" | {_yes(all(a >= b for _, a, b in vs))} |")
+        ours = [r for r in big if r["variant"] == mode and "efficiency" in r]
+        if not ours:
+            continue
+        effs, versus = [], []
+        for r in ours:
+            same = {o["variant"]: o for o in big if o["workload"] == r["workload"]}
+            per_round = [x / r["world"] for x in paired_ratios(same["single"]["time_ms_rounds"], r["time_ms_rounds"])]
+            effs.append((r["workload"],) + median_interval(per_round))
+            if "diffusers-ulysses" in same:
+                versus.append((r["workload"],) + median_interval(
+                    paired_ratios(same["diffusers-ulysses"]["time_ms_rounds"], r["time_ms_rounds"])))
+        rows.append(f"| {mode}: efficiency ≥ {GOAL_EFFICIENCY} at ≥ 4k tokens | "
+                    + ", ".join(f"{w} {m:.3f} [{lo:.3f}, {hi:.3f}]" for w, m, lo, hi in effs)
+                    + f" | {_worst(verdict(m, hi, GOAL_EFFICIENCY) for _, m, _, hi in effs)} |")
+        if versus:
+            rows.append(f"| {mode}: at least as fast as diffusers' Ulysses (same launch; diffusers' time / ours) | "
+                        + ", ".join(f"{w} {m:.3f} [{lo:.3f}, {hi:.3f}]" for w, m, lo, hi in versus)
+                        + f" | {_worst(verdict(m, hi, 1.0) for _, m, _, hi in versus)} |")
     ratios = [(r["workload"], r["variant"], r["world"], r["bytes_vs_formula"]) for _, run in runs for r in run["records"]
               if r.get("bytes_vs_formula") is not None]
     if ratios:
@@ -156,6 +189,13 @@ def goals(runs: list[tuple[str, dict]]) -> list[str]:
 
 def _yes(ok: bool) -> str:
     return "yes" if ok else "**no**"
+
+
+def _worst(verdicts) -> str:
+    """The weakest of several verdicts ("no" < "within noise" < "yes"), formatted for the goals table."""
+    order = ("no", "within noise", "yes")
+    worst = min(verdicts, key=order.index)
+    return "yes" if worst == "yes" else f"**{worst}**"
 
 
 # ----------------------------------------------------------------------------------------------- plots
@@ -208,6 +248,10 @@ def generate(out_dir: str, readme: bool = False) -> str:
         main = [r for r in run["records"] if r.get("suite") in ("model", "attention")]
         if main:
             lines += table(main) + [""]
+        split_by_owner = time_split_table(main)
+        if split_by_owner:
+            lines += ["Where the time of one profiled forward goes (the profiler slows Python code, so these shares "
+                      "are of a slower forward than the timed one):", ""] + split_by_owner + [""]
         split = [r for r in run["records"] if r.get("suite") == "split"]
         if split:
             lines += ["Splitting attention into blocks (the compute of one ring rank, no communication):", ""]

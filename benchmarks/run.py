@@ -56,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported), after one warm-up")
+    p.add_argument("--min-seconds", type=float, default=0.0,
+                   help="add rounds until a workload's timed total reaches this (short workloads get more rounds)")
+    p.add_argument("--max-rounds", type=int, default=31, help="cap on the rounds --min-seconds adds")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per rank (the one-process run gets the same)")
     p.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     p.add_argument("--overhead-tokens", type=int, default=4096, help="profile cp_hooks' own time at this size")
@@ -137,6 +140,7 @@ def machine(args, device, dtype, world) -> dict:
         gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         torch=torch.__version__, diffusers=_version("diffusers"), python=platform.python_version(),
         backend=dist.get_backend(), load_average_start=os.getloadavg(), repeats=args.repeats,
+        min_seconds=args.min_seconds, max_rounds=args.max_rounds,
     )
 
 
@@ -211,7 +215,10 @@ def bench(w, modes, runner, forward, args, device, world, gather_dim=None) -> li
         finally:
             runner.exit(m)
 
-    for r in range(args.repeats):
+    r, elapsed = 0, 0.0
+    # At least --repeats rounds; more while the workload's timed total is under --min-seconds (the same
+    # decision on every rank: `elapsed` sums values already reduced over ranks).
+    while live and (r < args.repeats or (elapsed < args.min_seconds and r < args.max_rounds)):
         order = live[r % len(live):] + live[: r % len(live)]  # rotate: nobody is always first after a pause
         for m in order:
             runner.enter(m)
@@ -219,7 +226,9 @@ def bench(w, modes, runner, forward, args, device, world, gather_dim=None) -> li
                 _, seconds = measure.timed(forward(m), device)
             runner.exit(m)
             times[m.name].append(measure.max_over_ranks(seconds, device))
+            elapsed += times[m.name][-1]
             sent.setdefault(m.name, []).append(stats.as_dict())
+        r += 1
 
     memory = {}
     if not args.no_memory:

@@ -24,7 +24,9 @@ if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)
     fi
     launch 1 --suites split --heads 24 --head-dim 128 --split-lengths 4096,16384,32768,65536 --repeats 5 --tag cuda-1gpu-split
 else
-    launch 2 --repeats 9 --tag cpu-2ranks  # 9 alternating rounds: single rounds vary by 5-10% on a shared 2-core machine
+    # At least 9 alternating rounds, more (up to 31) until 60 s of timing per workload: single rounds vary by
+    # 5-10% on a shared 2-core machine, and the goals table compares variants round by round.
+    launch 2 --repeats 9 --min-seconds 60 --tag cpu-2ranks
     launch 4 --suites attention --attn-lengths 4096,16384 --repeats 2 --tag cpu-4ranks-attention
 fi
 python benchmarks/report.py --readme > /dev/null

@@ -8,6 +8,7 @@ differ would take different cache paths, and a collective that only some ranks e
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -94,11 +95,13 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 def group_size(group) -> int:
-    return dist.get_world_size(group)
+    # The ProcessGroup's own method: dist.get_world_size(group) adds a logging wrapper and lookups that
+    # cost as much as a small copy, several times per attention call.
+    return dist.get_world_size() if group is None else group.size()
 
 
 def group_rank(group) -> int:
-    return dist.get_rank(group)
+    return dist.get_rank() if group is None else group.rank()
 
 
 def exchange_sizes(values: list[int], group, device, payload: str = "sizes") -> list[list[int]]:
@@ -136,10 +139,7 @@ def all_to_all(x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], gr
 
 
 def _row_bytes(x: torch.Tensor) -> int:
-    n = x.element_size()
-    for s in x.shape[1:]:
-        n *= s
-    return n
+    return x.element_size() * math.prod(x.shape[1:])
 
 
 def all_gather(x: torch.Tensor, sizes: list[int] | None, group, dim: int, *, payload: str = "other") -> torch.Tensor:
@@ -209,6 +209,17 @@ class RingExchange:
         self._works = []
         received, self._received = self._received, []
         return received
+
+
+def differentiable_all_to_all(x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], group) -> torch.Tensor:
+    """`all_to_all` with a backward (the reverse all-to-all) when autograd needs one.
+
+    Inference skips the autograd.Function: its bookkeeping costs about as much as the Python around the
+    collective, and nothing would use it.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return AllToAll.apply(x, send_sizes, recv_sizes, group)
+    return all_to_all(x, send_sizes, recv_sizes, group)
 
 
 class AllToAll(torch.autograd.Function):

@@ -16,7 +16,8 @@ def test_benchmark_runs_and_reports(tmp_path):
     pytest.importorskip("diffusers")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            os.path.join(ROOT, "benchmarks", "run.py"), "--models", "flux-256,wan", "--wan-shape", "2x8x8",
-           "--attn-lengths", "128", "--overhead-tokens", "320", "--repeats", "1", "--out", str(tmp_path),
+           "--attn-lengths", "128", "--overhead-tokens", "320", "--repeats", "1", "--min-seconds", "1000",
+           "--max-rounds", "2", "--out", str(tmp_path),
            "--tag", "smoke"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
@@ -31,8 +32,10 @@ def test_benchmark_runs_and_reports(tmp_path):
             assert r["bytes_vs_formula"] == pytest.approx(1.0), (workload, variant)  # even shards: exact
             assert r["rel_diff"] <= 1e-5, (workload, variant)
             assert r["peak_memory_bytes"] > 0 and r["speedup"] > 0
+            assert len(r["time_ms_rounds"]) == 2  # --min-seconds added rounds up to --max-rounds
     assert by[("flux-256", "ulysses")]["overhead_share"] is not None
     assert by[("flux-256", "diffusers-ulysses")]["status"] == "ok"
     assert by[("flux-256", "diffusers-ring")]["status"] in ("ok", "failed")  # fails on CPU: recorded, not raised
     report = (tmp_path / "results.md").read_text()
     assert "| flux-256 |" in report and "## Goals" in report
+    assert "Where the time of one profiled forward goes" in report

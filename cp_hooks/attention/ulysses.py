@@ -20,7 +20,7 @@ def seq_to_heads(x: torch.Tensor, group, seq_sizes: list[int]) -> torch.Tensor:
     b, s, h, d = x.shape
     # Row j of the send buffer goes to rank j: (N, S_local, B, H/N, D), rows flattened over (N, S_local).
     send = x.reshape(b, s, world, h // world, d).permute(2, 1, 0, 3, 4).reshape(world * s, b, h // world, d)
-    recv = comm.AllToAll.apply(send, [s] * world, seq_sizes, group)  # (sum S, B, H/N, D), in rank order
+    recv = comm.differentiable_all_to_all(send, [s] * world, seq_sizes, group)  # (sum S, B, H/N, D), in rank order
     return recv.permute(1, 0, 2, 3)
 
 
@@ -30,7 +30,7 @@ def heads_to_seq(x: torch.Tensor, group, seq_sizes: list[int]) -> torch.Tensor:
     b, _, hc, d = x.shape
     s = seq_sizes[rank]
     send = x.permute(1, 0, 2, 3)  # (sum S, B, H/N, D): rows of rank j's shard go back to rank j
-    recv = comm.AllToAll.apply(send, seq_sizes, [s] * world, group)  # (N * S_local, B, H/N, D)
+    recv = comm.differentiable_all_to_all(send, seq_sizes, [s] * world, group)  # (N * S_local, B, H/N, D)
     return recv.reshape(world, s, b, hc, d).permute(2, 1, 0, 3, 4).reshape(b, s, world * hc, d)
 
 
