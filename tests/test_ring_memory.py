@@ -8,25 +8,11 @@ one in flight — about two — plus the same accumulators. Expected ratio about
 
 import torch
 import torch.distributed as dist
-from torch.profiler import ProfilerActivity, profile
 
 from cp_hooks import context_parallel_attention
-from cp_testing import make_config
+from cp_testing import make_config, peak_live_bytes
 
 RATIO_BOUND = 0.6  # issue: alltoall's extra memory <= 0.6 x allgather's at 4 ranks
-
-
-def peak_live_bytes(fn) -> int:
-    """Peak of (bytes allocated - bytes freed) during fn(), from the profiler's allocator events."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    live = peak = 0
-    for event in events:
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
 
 
 def ring_memory(seq, heads, head_dim, dtype_name):

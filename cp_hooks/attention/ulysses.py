@@ -63,4 +63,7 @@ def ulysses_attention(q, k, v, bias, *, group, q_sizes, kv_sizes, inner):
     if bias is not None:
         bias = comm.all_gather(bias, kv_sizes, group, dim=1, payload="mask")
     out = inner(q, k, v, bias)
+    # The gathered q, k, v are done with: let them go before the output's all-to-all buffers are allocated
+    # (inference frees them here; under autograd the attention has saved what its backward needs).
+    del q, k, v
     return heads_to_seq(out, group, q_sizes)[:, :, :heads]
