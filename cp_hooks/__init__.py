@@ -9,7 +9,8 @@ from .comm import comm_stats
 from .config import ContextParallelConfig
 from .launch import init_distributed
 from .parallel import disable_parallelism, enable_parallelism, is_parallelized
-from .plan import ContextParallelInput, ContextParallelOutput, LocalAttention, get_plan, register_plan
+from .plan import (ContextParallelInput, ContextParallelOutput, LocalAttention, UnsupportedConfig, get_plan,
+                   register_plan)
 from .training import reduce_gradients
 
 __version__ = "0.1.0"
@@ -19,6 +20,7 @@ __all__ = [
     "ContextParallelInput",
     "ContextParallelOutput",
     "LocalAttention",
+    "UnsupportedConfig",
     "comm_stats",
     "context_parallel_attention",
     "disable_parallelism",

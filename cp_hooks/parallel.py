@@ -16,7 +16,7 @@ from .consistency import ConsistencyHook
 from .hooks import HookRegistry
 from .integration import diffusers_attention
 from .integration.sdpa import LocalAttentionHook, SDPARouterHook
-from .plan import LocalAttention, get_plan
+from .plan import LocalAttention, get_plan, refuse_unsupported
 from .resolve import resolve_modules
 from .shard_hooks import GatherHook, SplitHook
 
@@ -57,7 +57,8 @@ def enable_parallelism(
     Raises:
         RuntimeError: no process group (the message says how to launch), or already enabled.
         ValueError / TypeError: a malformed plan, a plan naming a missing module or parameter, degrees that
-            do not fit the world size, a model on another device than the mesh.
+            do not fit the world size, a model on another device than the mesh, or a model configuration its
+            built-in plan declares unsupported (`UnsupportedConfig`).
 
     Example:
         >>> enable_parallelism(transformer, ContextParallelConfig(ulysses_degree=2))
@@ -75,6 +76,8 @@ def enable_parallelism(
             f"Context parallelism is already enabled on this {type(model).__name__}; call "
             "disable_parallelism(model) first to change the config or plan."
         )
+    if plan is None:
+        refuse_unsupported(model)  # configurations the built-in plan declares it cannot serve
     plan = get_plan(model, plan)
     hooks = []  # (module, hook name, hook): built first, so that plan errors come before any collective
     if strict:

@@ -80,12 +80,38 @@ class LocalAttention:
     """
 
 
+@dataclass(frozen=True)
+class UnsupportedConfig:
+    """A model configuration that a registered plan cannot serve: `enable_parallelism` refuses it.
+
+    Some configurations make a module depend on where the whole sequence starts or ends through a plain
+    int (a count of history or first-frame tokens) that no split can shift to each rank's shard. Declaring
+    them turns a silently wrong result into an error, raised on every rank before any communication.
+
+    Args:
+        module: the module(s) holding the attribute, as in plan keys (`""` is the model, `*` allowed).
+        attribute: a dotted attribute path on that module, e.g. `"is_amplify_history"` or
+            `"config.image_condition_type"`.
+        values: the attribute values the plan cannot serve.
+        reason: why, for the error message.
+
+    Example:
+        >>> UnsupportedConfig("blocks.*.attn1", "is_amplify_history", (True,), "the history length is an int")
+    """
+
+    module: str
+    attribute: str
+    values: tuple
+    reason: str
+
+
 InputPlan = dict[Union[str, int], Union[ContextParallelInput, list, tuple]]
 OutputPlan = Union[ContextParallelOutput, list, tuple]
 ModulePlan = Union[InputPlan, OutputPlan, LocalAttention]
 Plan = dict[str, ModulePlan]
 
 _REGISTRY: dict[type, Plan] = {}
+_UNSUPPORTED: dict[type, tuple[UnsupportedConfig, ...]] = {}
 
 
 def _convert_spec(spec: Any, where: str):
@@ -161,12 +187,14 @@ def _check_input_key(module_name: str, key, spec) -> None:
             )
 
 
-def register_plan(model_class: type, plan: Plan) -> None:
+def register_plan(model_class: type, plan: Plan, unsupported: tuple[UnsupportedConfig, ...] = ()) -> None:
     """Register `plan` as the built-in plan for `model_class` (and its subclasses).
 
     Args:
         model_class: the `nn.Module` subclass the plan is for.
         plan: the plan (see module docstring).
+        unsupported: configurations of the class this plan cannot serve (see `UnsupportedConfig`);
+            `enable_parallelism` refuses them when it uses this registered plan.
 
     Raises:
         TypeError: `model_class` is not an `nn.Module` subclass, or the plan is malformed.
@@ -176,7 +204,10 @@ def register_plan(model_class: type, plan: Plan) -> None:
     """
     if not (isinstance(model_class, type) and issubclass(model_class, nn.Module)):
         raise TypeError(f"register_plan needs an nn.Module subclass, got {model_class!r}.")
+    if not all(isinstance(u, UnsupportedConfig) for u in unsupported):
+        raise TypeError("register_plan(unsupported=...) takes UnsupportedConfig entries.")
     _REGISTRY[model_class] = normalize_plan(plan)
+    _UNSUPPORTED[model_class] = tuple(unsupported)
 
 
 def registered_plan(model_class: type) -> Plan | None:
@@ -212,3 +243,26 @@ def get_plan(model: nn.Module, plan: Plan | None = None) -> Plan:
         "with ContextParallelInput and gather the final output with ContextParallelOutput (see README, "
         "'Declaring a plan')."
     )
+
+
+def refuse_unsupported(model: nn.Module) -> None:
+    """Raise ValueError if `model` is configured in a way its registered plan declares it cannot serve.
+
+    Reads only the model's own attributes (no communication), so every rank raises the same error.
+    """
+    from . import plans  # noqa: F401  (registers the built-in plans on first use)
+    from .resolve import resolve_modules
+
+    cls = next((c for c in type(model).__mro__ if c in _REGISTRY), None)
+    for u in _UNSUPPORTED.get(cls, ()):
+        for name, module in resolve_modules(model, u.module):
+            value = module
+            for part in u.attribute.split("."):
+                value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+            if value in u.values:
+                where = f"{name}.{u.attribute}" if name else u.attribute
+                raise ValueError(
+                    f"{type(model).__name__} with {where}={value!r} is not supported by cp_hooks' built-in plan: "
+                    f"{u.reason} Run this configuration without context parallelism, or pass a plan of your own "
+                    "to enable_parallelism(model, config, plan=...)."
+                )

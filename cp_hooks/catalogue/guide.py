@@ -23,7 +23,11 @@ GUIDE = """### Writing a plan for a new model
    mask, so split the vector it is built from the same way; other masks that vary along queries
    (block-causal, general query x key masks) cannot be split and are refused.
 5. **Per-token conditioning.** Any tensor with one row per token (per-token timesteps, modulation indices)
-   must be split with the tokens; `skip_other_dims=True` leaves its per-sample variants whole.
+   must be split with the tokens; `skip_other_dims=True` leaves its per-sample variants whole. A module
+   that finds tokens by a plain int counted from the start of the whole sequence (a history length, a
+   first frame's token count) cannot be split: if a config option turns such a module on, declare it with
+   `register_plan(..., unsupported=(UnsupportedConfig(module, attribute, values, reason),))` so that it is
+   refused rather than computed wrongly.
 6. **Check it.** `torchrun --nproc_per_node 2 -m cp_hooks check MyModel --plan my_plans:PLAN`: a split that
    misses a tensor carrying the sequence gives a wrong result, not a crash, and the checker prints FAIL. Then
    `cp_hooks.register_plan(MyModel, PLAN)`, or add it to `cp_hooks/plans/` with a catalogue entry.

@@ -41,5 +41,5 @@ ENTRIES = [
     ModelEntry("HeliosTransformer3DModel", _HELIOS,
                {"t2v": lambda c, g: _helios(c, g, history=None), "history": _helios},
                note="long / mid / short history latents before the current chunk; attention and feed-forward "
-                    "split inside each block (diffusers' plan with wildcards)"),
+                    "split inside each block (diffusers' plan with wildcards); is_amplify_history=True refused"),
 ]

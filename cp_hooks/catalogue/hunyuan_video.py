@@ -36,6 +36,6 @@ ENTRIES = [
                {"t2v": _hunyuan, "i2v": lambda c, g: _hunyuan(c, g, text=13, valid=(13, 9))},
                case_configs={"i2v": _I2V}, anything=True,
                note="padded text mask (batch of 2 prompts); the token refiner gets the whole text and mask (gathered "
-                    "inputs); I2V latent_concat, odd text length; not token_replace I2V (its blocks take the first "
+                    "inputs); I2V latent_concat, odd text length; token_replace I2V refused (its blocks take the first "
                     "frame's token count as a plain int)"),
 ]

@@ -1,7 +1,8 @@
 """Built-in plans, one small file per model family: data only. Importing this package registers them.
 
-A plan module defines `PLANS = {"DiffusersClassName": plan, ...}`; classes missing from the installed
-diffusers are skipped.
+A plan module defines `PLANS = {"DiffusersClassName": plan, ...}` and, where some configurations of a
+class cannot be served, `UNSUPPORTED = {"DiffusersClassName": (UnsupportedConfig(...), ...)}`; classes
+missing from the installed diffusers are skipped.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ def _register_all() -> None:
         return
     for family in _FAMILIES:
         module = importlib.import_module(f"{__name__}.{family}")
+        unsupported = getattr(module, "UNSUPPORTED", {})
         for class_name, plan in module.PLANS.items():
             model_class = getattr(diffusers, class_name, None)
             if model_class is not None:
-                register_plan(model_class, plan)
+                register_plan(model_class, plan, unsupported=unsupported.get(class_name, ()))
 
 
 _register_all()

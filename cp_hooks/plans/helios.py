@@ -8,11 +8,11 @@ the text cross-attention (its queries; the text is replicated and the processor 
 and the feed-forward, each gathered right after its output projection.
 
 This is diffusers' `_cp_plan` with wildcards: diffusers names the gathers `blocks.0..39` (the 14B model's
-40 layers), which does not fit other depths, and cp_hooks refuses missing names. Not covered:
+40 layers), which does not fit other depths, and cp_hooks refuses missing names. Refused (not covered):
 `is_amplify_history=True`, whose processor finds the history length from its (split) input.
 """
 
-from ..plan import ContextParallelInput, ContextParallelOutput
+from ..plan import ContextParallelInput, ContextParallelOutput, UnsupportedConfig
 
 _TOKENS = ContextParallelInput(split_dim=1, expected_dims=3)
 _GATHER = ContextParallelOutput(gather_dim=1, expected_dims=3)
@@ -27,3 +27,8 @@ HELIOS = {
 }
 
 PLANS = {"HeliosTransformer3DModel": HELIOS}
+UNSUPPORTED = {"HeliosTransformer3DModel": (
+    UnsupportedConfig("blocks.*.attn1", "is_amplify_history", (True,),
+                      "its self-attention scales the keys of the history tokens, whose count it takes as the length "
+                      "of the (split) sequence it receives minus the current chunk's whole length."),
+)}

@@ -9,12 +9,12 @@ contiguous shard of it is right-padded too, and that local construction is exact
 the full mask. The refiner's attention (plain SDPA over the whole text) runs locally. The 3-D rotary table
 is computed for the full video grid and split with the video tokens.
 
-Not covered: `image_condition_type="token_replace"` (HunyuanVideo-I2V v2), whose blocks modulate the first
-`first_frame_num_tokens` tokens of the sequence they receive: a plain int from `forward` that a plan cannot
-shift to each rank's shard.
+Refused (not covered): `image_condition_type="token_replace"` (HunyuanVideo-I2V v2), whose blocks modulate
+the first `first_frame_num_tokens` tokens of the sequence they receive: a plain int from `forward` that a plan
+cannot shift to each rank's shard.
 """
 
-from ..plan import ContextParallelInput, ContextParallelOutput, LocalAttention
+from ..plan import ContextParallelInput, ContextParallelOutput, LocalAttention, UnsupportedConfig
 
 _ROPE = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)
 
@@ -31,3 +31,8 @@ HUNYUAN_VIDEO = {
 }
 
 PLANS = {"HunyuanVideoTransformer3DModel": HUNYUAN_VIDEO}
+UNSUPPORTED = {"HunyuanVideoTransformer3DModel": (
+    UnsupportedConfig("", "config.image_condition_type", ("token_replace",),
+                      "its blocks modulate the first frame's tokens, found by a plain int count from the start of "
+                      "the sequence, which each rank's shard does not share."),
+)}
