@@ -41,13 +41,15 @@ def max_over_ranks(value: float, device) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- memory
-def peak_memory(fn, device) -> tuple[object, int]:
+def peak_memory(fn, device, calls: int = 3) -> tuple[object, int]:
     """(result, peak bytes allocated by `fn()` above what was allocated when it started), this rank.
 
     CUDA: the caching allocator's peak. CPU: the profiler's allocation events (every CPU tensor allocation
     and free while profiling, with a running total), so the peak is allocator-exact and free of RSS noise
-    (glibc keeping freed pages, other processes). Memory allocated outside torch's allocator (gloo's own buffers) is not
-    seen on either device.
+    (glibc keeping freed pages, other processes); the least of `calls` calls, because gloo's worker thread
+    sometimes drops a send buffer's last reference only after the next allocation, which adds a buffer to
+    that one call's peak. Memory allocated outside torch's allocator (gloo's own buffers) is not seen on
+    either device.
     """
     if device.type == "cuda":
         sync(device)
@@ -56,16 +58,20 @@ def peak_memory(fn, device) -> tuple[object, int]:
         out = fn()
         sync(device)
         return out, torch.cuda.max_memory_allocated(device) - base
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = fn()
-    events = sorted((e for e in _trace_events(prof) if e.get("name") == "[memory]"
-                     and e.get("args", {}).get("Device Type", 0) == 0), key=lambda e: e["ts"])
-    if not events:
-        return out, 0
-    # "Total Allocated" is a running sum that carries over between profiling sessions (tensors that outlive
-    # one, freed while nothing profiles, are never subtracted): measure from the value before the first event.
-    start = events[0]["args"]["Total Allocated"] - events[0]["args"]["Bytes"]
-    return out, max(0, max(e["args"]["Total Allocated"] for e in events) - start)
+    peaks = []
+    for _ in range(calls):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = fn()
+        events = sorted((e for e in _trace_events(prof) if e.get("name") == "[memory]"
+                         and e.get("args", {}).get("Device Type", 0) == 0), key=lambda e: e["ts"])
+        if not events:
+            peaks.append(0)
+            continue
+        # "Total Allocated" is a running sum that carries over between profiling sessions (tensors that outlive
+        # one, freed while nothing profiles, are never subtracted): measure from the value before the first event.
+        start = events[0]["args"]["Total Allocated"] - events[0]["args"]["Bytes"]
+        peaks.append(max(0, max(e["args"]["Total Allocated"] for e in events) - start))
+    return out, min(peaks)
 
 
 def _trace_events(prof) -> list[dict]:
