@@ -14,14 +14,24 @@ import torch
 from .. import comm
 
 
-def seq_to_heads(x: torch.Tensor, group, seq_sizes: list[int]) -> torch.Tensor:
-    """(B, S_local, H, D) -> (B, sum(seq_sizes), H / N, D); H must be divisible by N (pad first)."""
+def seq_to_heads(x: torch.Tensor, group, seq_sizes: list[int], send: torch.Tensor | None = None):
+    """(B, S_local, H, D) -> (B, sum(seq_sizes), H / N, D); H must be divisible by N (pad first).
+
+    Returns (result, send buffer). `send`, the buffer a previous call returned, is reused when its size
+    fits: the all-to-all has finished reading it when it returns. Only without autograd (the buffer would
+    be overwritten in place in the graph).
+    """
     world = comm.group_size(group)
     b, s, h, d = x.shape
     # Row j of the send buffer goes to rank j: (N, S_local, B, H/N, D), rows flattened over (N, S_local).
-    send = x.reshape(b, s, world, h // world, d).permute(2, 1, 0, 3, 4).reshape(world * s, b, h // world, d)
+    rows = x.reshape(b, s, world, h // world, d).permute(2, 1, 0, 3, 4)
+    if send is None or send.numel() != x.numel() or send.dtype != x.dtype:
+        # A buffer of its own (never a view of x, as a reshape can be for one token): it may be reused.
+        send = x.new_empty((world * s, b, h // world, d))
+    send = send.view(world * s, b, h // world, d)
+    send.view(rows.shape).copy_(rows)
     recv = comm.differentiable_all_to_all(send, [s] * world, seq_sizes, group)  # (sum S, B, H/N, D), in rank order
-    return recv.permute(1, 0, 2, 3)
+    return recv.permute(1, 0, 2, 3), send
 
 
 def heads_to_seq(x: torch.Tensor, group, seq_sizes: list[int]) -> torch.Tensor:
@@ -57,9 +67,13 @@ def ulysses_attention(q, k, v, bias, *, group, q_sizes, kv_sizes, inner):
     world = comm.group_size(group)
     heads = q.shape[2]
     q, k, v = (pad_heads(t, world) for t in (q, k, v))
-    q = seq_to_heads(q, group, q_sizes)
-    k = seq_to_heads(k, group, kv_sizes)
-    v = seq_to_heads(v, group, kv_sizes)
+    # One send buffer for q, k and v at inference: three would each wait for gloo's worker thread to drop
+    # its last reference, which can come after the next allocation (a shard more at the peak each).
+    reuse = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+    q, send = seq_to_heads(q, group, q_sizes)
+    k, send = seq_to_heads(k, group, kv_sizes, send if reuse else None)
+    v, send = seq_to_heads(v, group, kv_sizes, send if reuse else None)
+    del send
     if bias is not None:
         bias = comm.all_gather(bias, kv_sizes, group, dim=1, payload="mask")
     out = inner(q, k, v, bias)
