@@ -17,7 +17,6 @@ from paired import median_interval, paired_ratios, verdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CP_MODES = ("ulysses", "ring-allgather", "ring-alltoall")
 GOAL_EFFICIENCY, GOAL_BYTES, GOAL_MEMORY, GOAL_OVERHEAD = 0.95, 0.01, 0.6, 0.02
 
 

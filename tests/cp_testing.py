@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
-from torch.profiler import ProfilerActivity, profile
 
 from cp_hooks import ContextParallelConfig
 from cp_hooks.sharding import take_shard
+
+# The allocator-exact peak memory measure is the benchmark's; the memory tests use the same one.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import measure  # noqa: E402
 
 _MESHES: dict = {}
 
@@ -37,21 +43,8 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def peak_live_bytes(fn, calls: int = 3) -> int:
-    """Peak of (bytes allocated - bytes freed) during fn(), from the profiler's CPU allocator events.
+    """Peak bytes allocated during fn() above what was allocated before, the least of `calls` calls.
 
-    The smallest peak over `calls` calls: a free done by gloo's worker thread (when it drops the last
-    reference to a send buffer after the collective) is not recorded, so a single call can over-count by
-    a buffer; nothing makes it under-count.
+    The benchmark's allocator-exact measure (`benchmarks/measure.py`); see there why the least of several.
     """
-    peaks = []
-    for _ in range(calls):
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn()
-        events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                        key=lambda e: e.start_ns())
-        live = peak = 0
-        for event in events:
-            live += event.nbytes()
-            peak = max(peak, live)
-        peaks.append(peak)
-    return min(peaks)
+    return measure.peak_memory(fn, torch.device("cpu"), calls=calls)[1]
