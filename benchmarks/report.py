@@ -186,6 +186,26 @@ def goals(runs: list[tuple[str, dict]]) -> list[str]:
     return rows
 
 
+def transports(runs: list[tuple[str, dict]]) -> list[str]:
+    """Ulysses with the shared-memory all-to-all against the same mode over gloo, paired per round."""
+    rows = []
+    for tag, run in runs:
+        records = [r for r in run["records"] if r.get("status") == "ok"]
+        for r in records:
+            if r["variant"] != "ulysses-gloo":
+                continue
+            same = {o["variant"]: o for o in records if o["workload"] == r["workload"]}
+            if "ulysses" not in same:
+                continue
+            m, lo, hi = median_interval(paired_ratios(r["time_ms_rounds"], same["ulysses"]["time_ms_rounds"]))
+            rows.append(f"| {tag} | {r['workload']} | {same['ulysses'].get('transport', '')} | "
+                        f"{_mib(same['ulysses'].get('shared_bytes'))} | {m:.3f} [{lo:.3f}, {hi:.3f}] |")
+    if not rows:
+        return []
+    return ["| run | workload | ulysses' all-to-all | shared buffer / rank (MiB) | gloo's time / shared memory's |",
+            "|---|---|---|---:|---:|"] + rows
+
+
 def _yes(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
@@ -241,6 +261,13 @@ def generate(out_dir: str, readme: bool = False) -> str:
     runs = load(out_dir)
     images = plots(runs, out_dir)
     lines = ["## Goals", ""] + goals(runs) + [""]
+    versus_gloo = transports(runs)
+    if versus_gloo:
+        lines += ["## Ulysses' all-to-all: shared memory against gloo", "",
+                  "The same Ulysses mode, its all-to-alls through /dev/shm (the default for CPU ranks on one host) "
+                  "or over gloo (`ulysses-gloo`), timed in the same rounds; the median of the per-round ratios and "
+                  "its 95% interval. The shared buffer is outside torch's allocator, so it is not in the peak "
+                  "memory column.", ""] + versus_gloo + [""]
     for tag, run in runs:
         meta = run["meta"]
         lines += [f"## {tag}", "", f"Machine: {machine_line(meta)}.", "", f"Command: `{meta['command']}`", ""]

@@ -207,7 +207,7 @@ def bench(w, modes, runner, forward, args, device, world, gather_dim=None) -> li
     for m in list(live):
         try:
             runner.enter(m)
-            outputs[m.name] = forward(m)()
+            outputs[m.name] = m.wrap(forward(m))()
         except Exception as e:
             failed[m.name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             live.remove(m)
@@ -223,7 +223,7 @@ def bench(w, modes, runner, forward, args, device, world, gather_dim=None) -> li
         for m in order:
             runner.enter(m)
             with comm_stats() as stats:
-                _, seconds = measure.timed(forward(m), device)
+                _, seconds = measure.timed(m.wrap(forward(m)), device)
             runner.exit(m)
             times[m.name].append(measure.max_over_ranks(seconds, device))
             elapsed += times[m.name][-1]
@@ -235,7 +235,7 @@ def bench(w, modes, runner, forward, args, device, world, gather_dim=None) -> li
         for m in live:
             runner.enter(m)
             dist.barrier()
-            _, memory[m.name] = measure.peak_memory(forward(m), device)
+            _, memory[m.name] = measure.peak_memory(m.wrap(forward(m)), device)
             runner.exit(m)
 
     overhead = {}
@@ -243,7 +243,7 @@ def bench(w, modes, runner, forward, args, device, world, gather_dim=None) -> li
         for m in live:
             if m.kind == "cp_hooks":
                 runner.enter(m)
-                overhead[m.name] = measure.framework_overhead(forward(m), device)
+                overhead[m.name] = measure.framework_overhead(m.wrap(forward(m)), device)
                 runner.exit(m)
 
     reference = outputs.get("single")
@@ -258,6 +258,7 @@ def bench(w, modes, runner, forward, args, device, world, gather_dim=None) -> li
             records.append(gather_rank_values(rec, {}))
             continue
         rec["status"] = "ok"
+        rec.update(m.transport_used())
         rec["time_ms"] = statistics.median(times[m.name]) * 1e3
         rec["time_ms_rounds"] = [t * 1e3 for t in times[m.name]]
         per_rank = {}

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
-from cp_hooks import ContextParallelConfig, disable_parallelism, enable_parallelism
+from cp_hooks import ContextParallelConfig, disable_parallelism, enable_parallelism, shared_memory
 
 _MESHES: dict = {}
 
@@ -36,6 +36,7 @@ class Mode:
     ring: int = 1
     ulysses: int = 1
     rotate_method: str = "allgather"
+    transport: str = "default"  # "gloo": the Ulysses all-to-alls kept on gloo (CPU), to compare with shared memory
     config: object = field(default=None, repr=False)
 
     @property
@@ -43,7 +44,31 @@ class Mode:
         if self.kind == "single":
             return "one process"
         method = f", {self.rotate_method}" if self.ring > 1 else ""
-        return f"{self.kind}: ring {self.ring} x ulysses {self.ulysses}{method}"
+        over = ", all-to-all over gloo" if self.transport == "gloo" else ""
+        return f"{self.kind}: ring {self.ring} x ulysses {self.ulysses}{method}{over}"
+
+    def wrap(self, run):
+        """`run` with this mode's transport: a gloo variant pins its Ulysses group to gloo for the call only."""
+        if self.transport != "gloo":
+            return run
+        group = self.config._ulysses_group
+
+        def on_gloo():
+            shared_memory.keep_gloo(group)  # every rank runs the same variant at the same time: they agree
+            try:
+                return run()
+            finally:
+                shared_memory.keep_gloo(group, keep=False)
+        return on_gloo
+
+    def transport_used(self) -> dict:
+        """How this mode's Ulysses all-to-alls travelled, and the shared memory they hold per rank."""
+        if self.kind != "cp_hooks" or self.ulysses == 1:
+            return {}
+        group = self.config._ulysses_group
+        if self.transport == "gloo":
+            return {"transport": "gloo (kept for comparison)"}
+        return {"transport": shared_memory.describe(group), "shared_bytes": shared_memory.shared_bytes(group)}
 
 
 def cp_modes(world: int, heads: int, device_type: str) -> list[Mode]:
@@ -51,6 +76,8 @@ def cp_modes(world: int, heads: int, device_type: str) -> list[Mode]:
     modes = []
     if world > 1 and heads % world == 0:
         modes.append(Mode("ulysses", "cp_hooks", 1, world))
+        if device_type == "cpu":  # the same mode with gloo's all-to-all, to show what shared memory gives
+            modes.append(Mode("ulysses-gloo", "cp_hooks", 1, world, transport="gloo"))
     if world > 1:
         modes.append(Mode("ring-allgather", "cp_hooks", world, 1, "allgather"))
         modes.append(Mode("ring-alltoall", "cp_hooks", world, 1, "alltoall"))

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from . import shared_memory
+
 
 @dataclass(eq=False)  # identity, not contents: comm_stats() removes *its* block from a stack of nested ones
 class CommStats:
@@ -126,13 +128,18 @@ def all_to_all(x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], gr
     """Send rows `x.split(send_sizes)[j]` (dim 0) to rank j; return the received rows in rank order.
 
     Only attention uses it (Ulysses, and the all-gather ring's backward): counted as payload "attention".
+    CPU ranks of a gloo group on one host exchange through shared memory (`shared_memory`), others with
+    `all_to_all_single`; the bytes counted are the same.
     """
     rank = group_rank(group)
     x = x.contiguous()
-    out = x.new_empty((sum(recv_sizes),) + tuple(x.shape[1:]))
-    even = len(set(send_sizes)) == 1 and len(set(recv_sizes)) == 1
-    dist.all_to_all_single(out, x, None if even else recv_sizes, None if even else send_sizes, group=group)
     row = _row_bytes(x)
+    transport = shared_memory.transport_for(group, x)
+    out = None if transport is None else transport.all_to_all(x, send_sizes, recv_sizes, row)
+    if out is None:
+        out = x.new_empty((sum(recv_sizes),) + tuple(x.shape[1:]))
+        even = len(set(send_sizes)) == 1 and len(set(recv_sizes)) == 1
+        dist.all_to_all_single(out, x, None if even else recv_sizes, None if even else send_sizes, group=group)
     _record("all_to_all", row * (sum(send_sizes) - send_sizes[rank]), row * (sum(recv_sizes) - recv_sizes[rank]),
             payload="attention")
     return out

@@ -61,6 +61,16 @@ def test_router_passthrough_is_cp_hooks_time_but_its_callees_keep_their_owner():
     assert totals == pytest.approx({"model": 30 + 15, "cp_hooks": 5})
 
 
+def test_shared_memory_all_to_all_is_communication_not_cp_hooks_time():
+    events = [
+        span("/x/cp_hooks/comm.py(130): all_to_all", 0, 50),                         # own 50 - 40 = 10
+        span("/x/cp_hooks/shared_memory.py(240): all_to_all", 5, 40),                # the transport: comm
+        span("aten::copy_", 10, 8, cat="cpu_op"),                                    # its copies too
+    ]
+    totals = measure.attribute_time(events, tid=1)
+    assert totals == pytest.approx({"cp_hooks": 10, "comm": 40})
+
+
 def test_paired_median_and_interval():
     ours = [100.0, 102.0, 98.0, 101.0, 99.0, 100.0, 103.0, 97.0, 100.0]
     same = paired.median_interval(paired.paired_ratios(ours, ours))

@@ -13,9 +13,15 @@ WORKER = os.path.join(os.path.dirname(__file__), "fault_worker.py")
 BOUND_S = 60  # PG timeout is 5 s; start-up (importing torch and diffusers) takes most of the rest
 
 
+# Ulysses' all-to-alls go through shared memory on one host (cp_hooks.shared_memory), whose waits have
+# their own timeout and liveness check: its die and hang cases name the peer in the error.
+SHM_ERRORS = {"die": "exited while this rank waited", "hang": "within the process group's timeout (5 s)"}
+
+
 @pytest.mark.parametrize(
     "mode,ring,ulysses,rotate",
-    [("die", 1, 3, "allgather"), ("raise", 3, 1, "allgather"), ("hang", 3, 1, "alltoall")],
+    [("die", 1, 3, "allgather"), ("hang", 1, 3, "allgather"), ("raise", 3, 1, "allgather"),
+     ("hang", 3, 1, "alltoall")],
 )
 def test_other_ranks_fail_fast(mode, ring, ulysses, rotate):
     port, world = _free_port(), 3
@@ -40,3 +46,6 @@ def test_other_ranks_fail_fast(mode, ring, ulysses, rotate):
     assert all(code != 0 for code in codes), f"a surviving rank exited 0:\n{logs}"
     assert not any("finished without error" in log for log in logs)
     assert elapsed < BOUND_S
+    if ulysses > 1:
+        assert all("cp_hooks shared-memory all-to-all: rank 1 of the group" in log and SHM_ERRORS[mode] in log
+                   for log in logs), logs

@@ -1,0 +1,401 @@
+"""All-to-all through shared memory for CPU ranks on one host, in place of gloo's loopback TCP.
+
+gloo moves an all-to-all between processes on one machine over TCP: each call hands the work to a
+worker thread, the kernel copies the bytes through socket buffers, and completion wakes the caller
+again. On a few shared cores that costs about as much as the transfer itself, and it is paid four
+times per Ulysses attention call. Here every rank instead writes its send buffer once into a file in
+/dev/shm that the others have mapped, publishes a counter, and copies its rows out of the others'
+files. Waiting is a spin on the peers' counters (yielding the core), with the group's timeout and a
+check that each peer process is still alive, so a dead or stuck rank raises instead of hanging.
+
+Protocol of call n (every rank of the group, in the same order, like any collective):
+  1. wait until every peer's `done` >= n - 1: nobody still reads this rank's previous data;
+  2. write this call's bytes and per-destination sizes into its own file, then `seq` = n (published last:
+     x86's stores become visible in program order, so a peer that sees n also sees the data);
+  3. wait until every peer's `seq` >= n, copy the rows addressed to this rank out of each peer's file;
+  4. `done` = n.
+One data buffer per rank is enough: step 1 guarantees that it is free before it is overwritten.
+
+A rank that cannot grow its buffer (a full /dev/shm) publishes "fall back" instead of data; every rank
+sees it in step 3, and the whole group does that call — and every later one — with gloo.
+
+Used only when every rank of the group agrees at the first all-to-all on that group (a collective
+probe): Linux on x86-64, tensors on CPU, a gloo group, the same /dev/shm and PID namespace on every
+rank, and `CP_HOOKS_SHM` not set to 0 on any rank. Anything else keeps gloo.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import mmap
+import os
+import platform
+import secrets
+import sys
+import time
+import weakref
+
+import torch
+import torch.distributed as dist
+
+SHM_DIR = "/dev/shm"
+ENV_SWITCH = "CP_HOOKS_SHM"  # "0" on any rank: the group keeps gloo
+# int64 indices into a rank's header: the two counters peers spin on sit on cache lines of their own.
+_SEQ, _DONE, _GEN, _STATUS, _SIZES = 0, 8, 16, 17, 18  # _SIZES: bytes this rank sends to each rank
+_TOKEN_BYTES = 64  # after the headers: the probe's token, proving that every rank maps the same file
+_DATA_GRANULE = 1 << 20  # data buffers grow in whole MiB
+_SPIN = 2000  # polls before yielding the core: most waits end within a few microseconds
+_LIVENESS_EVERY_S = 0.1
+_DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default for gloo groups
+
+_TRANSPORTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # group -> transport, or None: gloo
+_WHY_NOT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # group -> reasons it keeps gloo
+_KEPT_ON_GLOO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # groups pinned by keep_gloo()
+_NAMED_FILES: set[str] = set()  # data files not yet unlinked: removed at exit whatever happens
+
+
+def transport_for(group, x: torch.Tensor) -> "SharedMemoryAllToAll | None":
+    """The group's shared-memory transport, probing (collectively) at the group's first CPU all-to-all.
+
+    Returns None when the group keeps gloo. Must be called by every rank of the group at the same
+    collective, as all-to-all is: the first call is itself a collective.
+    """
+    if x.device.type != "cpu":
+        return None
+    group = group if group is not None else dist.group.WORLD
+    if group in _KEPT_ON_GLOO:
+        return None
+    try:
+        return _TRANSPORTS[group]
+    except KeyError:
+        pass
+    transport, reasons = None, ["not a gloo group of several ranks"]
+    if group.size() > 1 and "gloo" in str(dist.get_backend(group)).lower():
+        transport, reasons = SharedMemoryAllToAll.probe(group)
+    _TRANSPORTS[group], _WHY_NOT[group] = transport, reasons
+    return transport
+
+
+def keep_gloo(group=None, keep: bool = True) -> None:
+    """Send the group's all-to-alls through gloo (`keep=True`) even where shared memory works, or stop doing so.
+
+    For comparing the two transports in one run. Call it on every rank of the group between two
+    all-to-alls: ranks that disagree about the transport wait for each other until the timeout.
+    `CP_HOOKS_SHM=0` keeps every group on gloo from the start.
+    """
+    group = group if group is not None else dist.group.WORLD
+    if keep:
+        _KEPT_ON_GLOO[group] = True
+    else:
+        _KEPT_ON_GLOO.pop(group, None)
+
+
+def shared_bytes(group=None) -> int:
+    """Bytes of /dev/shm this rank's buffer for the group holds (0 when the group uses gloo). No collective."""
+    transport = _TRANSPORTS.get(group if group is not None else dist.group.WORLD)
+    return transport.shared_bytes if transport is not None else 0
+
+
+def describe(group=None) -> str:
+    """How the group's CPU all-to-alls travel: "shared memory", "gloo (reasons)", or "not decided yet"."""
+    group = group if group is not None else dist.group.WORLD
+    if group in _KEPT_ON_GLOO:
+        return "gloo (keep_gloo)"
+    if group not in _TRANSPORTS:
+        return "not decided yet (decided at the group's first CPU all-to-all)"
+    transport = _TRANSPORTS[group]
+    if transport is not None and transport.disabled_reason is None:
+        return "shared memory"
+    why = transport.disabled_reason if transport is not None else "; ".join(_WHY_NOT[group])
+    return f"gloo ({why})"
+
+
+def local_reasons_against() -> list[str]:
+    """Why this process cannot use the shared-memory transport (empty when it can)."""
+    reasons = []
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        reasons.append(f"{ENV_SWITCH}=0")
+    if sys.platform != "linux":
+        reasons.append(f"platform {sys.platform} (Linux only)")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        # The publish-by-counter protocol relies on x86's store ordering; other CPUs would need fences.
+        reasons.append(f"CPU {platform.machine()} (x86-64 only)")
+    if not os.path.isdir(SHM_DIR):
+        reasons.append(f"no {SHM_DIR}")
+    return reasons
+
+
+def _group_timeout(group) -> datetime.timedelta:
+    try:
+        return group._get_backend(torch.device("cpu")).options._timeout
+    except Exception:  # private API: fall back to torch's documented default
+        return _DEFAULT_TIMEOUT
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _map(path: str, size: int | None = None) -> mmap.mmap:
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if size is not None else 0), 0o600)
+    try:
+        if size is not None:
+            os.posix_fallocate(fd, 0, size)  # reserve now: a full /dev/shm fails here, not as SIGBUS later
+        return mmap.mmap(fd, size if size is not None else os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _header_ints(world: int) -> int:
+    """int64s per rank header: the fixed fields and one size per rank, in whole 64-byte lines."""
+    return -(-(_SIZES + world) // 8) * 8
+
+
+def _control_bytes(world: int) -> int:
+    return _header_ints(world) * 8 * world + _TOKEN_BYTES
+
+
+class SharedMemoryAllToAll:
+    """One process group's all-to-all through /dev/shm. Built by `probe` (collective), not directly."""
+
+    def __init__(self, group, base: str, control: mmap.mmap, pids: list[int]) -> None:
+        self.rank, self.world = group.rank(), group.size()
+        self.base = base
+        self.pids = pids
+        self.timeout_s = _group_timeout(group).total_seconds()
+        self.disabled_reason: str | None = None  # set when the group fell back to gloo
+        self._peers = [(self.rank + i) % self.world for i in range(1, self.world)]
+        self._control = control
+        ints, per_rank = memoryview(control).cast("q"), _header_ints(self.world)
+        self._headers = [ints[r * per_rank:(r + 1) * per_rank] for r in range(self.world)]
+        self._calls = 0
+        self._gen = 0  # generation of this rank's data file (0: none yet)
+        self._capacity = 0
+        self._data: torch.Tensor | None = None  # this rank's data buffer, uint8
+        self._data_map: mmap.mmap | None = None
+        self._named: str | None = None  # own data file, until every peer has opened it
+        self._peer_gen = [0] * self.world
+        self._peer_maps: list[mmap.mmap | None] = [None] * self.world
+        self._peer_data: list[torch.Tensor | None] = [None] * self.world
+
+    # ------------------------------------------------------------------ set-up
+    @classmethod
+    def probe(cls, group) -> "tuple[SharedMemoryAllToAll | None, list[str]]":
+        """Collective: whether every rank can share /dev/shm with the group's first rank.
+
+        Group rank 0 creates a control file named with a random token; every rank maps it and checks the
+        token, and the answers are all-gathered, so every rank reaches the same decision. Never raises
+        locally: an exception on one rank would leave the others waiting in the all-gather.
+
+        Returns:
+            (transport, []) or (None, the reasons of every rank that cannot).
+        """
+        rank, world = group.rank(), group.size()
+        reasons = local_reasons_against()
+        offer, control = [None], None
+        if rank == 0 and not reasons:
+            token = secrets.token_hex(8).encode()
+            base = os.path.join(SHM_DIR, f"cp_hooks-{os.getpid()}-{token.decode()}")
+            try:
+                control = _map(base + "-control", _control_bytes(world))  # zero-filled: every counter starts at 0
+                control[-_TOKEN_BYTES:-_TOKEN_BYTES + len(token)] = token
+                offer = [(base, token, _pid_namespace())]
+            except OSError as e:
+                reasons.append(f"cannot create a file in {SHM_DIR}: {e}")
+        dist.broadcast_object_list(offer, src=dist.get_global_rank(group, 0), group=group)
+        if offer[0] is not None and rank != 0 and not reasons:
+            base, token, namespace = offer[0]
+            if namespace != _pid_namespace():
+                reasons.append("a PID namespace other than the group's first rank's")  # its PIDs mean nothing here
+            else:
+                try:
+                    control = _map(base + "-control")
+                    if bytes(control[-_TOKEN_BYTES:-_TOKEN_BYTES + len(token)]) != token:
+                        reasons.append(f"a {SHM_DIR} other than the group's first rank's")
+                except OSError as e:
+                    reasons.append(f"cannot open the group's control file: {e}")
+        answers = [None] * world
+        dist.all_gather_object(answers, (reasons, os.getpid()), group=group)
+        if rank == 0 and offer[0] is not None:
+            _unlink(offer[0][0] + "-control")  # every rank has mapped it (or failed to): the name can go
+        everyone = [f"rank {r}: {why}" for r, (whys, _) in enumerate(answers) for why in whys]
+        if offer[0] is None and not everyone:
+            everyone = ["the group's first rank offered no control file"]
+        if everyone:
+            if control is not None:
+                control.close()
+            return None, everyone
+        return cls(group, offer[0][0], control, [pid for _, pid in answers]), []
+
+    # ------------------------------------------------------------------ the collective
+    @torch.compiler.disable
+    def all_to_all(self, x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], row_bytes: int
+                   ) -> torch.Tensor | None:
+        """Rows `x.split(send_sizes)[j]` (dim 0) to rank j; the received rows in rank order, or None: use gloo.
+
+        Args:
+            x: contiguous CPU tensor; `row_bytes` is the size of one of its rows (dim 0).
+            send_sizes / recv_sizes: rows to / from each rank of the group.
+
+        Returns None when a rank of the group could not take part in this call (its buffer could not
+        grow); the whole group then does this and every later call with gloo.
+
+        Raises:
+            RuntimeError: a peer exited or did not arrive within the group's timeout, or the ranks'
+                split sizes disagree.
+        """
+        if self.disabled_reason is not None:
+            return None
+        self._calls += 1
+        n = self._calls
+        me = self._headers[self.rank]
+        row = row_bytes
+        payload = x.reshape(-1).view(torch.uint8)
+        for peer in self._peers:
+            self._wait(peer, _DONE, n - 1, "finish reading the previous all-to-all")
+        if self._named is not None:  # every peer has read (so mapped) that file: the name can go
+            _unlink(self._named)
+            _NAMED_FILES.discard(self._named)
+            self._named = None
+        ok = self._ensure_capacity(payload.numel())
+        if ok:
+            if payload.numel():
+                self._data[: payload.numel()].copy_(payload)
+            for j, s in enumerate(send_sizes):
+                me[_SIZES + j] = s * row
+            me[_GEN] = self._gen
+        me[_STATUS] = 0 if ok else 1
+        me[_SEQ] = n  # publish last: after this store a peer may read everything above
+        for peer in self._peers:
+            self._wait(peer, _SEQ, n, "send its part of the all-to-all")
+        failed = [p for p in range(self.world) if self._headers[p][_STATUS] != 0]
+        if failed:
+            me[_DONE] = n
+            self.disabled_reason = f"rank {failed[0]} of the group could not grow its shared-memory buffer"
+            return None
+        out = x.new_empty((sum(recv_sizes),) + tuple(x.shape[1:]))
+        out_bytes = out.reshape(-1).view(torch.uint8)
+        recv_offsets = _offsets([s * row for s in recv_sizes])
+        for peer in range(self.world):
+            start, length = recv_offsets[peer], recv_sizes[peer] * row
+            if length == 0:
+                continue
+            if peer == self.rank:
+                send_start = sum(send_sizes[: self.rank]) * row
+                out_bytes[start:start + length].copy_(payload[send_start:send_start + length])
+                continue
+            header = self._headers[peer]
+            declared = header[_SIZES + self.rank]
+            if declared != length:
+                me[_DONE] = n
+                raise RuntimeError(
+                    f"all-to-all size mismatch: rank {peer} of the group sends {declared} bytes to rank {self.rank}, "
+                    f"which expects {length}. Every rank must pass the same split sizes."
+                )
+            src = sum(header[_SIZES + j] for j in range(self.rank))
+            out_bytes[start:start + length].copy_(self._peer_buffer(peer, header[_GEN])[src:src + length])
+        me[_DONE] = n
+        return out
+
+    # ------------------------------------------------------------------ buffers
+    def _ensure_capacity(self, nbytes: int) -> bool:
+        if nbytes <= self._capacity:
+            return True
+        capacity = -(-nbytes // _DATA_GRANULE) * _DATA_GRANULE
+        path = f"{self.base}-r{self.rank}-g{self._gen + 1}"
+        try:
+            new_map = _map(path, capacity)
+        except OSError as e:
+            _unlink(path)
+            print(f"cp_hooks: cannot grow the shared-memory all-to-all buffer to {capacity} bytes ({e}); "
+                  "this group goes back to gloo.", file=sys.stderr)
+            return False
+        self._data = None  # drop the tensor view before closing the map under it
+        if self._data_map is not None:
+            self._data_map.close()
+        self._data_map, self._capacity, self._gen, self._named = new_map, capacity, self._gen + 1, path
+        _NAMED_FILES.add(path)
+        self._data = torch.frombuffer(new_map, dtype=torch.uint8)
+        return True
+
+    def _peer_buffer(self, peer: int, gen: int) -> torch.Tensor:
+        if self._peer_gen[peer] != gen:
+            self._peer_data[peer] = None
+            if self._peer_maps[peer] is not None:
+                self._peer_maps[peer].close()
+            self._peer_maps[peer] = _map(f"{self.base}-r{peer}-g{gen}")
+            self._peer_data[peer] = torch.frombuffer(self._peer_maps[peer], dtype=torch.uint8)
+            self._peer_gen[peer] = gen
+        return self._peer_data[peer]
+
+    @property
+    def shared_bytes(self) -> int:
+        """Bytes of /dev/shm this rank's data buffer holds (one buffer, sized to its largest send)."""
+        return self._capacity
+
+    # ------------------------------------------------------------------ waiting
+    def _wait(self, peer: int, field: int, target: int, what: str) -> None:
+        """Spin until the peer's counter reaches `target`; raise on timeout or when the peer has died."""
+        header = self._headers[peer]
+        if header[field] >= target:
+            return
+        polls = 0
+        start = last_check = time.monotonic()
+        while header[field] < target:
+            polls += 1
+            if polls < _SPIN:
+                continue
+            os.sched_yield()  # let a rank that shares this core run (more ranks than cores)
+            if polls % 64:
+                continue
+            now = time.monotonic()
+            if now - last_check >= _LIVENESS_EVERY_S:
+                last_check = now
+                if not _alive(self.pids[peer]):
+                    raise RuntimeError(
+                        f"cp_hooks shared-memory all-to-all: rank {peer} of the group (pid {self.pids[peer]}) exited "
+                        f"while this rank waited for it to {what}."
+                    )
+            if now - start > self.timeout_s:
+                raise RuntimeError(
+                    f"cp_hooks shared-memory all-to-all: rank {peer} of the group did not {what} within the process "
+                    f"group's timeout ({self.timeout_s:.0f} s)."
+                )
+            if now - start > 0.01:
+                time.sleep(1e-4)  # a long wait (a slow or stuck peer): stop burning the core
+
+
+def _alive(pid: int) -> bool:
+    """False when the process has exited (a zombie counts as exited: its parent may not have reaped it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _offsets(sizes: list[int]) -> list[int]:
+    out, total = [], 0
+    for s in sizes:
+        out.append(total)
+        total += s
+    return out
+
+
+@atexit.register
+def _remove_named_files() -> None:
+    # A data file is named only until every peer has mapped it; one that is still named at exit (the job
+    # ended, or failed, right after the file was made) goes with the process.
+    for path in list(_NAMED_FILES):
+        _unlink(path)

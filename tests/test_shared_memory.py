@@ -1,0 +1,169 @@
+"""The shared-memory all-to-all (CPU ranks on one host) returns exactly what gloo's all_to_all_single does.
+
+Every case compares bit for bit with `dist.all_to_all_single` on the same inputs, over the default group
+and over the sub-groups of a 2 x 2 mesh: even and uneven splits, empty pieces, several dtypes and row
+shapes, and buffers that grow and shrink between calls. Then the group-wide decisions: one rank that
+cannot grow its buffer, or that sets CP_HOOKS_SHM=0, sends the whole group to gloo (no hang), and
+`keep_gloo` switches a group back and forth. Dead and stuck peers are in tests/test_faults.py.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from cp_hooks import comm, shared_memory
+from cp_testing import make_config
+
+
+def _gloo_reference(x, send_sizes, recv_sizes, group):
+    out = x.new_empty((sum(recv_sizes),) + tuple(x.shape[1:]))
+    dist.all_to_all_single(out, x.contiguous(), recv_sizes, send_sizes, group=group)
+    return out
+
+
+def _cases(world: int, rank: int):
+    """(x, send_sizes) per case; what a rank sends to rank j depends on both (uneven, sometimes empty)."""
+    g = torch.Generator().manual_seed(rank)
+    yield torch.randn(0, 3), [0] * world  # the group's very first call sends nothing: no buffer yet
+    for dtype in (torch.float32, torch.bfloat16, torch.float64, torch.int64):
+        rows = [2] * world
+        yield torch.randn(sum(rows), 3, 4, generator=g).mul(100).to(dtype), rows
+    for rows_to in ([(rank + j) % 3 for j in range(world)],  # uneven, with empty pieces
+                    [0] * world,  # nothing at all
+                    [rank == j for j in range(world)],  # only to itself
+                    [4096 * (j + 1) for j in range(world)],  # grows the buffer past 1 MiB
+                    [1] * world):  # and back to small
+        rows_to = [int(r) for r in rows_to]
+        yield torch.randn(sum(rows_to), 2, 64, generator=g), rows_to
+    yield torch.randn(3 * world, 5, generator=g).t().contiguous().t(), [3] * world  # non-contiguous input
+
+
+def _recv_sizes(send_sizes, group):
+    everyone = [None] * dist.get_world_size(group)
+    dist.all_gather_object(everyone, send_sizes, group=group)
+    me = dist.get_rank(group)
+    return [sizes[me] for sizes in everyone]
+
+
+def matches_gloo_on(groups) -> list[str]:
+    checked = []
+    for group in groups:
+        world, rank = group.size(), group.rank()
+        for i, (x, send) in enumerate(_cases(world, dist.get_rank())):
+            recv = _recv_sizes(send, group)
+            got = comm.all_to_all(x, send, recv, group)
+            want = _gloo_reference(x, send, recv, group)
+            assert got.dtype == want.dtype and torch.equal(got, want), f"case {i} differs on group rank {rank}"
+        checked.append(shared_memory.describe(group))
+    return checked
+
+
+def check_default_and_mesh_groups() -> list[str]:
+    fresh = dist.new_group(list(range(dist.get_world_size())))  # its first call is the empty case
+    groups = [fresh, dist.group.WORLD]
+    if dist.get_world_size() == 4:
+        config = make_config(2, 2)
+        groups += [config._ulysses_group, config._ring_group]
+    return matches_gloo_on(groups)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_matches_gloo_bit_for_bit(pool, world):
+    for described in pool(world).run(check_default_and_mesh_groups):
+        assert all(d == "shared memory" for d in described), described
+
+
+def data_files_are_unlinked() -> tuple[int, int]:
+    group = dist.new_group(list(range(dist.get_world_size())))
+    x = torch.ones(4 * group.size(), 8)
+    sizes = [4] * group.size()
+    comm.all_to_all(x, sizes, sizes, group)
+    transport = shared_memory.transport_for(group, x)
+    after_first = len(glob.glob(transport.base + "*"))
+    comm.all_to_all(x, sizes, sizes, group)  # every peer has mapped the files: their names are gone
+    dist.barrier()
+    return after_first, len(glob.glob(transport.base + "*"))
+
+
+def test_no_file_outlives_its_first_use(pool):
+    for after_first, after_second in pool(2).run(data_files_are_unlinked):
+        assert after_first >= 1 and after_second == 0
+
+
+def one_rank_cannot_grow() -> tuple[str, bool]:
+    """Rank 1's /dev/shm is 'full' when its buffer must grow: every rank goes back to gloo, results exact."""
+    group = dist.new_group(list(range(dist.get_world_size())))
+    small = torch.arange(4.0 * group.size()).view(-1, 1) + 100 * dist.get_rank()
+    sizes = [4] * group.size()
+    first = comm.all_to_all(small, sizes, sizes, group)  # a 1 MiB buffer each: shared memory
+    assert torch.equal(first, _gloo_reference(small, sizes, sizes, group))
+    original = shared_memory._map
+
+    def full(path, size=None):
+        if size is not None and dist.get_rank() == 1:
+            raise OSError(28, "No space left on device")
+        return original(path, size)
+
+    shared_memory._map = full
+    try:
+        big = torch.randn(group.size() * 2**18, 2)  # 2 MiB: needs a bigger buffer
+        rows = [2**18] * group.size()
+        got = comm.all_to_all(big, rows, rows, group)
+        assert torch.equal(got, _gloo_reference(big, rows, rows, group))
+        again = comm.all_to_all(small, sizes, sizes, group)
+        assert torch.equal(again, first)
+    finally:
+        shared_memory._map = original
+    return shared_memory.describe(group), first is not None
+
+
+def test_a_rank_that_cannot_grow_sends_the_group_to_gloo(pool):
+    for described, _ in pool(2).run(one_rank_cannot_grow):
+        assert described == "gloo (rank 1 of the group could not grow its shared-memory buffer)"
+
+
+def one_rank_opts_out() -> str:
+    """CP_HOOKS_SHM=0 on rank 1 only: the probe (at the first all-to-all) keeps the whole group on gloo."""
+    if dist.get_rank() == 1:
+        os.environ[shared_memory.ENV_SWITCH] = "0"
+    try:
+        group = dist.new_group(list(range(dist.get_world_size())))
+        x = torch.randn(2 * group.size(), 3)
+        sizes = [2] * group.size()
+        assert torch.equal(comm.all_to_all(x, sizes, sizes, group), _gloo_reference(x, sizes, sizes, group))
+        return shared_memory.describe(group)
+    finally:
+        os.environ.pop(shared_memory.ENV_SWITCH, None)
+
+
+def test_one_rank_opting_out_keeps_the_group_on_gloo(pool):
+    for described in pool(2).run(one_rank_opts_out):
+        assert described == "gloo (rank 1: CP_HOOKS_SHM=0)"
+
+
+def switch_transports() -> list[str]:
+    group = dist.new_group(list(range(dist.get_world_size())))
+    x = torch.randn(3 * group.size(), 7) + dist.get_rank()
+    sizes = [3] * group.size()
+    want = _gloo_reference(x, sizes, sizes, group)
+    seen = []
+    for keep in (False, True, False, True, False):
+        shared_memory.keep_gloo(group, keep)
+        assert torch.equal(comm.all_to_all(x, sizes, sizes, group), want)
+        seen.append(shared_memory.describe(group))
+    return seen
+
+
+def test_keep_gloo_switches_a_group_between_transports(pool):
+    for seen in pool(2).run(switch_transports):
+        assert seen == ["shared memory", "gloo (keep_gloo)"] * 2 + ["shared memory"]
+
+
+def test_only_x86_linux_is_offered(monkeypatch):
+    monkeypatch.setattr(shared_memory.platform, "machine", lambda: "aarch64")
+    assert any("x86-64 only" in r for r in shared_memory.local_reasons_against())
