@@ -202,7 +202,8 @@ def transports(runs: list[tuple[str, dict]]) -> list[str]:
                         f"{_mib(same['ulysses'].get('shared_bytes'))} | {m:.3f} [{lo:.3f}, {hi:.3f}] |")
     if not rows:
         return []
-    return ["| run | workload | ulysses' all-to-all | shared buffer / rank (MiB) | gloo's time / shared memory's |",
+    return ["| run | workload | ulysses' all-to-all | largest send through shared memory / rank (MiB) | "
+            "gloo's time / shared memory's |",
             "|---|---|---|---:|---:|"] + rows
 
 
@@ -266,8 +267,8 @@ def generate(out_dir: str, readme: bool = False) -> str:
         lines += ["## Ulysses' all-to-all: shared memory against gloo", "",
                   "The same Ulysses mode, its all-to-alls through /dev/shm (the default for CPU ranks on one host) "
                   "or over gloo (`ulysses-gloo`), timed in the same rounds; the median of the per-round ratios and "
-                  "its 95% interval. The shared buffer is outside torch's allocator, so it is not in the peak "
-                  "memory column.", ""] + versus_gloo + [""]
+                  "its 95% interval. The shared buffer (this size, rounded up to a MiB) is outside torch's "
+                  "allocator, so it is not in the peak memory column.", ""] + versus_gloo + [""]
     for tag, run in runs:
         meta = run["meta"]
         lines += [f"## {tag}", "", f"Machine: {machine_line(meta)}.", "", f"Command: `{meta['command']}`", ""]

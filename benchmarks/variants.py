@@ -68,7 +68,9 @@ class Mode:
         group = self.config._ulysses_group
         if self.transport == "gloo":
             return {"transport": "gloo (kept for comparison)"}
-        return {"transport": shared_memory.describe(group), "shared_bytes": shared_memory.shared_bytes(group)}
+        # What this workload put in the shared buffer at most (the buffer itself keeps its largest size).
+        return {"transport": shared_memory.describe(group),
+                "shared_bytes": shared_memory.largest_send_bytes(group, reset=True)}
 
 
 def cp_modes(world: int, heads: int, device_type: str) -> list[Mode]:

@@ -10,7 +10,8 @@ check that each peer process is still alive, so a dead or stuck rank raises inst
 
 Protocol of call n (every rank of the group, in the same order, like any collective):
   1. wait until every peer's `done` >= n - 1: nobody still reads this rank's previous data;
-  2. write this call's bytes and per-destination sizes into its own file, then `seq` = n (published last:
+  2. write the rows addressed to the peers and the per-destination sizes into its own file (its own rows go
+     straight to its output), then `seq` = n (published last:
      x86's stores become visible in program order, so a peer that sees n also sees the data);
   3. wait until every peer's `seq` >= n, copy the rows addressed to this rank out of each peer's file;
   4. `done` = n.
@@ -95,6 +96,20 @@ def shared_bytes(group=None) -> int:
     """Bytes of /dev/shm this rank's buffer for the group holds (0 when the group uses gloo). No collective."""
     transport = _TRANSPORTS.get(group if group is not None else dist.group.WORLD)
     return transport.shared_bytes if transport is not None else 0
+
+
+def largest_send_bytes(group=None, *, reset: bool = False) -> int:
+    """The most bytes this rank has put in the group's shared buffer in one all-to-all (since the last reset).
+
+    What a workload needs of the buffer (which keeps the largest size it ever had). No collective.
+    """
+    transport = _TRANSPORTS.get(group if group is not None else dist.group.WORLD)
+    if transport is None:
+        return 0
+    value = transport.largest_send
+    if reset:
+        transport.largest_send = 0
+    return value
 
 
 def describe(group=None) -> str:
@@ -188,6 +203,9 @@ class SharedMemoryAllToAll:
         self._peer_gen = [0] * self.world
         self._peer_maps: list[mmap.mmap | None] = [None] * self.world
         self._peer_data: list[torch.Tensor | None] = [None] * self.world
+        self.largest_send = 0  # bytes: the most this rank has put in its buffer in one call (resettable)
+        # More ranks than cores: a spinning rank would hold the core that the rank it waits for needs.
+        self._spin = _SPIN if self.world <= len(os.sched_getaffinity(0)) else 0
 
     # ------------------------------------------------------------------ set-up
     @classmethod
@@ -260,20 +278,28 @@ class SharedMemoryAllToAll:
         self._calls += 1
         n = self._calls
         me = self._headers[self.rank]
-        row = row_bytes
         payload = x.reshape(-1).view(torch.uint8)
+        send_bytes = [s * row_bytes for s in send_sizes]
+        send_offsets = _offsets(send_bytes)
+        # Only the rows the peers read go into the shared buffer, in rank order: a rank's own rows go
+        # straight from `x` to the output (and the buffer is (N-1)/N of a shard, not a whole one).
+        peer_chunks = [(send_offsets[j], send_bytes[j]) for j in range(self.world) if j != self.rank and send_bytes[j]]
+        shared = sum(length for _, length in peer_chunks)
+        self.largest_send = max(self.largest_send, shared)
         for peer in self._peers:
             self._wait(peer, _DONE, n - 1, "finish reading the previous all-to-all")
         if self._named is not None:  # every peer has read (so mapped) that file: the name can go
             _unlink(self._named)
             _NAMED_FILES.discard(self._named)
             self._named = None
-        ok = self._ensure_capacity(payload.numel())
+        ok = self._ensure_capacity(shared)
         if ok:
-            if payload.numel():
-                self._data[: payload.numel()].copy_(payload)
-            for j, s in enumerate(send_sizes):
-                me[_SIZES + j] = s * row
+            at = 0
+            for start, length in peer_chunks:
+                self._data[at:at + length].copy_(payload[start:start + length])
+                at += length
+            for j, nbytes in enumerate(send_bytes):
+                me[_SIZES + j] = nbytes
             me[_GEN] = self._gen
         me[_STATUS] = 0 if ok else 1
         me[_SEQ] = n  # publish last: after this store a peer may read everything above
@@ -286,24 +312,24 @@ class SharedMemoryAllToAll:
             return None
         out = x.new_empty((sum(recv_sizes),) + tuple(x.shape[1:]))
         out_bytes = out.reshape(-1).view(torch.uint8)
-        recv_offsets = _offsets([s * row for s in recv_sizes])
+        recv_offsets = _offsets([s * row_bytes for s in recv_sizes])
         for peer in range(self.world):
-            start, length = recv_offsets[peer], recv_sizes[peer] * row
+            start, length = recv_offsets[peer], recv_sizes[peer] * row_bytes
             if length == 0:
                 continue
             if peer == self.rank:
-                send_start = sum(send_sizes[: self.rank]) * row
-                out_bytes[start:start + length].copy_(payload[send_start:send_start + length])
+                own = send_offsets[self.rank]
+                out_bytes[start:start + length].copy_(payload[own:own + length])
                 continue
             header = self._headers[peer]
-            declared = header[_SIZES + self.rank]
-            if declared != length:
+            if header[_SIZES + self.rank] != length:
                 me[_DONE] = n
                 raise RuntimeError(
-                    f"all-to-all size mismatch: rank {peer} of the group sends {declared} bytes to rank {self.rank}, "
-                    f"which expects {length}. Every rank must pass the same split sizes."
+                    f"all-to-all size mismatch: rank {peer} of the group sends {header[_SIZES + self.rank]} bytes to "
+                    f"rank {self.rank}, which expects {length}. Every rank must pass the same split sizes."
                 )
-            src = sum(header[_SIZES + j] for j in range(self.rank))
+            # The peer's buffer holds its chunks for the ranks other than itself, in rank order.
+            src = sum(header[_SIZES + j] for j in range(self.rank) if j != peer)
             out_bytes[start:start + length].copy_(self._peer_buffer(peer, header[_GEN])[src:src + length])
         me[_DONE] = n
         return out
@@ -354,7 +380,7 @@ class SharedMemoryAllToAll:
         start = last_check = time.monotonic()
         while header[field] < target:
             polls += 1
-            if polls < _SPIN:
+            if polls < self._spin:
                 continue
             os.sched_yield()  # let a rank that shares this core run (more ranks than cores)
             if polls % 64:

@@ -83,6 +83,9 @@ def data_files_are_unlinked() -> tuple[int, int]:
     x = torch.ones(4 * group.size(), 8)
     sizes = [4] * group.size()
     comm.all_to_all(x, sizes, sizes, group)
+    # Only the rows for the peers go through the buffer: 4 rows of 8 float32 for each of them.
+    assert shared_memory.largest_send_bytes(group, reset=True) == (group.size() - 1) * 4 * 8 * 4
+    assert shared_memory.largest_send_bytes(group) == 0
     transport = shared_memory.transport_for(group, x)
     after_first = len(glob.glob(transport.base + "*"))
     comm.all_to_all(x, sizes, sizes, group)  # every peer has mapped the files: their names are gone
