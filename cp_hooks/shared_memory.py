@@ -22,7 +22,8 @@ sees it in step 3, and the whole group does that call â€” and every later one â€
 
 Used only when every rank of the group agrees at the first all-to-all on that group (a collective
 probe): Linux on x86-64, tensors on CPU, a gloo group, the same /dev/shm and PID namespace on every
-rank, and `CP_HOOKS_SHM` not set to 0 on any rank. Anything else keeps gloo.
+rank, at least as many cores (the union of the ranks' CPU affinities) as ranks, and `CP_HOOKS_SHM` not
+set to 0 on any rank. Anything else keeps gloo. `CP_HOOKS_SHM=1` on any rank lifts the core condition.
 """
 
 from __future__ import annotations
@@ -35,18 +36,20 @@ import platform
 import secrets
 import sys
 import time
+import warnings
 import weakref
 
 import torch
 import torch.distributed as dist
 
 SHM_DIR = "/dev/shm"
-ENV_SWITCH = "CP_HOOKS_SHM"  # "0" on any rank: the group keeps gloo
+ENV_SWITCH = "CP_HOOKS_SHM"  # "0" on any rank: gloo; "1" on any rank: shared memory even on too few cores
 # int64 indices into a rank's header: the two counters peers spin on sit on cache lines of their own.
 _SEQ, _DONE, _GEN, _STATUS, _SIZES = 0, 8, 16, 17, 18  # _SIZES: bytes this rank sends to each rank
 _TOKEN_BYTES = 64  # after the headers: the probe's token, proving that every rank maps the same file
 _DATA_GRANULE = 1 << 20  # data buffers grow in whole MiB
 _SPIN = 2000  # polls before yielding the core: most waits end within a few microseconds
+_NAP_S = 2e-5  # ranks outnumber cores: sleep between polls from the start
 _LIVENESS_EVERY_S = 0.1
 _DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default for gloo groups
 
@@ -129,7 +132,7 @@ def describe(group=None) -> str:
 def local_reasons_against() -> list[str]:
     """Why this process cannot use the shared-memory transport (empty when it can)."""
     reasons = []
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+    if _switch() == "off":
         reasons.append(f"{ENV_SWITCH}=0")
     if sys.platform != "linux":
         reasons.append(f"platform {sys.platform} (Linux only)")
@@ -139,6 +142,11 @@ def local_reasons_against() -> list[str]:
     if not os.path.isdir(SHM_DIR):
         reasons.append(f"no {SHM_DIR}")
     return reasons
+
+
+def _switch() -> str:
+    value = os.environ.get(ENV_SWITCH, "").strip().lower()
+    return "off" if value in ("0", "false", "no", "off") else "on" if value in ("1", "true", "yes", "on") else "auto"
 
 
 def _group_timeout(group) -> datetime.timedelta:
@@ -184,7 +192,7 @@ def _control_bytes(world: int) -> int:
 class SharedMemoryAllToAll:
     """One process group's all-to-all through /dev/shm. Built by `probe` (collective), not directly."""
 
-    def __init__(self, group, base: str, control: mmap.mmap, pids: list[int]) -> None:
+    def __init__(self, group, base: str, control: mmap.mmap, pids: list[int], *, crowded: bool = False) -> None:
         self.rank, self.world = group.rank(), group.size()
         self.base = base
         self.pids = pids
@@ -204,8 +212,9 @@ class SharedMemoryAllToAll:
         self._peer_maps: list[mmap.mmap | None] = [None] * self.world
         self._peer_data: list[torch.Tensor | None] = [None] * self.world
         self.largest_send = 0  # bytes: the most this rank has put in its buffer in one call (resettable)
-        # More ranks than cores: a spinning rank would hold the core that the rank it waits for needs.
-        self._spin = _SPIN if self.world <= len(os.sched_getaffinity(0)) else 0
+        # More ranks than cores (only with CP_HOOKS_SHM=1): a spinning rank would hold the core that the rank
+        # it waits for needs, so it sleeps between polls instead.
+        self._spin = 0 if crowded else _SPIN
 
     # ------------------------------------------------------------------ set-up
     @classmethod
@@ -244,17 +253,24 @@ class SharedMemoryAllToAll:
                 except OSError as e:
                     reasons.append(f"cannot open the group's control file: {e}")
         answers = [None] * world
-        dist.all_gather_object(answers, (reasons, os.getpid()), group=group)
+        mine = dict(reasons=reasons, pid=os.getpid(), cores=sorted(os.sched_getaffinity(0)), switch=_switch())
+        dist.all_gather_object(answers, mine, group=group)
         if rank == 0 and offer[0] is not None:
             _unlink(offer[0][0] + "-control")  # every rank has mapped it (or failed to): the name can go
-        everyone = [f"rank {r}: {why}" for r, (whys, _) in enumerate(answers) for why in whys]
+        everyone = [f"rank {r}: {why}" for r, a in enumerate(answers) for why in a["reasons"]]
+        # Waiting ranks poll, which pays while each rank has a core of its own. With more ranks than cores a
+        # polling rank takes the core that the rank it waits for needs, and gloo's blocking waits are faster.
+        cores = set().union(*(a["cores"] for a in answers))
+        crowded = len(cores) < world
+        if crowded and not everyone and not any(a["switch"] == "on" for a in answers):
+            everyone.append(f"more ranks ({world}) than cores ({len(cores)}); {ENV_SWITCH}=1 to use shared memory anyway")
         if offer[0] is None and not everyone:
             everyone = ["the group's first rank offered no control file"]
         if everyone:
             if control is not None:
                 control.close()
             return None, everyone
-        return cls(group, offer[0][0], control, [pid for _, pid in answers]), []
+        return cls(group, offer[0][0], control, [a["pid"] for a in answers], crowded=crowded), []
 
     # ------------------------------------------------------------------ the collective
     @torch.compiler.disable
@@ -344,8 +360,9 @@ class SharedMemoryAllToAll:
             new_map = _map(path, capacity)
         except OSError as e:
             _unlink(path)
-            print(f"cp_hooks: cannot grow the shared-memory all-to-all buffer to {capacity} bytes ({e}); "
-                  "this group goes back to gloo.", file=sys.stderr)
+            warnings.warn(f"cp_hooks: cannot grow the shared-memory all-to-all buffer to {capacity} bytes ({e}); "
+                          "this group goes back to gloo. Give /dev/shm more room (Docker: --shm-size) to keep it.",
+                          RuntimeWarning, stacklevel=2)
             return False
         self._data = None  # drop the tensor view before closing the map under it
         if self._data_map is not None:
@@ -381,9 +398,9 @@ class SharedMemoryAllToAll:
         while header[field] < target:
             polls += 1
             if polls < self._spin:
-                continue
-            os.sched_yield()  # let a rank that shares this core run (more ranks than cores)
-            if polls % 64:
+                continue  # most waits end here, within microseconds
+            if self._spin and polls % 64:
+                os.sched_yield()
                 continue
             now = time.monotonic()
             if now - last_check >= _LIVENESS_EVERY_S:
@@ -398,7 +415,9 @@ class SharedMemoryAllToAll:
                     f"cp_hooks shared-memory all-to-all: rank {peer} of the group did not {what} within the process "
                     f"group's timeout ({self.timeout_s:.0f} s)."
                 )
-            if now - start > 0.01:
+            if not self._spin:
+                time.sleep(_NAP_S)  # ranks outnumber cores: a yield would not give the peer this core
+            elif now - start > 0.01:
                 time.sleep(1e-4)  # a long wait (a slow or stuck peer): stop burning the core
 
 

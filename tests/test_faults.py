@@ -25,7 +25,8 @@ SHM_ERRORS = {"die": "exited while this rank waited", "hang": "within the proces
 )
 def test_other_ranks_fail_fast(mode, ring, ulysses, rotate):
     port, world = _free_port(), 3
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world))
+    # CP_HOOKS_SHM=1: shared memory even with 3 ranks on fewer cores (this machine has 2).
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), CP_HOOKS_SHM="1")
     start = time.monotonic()
     procs = [
         subprocess.Popen([sys.executable, WORKER, mode, str(ring), str(ulysses), rotate],

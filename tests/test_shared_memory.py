@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
 
 from cp_hooks import comm, shared_memory
-from cp_testing import make_config
 
 
 def _gloo_reference(x, send_sizes, recv_sizes, group):
@@ -63,18 +63,27 @@ def matches_gloo_on(groups) -> list[str]:
     return checked
 
 
-def check_default_and_mesh_groups() -> list[str]:
-    fresh = dist.new_group(list(range(dist.get_world_size())))  # its first call is the empty case
-    groups = [fresh, dist.group.WORLD]
-    if dist.get_world_size() == 4:
-        config = make_config(2, 2)
-        groups += [config._ulysses_group, config._ring_group]
-    return matches_gloo_on(groups)
+def check_fresh_and_mesh_groups() -> list[str]:
+    """A fresh group of every rank, and at 4 ranks the ring and Ulysses groups of a 2 x 2 mesh.
+
+    CP_HOOKS_SHM=1: with more ranks than cores (4 ranks on a 2-core machine) the groups would keep gloo.
+    """
+    os.environ[shared_memory.ENV_SWITCH] = "1"
+    try:
+        world = dist.get_world_size()
+        groups = [dist.new_group(list(range(world)))]  # its first call is the empty case
+        if world == 4:
+            rows, _ = dist.new_subgroups_by_enumeration([[0, 1], [2, 3]])  # a mesh's Ulysses groups
+            columns, _ = dist.new_subgroups_by_enumeration([[0, 2], [1, 3]])  # and its ring groups
+            groups += [rows, columns]
+        return matches_gloo_on(groups)
+    finally:
+        os.environ.pop(shared_memory.ENV_SWITCH, None)
 
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_matches_gloo_bit_for_bit(pool, world):
-    for described in pool(world).run(check_default_and_mesh_groups):
+    for described in pool(world).run(check_fresh_and_mesh_groups):
         assert all(d == "shared memory" for d in described), described
 
 
@@ -116,7 +125,10 @@ def one_rank_cannot_grow() -> tuple[str, bool]:
     try:
         big = torch.randn(group.size() * 2**18, 2)  # 2 MiB: needs a bigger buffer
         rows = [2**18] * group.size()
-        got = comm.all_to_all(big, rows, rows, group)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = comm.all_to_all(big, rows, rows, group)
+        assert any("goes back to gloo" in str(w.message) for w in caught) == (dist.get_rank() == 1)
         assert torch.equal(got, _gloo_reference(big, rows, rows, group))
         again = comm.all_to_all(small, sizes, sizes, group)
         assert torch.equal(again, first)
@@ -165,6 +177,32 @@ def switch_transports() -> list[str]:
 def test_keep_gloo_switches_a_group_between_transports(pool):
     for seen in pool(2).run(switch_transports):
         assert seen == ["shared memory", "gloo (keep_gloo)"] * 2 + ["shared memory"]
+
+
+def decide_with_one_core(force: bool) -> tuple[str, int | None]:
+    """Every rank's CPU affinity is core 0: more ranks than cores."""
+    original = os.sched_getaffinity
+    os.sched_getaffinity = lambda pid: {0}
+    if force:
+        os.environ[shared_memory.ENV_SWITCH] = "1"
+    try:
+        group = dist.new_group(list(range(dist.get_world_size())))
+        x = torch.randn(2 * group.size(), 3) + dist.get_rank()
+        sizes = [2] * group.size()
+        for _ in range(3):
+            assert torch.equal(comm.all_to_all(x, sizes, sizes, group), _gloo_reference(x, sizes, sizes, group))
+        transport = shared_memory.transport_for(group, x)
+        return shared_memory.describe(group), None if transport is None else transport._spin
+    finally:
+        os.sched_getaffinity = original
+        os.environ.pop(shared_memory.ENV_SWITCH, None)
+
+
+def test_more_ranks_than_cores_keeps_gloo_unless_forced(pool):
+    for described, _ in pool(2).run(decide_with_one_core, False):
+        assert described == "gloo (more ranks (2) than cores (1); CP_HOOKS_SHM=1 to use shared memory anyway)"
+    for described, spin in pool(2).run(decide_with_one_core, True):
+        assert described == "shared memory" and spin == 0  # forced: it sleeps between polls instead of spinning
 
 
 def test_only_x86_linux_is_offered(monkeypatch):
