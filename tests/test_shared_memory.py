@@ -9,6 +9,7 @@ cannot grow its buffer, or that sets CP_HOOKS_SHM=0, sends the whole group to gl
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import warnings
@@ -18,6 +19,32 @@ import torch
 import torch.distributed as dist
 
 from cp_hooks import comm, shared_memory
+
+
+# Linux on x86-64 with a /dev/shm: elsewhere every group keeps gloo, which the other test files cover.
+needs_shared_memory = pytest.mark.skipif(
+    bool([r for r in shared_memory.local_reasons_against() if shared_memory.ENV_SWITCH not in r]),
+    reason=f"shared memory is not offered here: {shared_memory.local_reasons_against()}",
+)
+
+
+@contextlib.contextmanager
+def switch(value: str):
+    """CP_HOOKS_SHM=value in this rank while a group probes; the previous value afterwards."""
+    before = os.environ.get(shared_memory.ENV_SWITCH)
+    os.environ[shared_memory.ENV_SWITCH] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(shared_memory.ENV_SWITCH, None)
+        else:
+            os.environ[shared_memory.ENV_SWITCH] = before
+
+
+def forced():
+    """Shared memory even on a machine with fewer cores than ranks (and whatever the caller's environment)."""
+    return switch("1")
 
 
 def _gloo_reference(x, send_sizes, recv_sizes, group):
@@ -68,8 +95,7 @@ def check_fresh_and_mesh_groups() -> list[str]:
 
     CP_HOOKS_SHM=1: with more ranks than cores (4 ranks on a 2-core machine) the groups would keep gloo.
     """
-    os.environ[shared_memory.ENV_SWITCH] = "1"
-    try:
+    with forced():
         world = dist.get_world_size()
         groups = [dist.new_group(list(range(world)))]  # its first call is the empty case
         if world == 4:
@@ -77,10 +103,9 @@ def check_fresh_and_mesh_groups() -> list[str]:
             columns, _ = dist.new_subgroups_by_enumeration([[0, 2], [1, 3]])  # and its ring groups
             groups += [rows, columns]
         return matches_gloo_on(groups)
-    finally:
-        os.environ.pop(shared_memory.ENV_SWITCH, None)
 
 
+@needs_shared_memory
 @pytest.mark.parametrize("world", [2, 4])
 def test_matches_gloo_bit_for_bit(pool, world):
     for described in pool(world).run(check_fresh_and_mesh_groups):
@@ -91,7 +116,8 @@ def data_files_are_unlinked() -> tuple[int, int]:
     group = dist.new_group(list(range(dist.get_world_size())))
     x = torch.ones(4 * group.size(), 8)
     sizes = [4] * group.size()
-    comm.all_to_all(x, sizes, sizes, group)
+    with forced():
+        comm.all_to_all(x, sizes, sizes, group)
     # Only the rows for the peers go through the buffer: 4 rows of 8 float32 for each of them.
     assert shared_memory.largest_send_bytes(group, reset=True) == (group.size() - 1) * 4 * 8 * 4
     assert shared_memory.largest_send_bytes(group) == 0
@@ -102,6 +128,7 @@ def data_files_are_unlinked() -> tuple[int, int]:
     return after_first, len(glob.glob(transport.base + "*"))
 
 
+@needs_shared_memory
 def test_no_file_outlives_its_first_use(pool):
     for after_first, after_second in pool(2).run(data_files_are_unlinked):
         assert after_first >= 1 and after_second == 0
@@ -112,7 +139,8 @@ def one_rank_cannot_grow() -> tuple[str, bool]:
     group = dist.new_group(list(range(dist.get_world_size())))
     small = torch.arange(4.0 * group.size()).view(-1, 1) + 100 * dist.get_rank()
     sizes = [4] * group.size()
-    first = comm.all_to_all(small, sizes, sizes, group)  # a 1 MiB buffer each: shared memory
+    with forced():
+        first = comm.all_to_all(small, sizes, sizes, group)  # a 1 MiB buffer each: shared memory
     assert torch.equal(first, _gloo_reference(small, sizes, sizes, group))
     original = shared_memory._map
 
@@ -137,6 +165,7 @@ def one_rank_cannot_grow() -> tuple[str, bool]:
     return shared_memory.describe(group), first is not None
 
 
+@needs_shared_memory
 def test_a_rank_that_cannot_grow_sends_the_group_to_gloo(pool):
     for described, _ in pool(2).run(one_rank_cannot_grow):
         assert described == "gloo (rank 1 of the group could not grow its shared-memory buffer)"
@@ -144,18 +173,15 @@ def test_a_rank_that_cannot_grow_sends_the_group_to_gloo(pool):
 
 def one_rank_opts_out() -> str:
     """CP_HOOKS_SHM=0 on rank 1 only: the probe (at the first all-to-all) keeps the whole group on gloo."""
-    if dist.get_rank() == 1:
-        os.environ[shared_memory.ENV_SWITCH] = "0"
-    try:
+    with switch("0" if dist.get_rank() == 1 else "auto"):
         group = dist.new_group(list(range(dist.get_world_size())))
         x = torch.randn(2 * group.size(), 3)
         sizes = [2] * group.size()
         assert torch.equal(comm.all_to_all(x, sizes, sizes, group), _gloo_reference(x, sizes, sizes, group))
         return shared_memory.describe(group)
-    finally:
-        os.environ.pop(shared_memory.ENV_SWITCH, None)
 
 
+@needs_shared_memory
 def test_one_rank_opting_out_keeps_the_group_on_gloo(pool):
     for described in pool(2).run(one_rank_opts_out):
         assert described == "gloo (rank 1: CP_HOOKS_SHM=0)"
@@ -167,6 +193,8 @@ def switch_transports() -> list[str]:
     sizes = [3] * group.size()
     want = _gloo_reference(x, sizes, sizes, group)
     seen = []
+    with forced():
+        comm.all_to_all(x, sizes, sizes, group)  # the probe
     for keep in (False, True, False, True, False):
         shared_memory.keep_gloo(group, keep)
         assert torch.equal(comm.all_to_all(x, sizes, sizes, group), want)
@@ -174,6 +202,7 @@ def switch_transports() -> list[str]:
     return seen
 
 
+@needs_shared_memory
 def test_keep_gloo_switches_a_group_between_transports(pool):
     for seen in pool(2).run(switch_transports):
         assert seen == ["shared memory", "gloo (keep_gloo)"] * 2 + ["shared memory"]
@@ -183,21 +212,20 @@ def decide_with_one_core(force: bool) -> tuple[str, int | None]:
     """Every rank's CPU affinity is core 0: more ranks than cores."""
     original = os.sched_getaffinity
     os.sched_getaffinity = lambda pid: {0}
-    if force:
-        os.environ[shared_memory.ENV_SWITCH] = "1"
     try:
-        group = dist.new_group(list(range(dist.get_world_size())))
-        x = torch.randn(2 * group.size(), 3) + dist.get_rank()
-        sizes = [2] * group.size()
-        for _ in range(3):
-            assert torch.equal(comm.all_to_all(x, sizes, sizes, group), _gloo_reference(x, sizes, sizes, group))
+        with switch("1" if force else "auto"):
+            group = dist.new_group(list(range(dist.get_world_size())))
+            x = torch.randn(2 * group.size(), 3) + dist.get_rank()
+            sizes = [2] * group.size()
+            for _ in range(3):
+                assert torch.equal(comm.all_to_all(x, sizes, sizes, group), _gloo_reference(x, sizes, sizes, group))
         transport = shared_memory.transport_for(group, x)
         return shared_memory.describe(group), None if transport is None else transport._spin
     finally:
         os.sched_getaffinity = original
-        os.environ.pop(shared_memory.ENV_SWITCH, None)
 
 
+@needs_shared_memory
 def test_more_ranks_than_cores_keeps_gloo_unless_forced(pool):
     for described, _ in pool(2).run(decide_with_one_core, False):
         assert described == "gloo (more ranks (2) than cores (1); CP_HOOKS_SHM=1 to use shared memory anyway)"
