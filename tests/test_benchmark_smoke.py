@@ -26,7 +26,7 @@ def test_benchmark_runs_and_reports(tmp_path):
     records = json.load(open(tmp_path / "smoke.json"))["records"]
     by = {(r["workload"], r["variant"]): r for r in records}
     for workload in ("flux-256", "wan-2x8x8", "attn-128"):
-        for variant in ("ulysses", "ring-allgather", "ring-alltoall"):
+        for variant in ("ulysses", "ulysses-gloo", "ring-allgather", "ring-alltoall"):
             r = by[(workload, variant)]
             assert r["status"] == "ok"
             assert r["bytes_vs_formula"] == pytest.approx(1.0), (workload, variant)  # even shards: exact
@@ -34,6 +34,9 @@ def test_benchmark_runs_and_reports(tmp_path):
             assert r["peak_memory_bytes"] > 0 and r["speedup"] > 0
             assert len(r["time_ms_rounds"]) == 2  # --min-seconds added rounds up to --max-rounds
     assert by[("flux-256", "ulysses")]["overhead_share"] is not None
+    # The comparison variant really ran over gloo; the default one says how its all-to-alls travelled.
+    assert by[("flux-256", "ulysses-gloo")]["transport"] == "gloo (kept for comparison)"
+    assert by[("flux-256", "ulysses")]["transport"].startswith(("shared memory", "gloo ("))
     assert by[("flux-256", "diffusers-ulysses")]["status"] == "ok"
     assert by[("flux-256", "diffusers-ring")]["status"] in ("ok", "failed")  # fails on CPU: recorded, not raised
     report = (tmp_path / "results.md").read_text()
