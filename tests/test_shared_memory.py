@@ -121,6 +121,7 @@ def data_files_are_unlinked() -> tuple[int, int]:
     # Only the rows for the peers go through the buffer: 4 rows of 8 float32 for each of them.
     assert shared_memory.largest_send_bytes(group, reset=True) == (group.size() - 1) * 4 * 8 * 4
     assert shared_memory.largest_send_bytes(group) == 0
+    assert shared_memory.shared_bytes(group) == 1 << 20  # the buffer: whole MiB
     transport = shared_memory.transport_for(group, x)
     after_first = len(glob.glob(transport.base + "*"))
     comm.all_to_all(x, sizes, sizes, group)  # every peer has mapped the files: their names are gone
