@@ -101,8 +101,9 @@ def classify(event: dict) -> str | None:
     Model layers are diffusers' and torch.nn's Python code (a hook calls the original forward, so they
     run inside cp_hooks frames); attention kernels are the SDPA/flash ops; collectives are torch.distributed's
     collective calls (with the logging wrapper torch puts around each), c10d/gloo/nccl ops, waiting on their
-    work objects, and cp_hooks' shared-memory all-to-all (its copies and waits stand in for gloo's). Everything else that runs below a cp_hooks frame — its Python, hook dispatch, reshapes and
-    copies, the LSE merge — is cp_hooks' own.
+    work objects, and cp_hooks' shared-memory all-to-all (its copies and waits stand in for gloo's).
+    Everything else that runs below a cp_hooks frame — its Python, hook dispatch, reshapes and copies, the
+    LSE merge — is cp_hooks' own.
     """
     name, cat = event.get("name", ""), event.get("cat", "")
     if cat == "python_function":

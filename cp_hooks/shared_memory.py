@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import itertools
 import mmap
 import os
 import platform
@@ -431,11 +432,8 @@ def _alive(pid: int) -> bool:
 
 
 def _offsets(sizes: list[int]) -> list[int]:
-    out, total = [], 0
-    for s in sizes:
-        out.append(total)
-        total += s
-    return out
+    """Where each piece starts when `sizes` are laid end to end."""
+    return list(itertools.accumulate(sizes, initial=0))[:-1]
 
 
 @atexit.register
