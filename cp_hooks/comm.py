@@ -124,11 +124,12 @@ def exchange_sizes(values: list[int], group, device, payload: str = "sizes") -> 
     return out.view(group_size(group), len(values)).tolist()
 
 
-def all_to_all(x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], group) -> torch.Tensor:
+def all_to_all(x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], group, *,
+               payload: str = "attention") -> torch.Tensor:
     """Send rows `x.split(send_sizes)[j]` (dim 0) to rank j; return the received rows in rank order.
 
-    Only attention uses it (Ulysses, and the all-gather ring's backward): counted as payload "attention".
-    CPU ranks of a gloo group on one host, a core each, exchange through shared memory (`shared_memory`
+    Attention uses it (Ulysses, and the all-gather ring's backward: payload "attention"), and so does the
+    backward of a plan's gather (a reduce-scatter: payload "other"). CPU ranks of a gloo group on one host, a core each, exchange through shared memory (`shared_memory`
     says when), the others with `all_to_all_single`; the bytes counted are the same.
     """
     rank = group_rank(group)
@@ -141,7 +142,7 @@ def all_to_all(x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], gr
         even = len(set(send_sizes)) == 1 and len(set(recv_sizes)) == 1
         dist.all_to_all_single(out, x, None if even else recv_sizes, None if even else send_sizes, group=group)
     _record("all_to_all", row * (sum(send_sizes) - send_sizes[rank]), row * (sum(recv_sizes) - recv_sizes[rank]),
-            payload="attention")
+            payload=payload)
     return out
 
 
@@ -173,6 +174,18 @@ def all_gather(x: torch.Tensor, sizes: list[int] | None, group, dim: int, *, pay
     # Counted as a ring all-gather moves it: each rank's (padded) piece reaches the N-1 others.
     _record("all_gather", row * longest * (world - 1), row * longest * (world - 1), payload=payload)
     return out.movedim(0, dim)
+
+
+def reduce_scatter(x: torch.Tensor, sizes: list[int], group, dim: int, *, payload: str = "other") -> torch.Tensor:
+    """Sum `x` over the group and return this rank's piece `sizes[rank]` along `dim` (the inverse of `all_gather`).
+
+    Built from one all-to-all (rank j receives every rank's piece j) and a local sum: gloo has no
+    reduce-scatter, and this moves the same bytes as one, through the same transport as attention.
+    """
+    world, rank = group_size(group), group_rank(group)
+    rows = all_to_all(x.movedim(dim, 0), sizes, [sizes[rank]] * world, group, payload=payload)
+    summed = rows.view(world, sizes[rank], *rows.shape[1:]).sum(0)
+    return summed.movedim(0, dim)
 
 
 class RingExchange:

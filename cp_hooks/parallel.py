@@ -18,7 +18,7 @@ from .integration import diffusers_attention
 from .integration.sdpa import LocalAttentionHook, SDPARouterHook
 from .plan import LocalAttention, get_plan, refuse_unsupported
 from .resolve import resolve_modules
-from .shard_hooks import GatherHook, SplitHook
+from .shard_hooks import GatherHook, ReplicatedOutputHook, SplitHook
 
 _STATE_ATTR = "_cp_hooks_state"
 _HOOK_PREFIX = "cp_hooks."
@@ -79,7 +79,9 @@ def enable_parallelism(
     if plan is None:
         refuse_unsupported(model)  # configurations the built-in plan declares it cannot serve
     plan = get_plan(model, plan)
-    hooks = []  # (module, hook name, hook): built first, so that plan errors come before any collective
+    # (module, hook name, hook): built first, so that plan errors come before any collective.
+    # First on the model, so that its post_forward runs last, on the gathered output.
+    hooks = [(model, f"{_HOOK_PREFIX}replicated_output", ReplicatedOutputHook(config))]
     if strict:
         # First on the model: the inputs are compared before anything is split.
         hooks.append((model, f"{_HOOK_PREFIX}consistency", ConsistencyHook(config)))

@@ -16,7 +16,7 @@ import torch.nn as nn
 from .config import ContextParallelConfig
 from .hooks import ModelHook
 from .plan import ContextParallelInput, ContextParallelOutput
-from .sharding import gather_tensor, split_tensor
+from .sharding import gather_tensor, share_replicated_gradient, split_tensor
 
 
 def _check_dims(x: torch.Tensor, spec, what: str) -> None:
@@ -52,7 +52,7 @@ def gather_for_plan(x: torch.Tensor, spec: ContextParallelOutput, config: Contex
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} is a {type(x).__name__}, but the plan gathers it as a tensor.")
     _check_dims(x, spec, what)
-    return gather_tensor(x, spec.gather_dim, config._flat_group, config.rank, config.world_size, uneven=config.anything)
+    return gather_tensor(x, spec.gather_dim, config._flat_group, config.world_size, uneven=config.anything)
 
 
 class SplitHook(ModelHook):
@@ -125,6 +125,35 @@ class GatherHook(ModelHook):
             if spec is not None:
                 items[i] = gather_for_plan(items[i], spec, self.config, f"'{self.module_name}' output {i}")
         return items[0] if single else type(output)(items)
+
+
+class ReplicatedOutputHook(ModelHook):
+    """On the model itself: every rank returns the same full output, so each takes 1/N of its gradient.
+
+    Each of the N ranks back-propagates the same loss; without this, layers after the plan's final gather
+    (which run replicated) would end with N times their gradient after `reduce_gradients`. See
+    `cp_hooks.sharding` for the whole gradient convention. Costs nothing at inference (no autograd).
+    """
+
+    def __init__(self, config: ContextParallelConfig) -> None:
+        self.config = config
+
+    def post_forward(self, module, output):
+        return _map_tensors(output, lambda t: share_replicated_gradient(t, self.config.world_size))
+
+
+def _map_tensors(value, fn):
+    """`value` with `fn` applied to every tensor in it (tensors, tuples/lists, dicts and diffusers outputs)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        items = [_map_tensors(v, fn) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)  # namedtuple or not
+    if isinstance(value, dict):  # diffusers' BaseOutput is an OrderedDict whose fields are also attributes
+        for key in list(value.keys()):
+            value[key] = _map_tensors(value[key], fn)
+        return value
+    return value
 
 
 def _parameter_positions(module: nn.Module, module_name: str, names: list[str]) -> dict[str, int | None]:

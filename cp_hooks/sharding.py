@@ -3,13 +3,19 @@
 Rank r of a group of N holds piece r of `tensor.tensor_split(N, dim)`: equal pieces when N divides the
 length, otherwise the first `length % N` ranks hold one more element. Gather is the exact inverse.
 
-Gradient convention (training): every rank computes the same loss from the full, gathered output, and
-each rank back-propagates only the part of it that flows through its own tokens. So the backward of a
-gather keeps this rank's slice, and the backward of a split places the shard's gradient at its offset in a
-zero tensor: every gradient upstream of a split, like every parameter gradient, is this rank's *partial*
-sum, and summing over the context-parallel group (`reduce_gradients`) gives the single-process gradient.
-(An all-gather here would make the gradients of layers before the split complete on every rank, and the
-sum would count them N times.)
+Gradient convention (training; docs/architecture.md, "Gradients"): every rank computes the same loss from
+the full, gathered output, and each rank back-propagates the part of it that flows through its own tokens.
+  * split: the shard's gradient is placed at its offset in a zero tensor, so everything upstream of a
+    split holds this rank's *partial* gradient (an all-gather here would make it complete on every rank,
+    and summing over the group would count it N times);
+  * gather: downstream of a gather the gradients may be partial per rank (a module whose input is gathered
+    mid-model, whose output is split again), so the backward *sums* them over the group and keeps this
+    rank's piece (a reduce-scatter);
+  * the model's output: `ReplicatedOutputHook` divides its gradient by N, because N ranks back-propagate
+    the same loss. Layers after the final gather (which run replicated) then hold 1/N of their gradient on
+    each rank, and the reduce-scatter of N equal 1/N gradients is exactly this rank's slice.
+Summing every parameter gradient over the context-parallel group (`reduce_gradients`) then gives the
+single-process gradient, wherever the parameter acts.
 """
 
 from __future__ import annotations
@@ -47,14 +53,25 @@ class _Split(torch.autograd.Function):
 
 class _Gather(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dim, group, sizes, rank):
-        ctx.args = (dim, sum(sizes[:rank]), sizes[rank])
+    def forward(ctx, x, dim, group, sizes):
+        ctx.args = (dim, group, sizes)
         return comm.all_gather(x, sizes, group, dim)
 
     @staticmethod
     def backward(ctx, grad):
-        dim, start, length = ctx.args
-        return grad.narrow(dim, start, length), None, None, None, None
+        dim, group, sizes = ctx.args
+        return comm.reduce_scatter(grad, sizes, group, dim), None, None, None
+
+
+class _ScaleGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
 
 
 def split_tensor(x: torch.Tensor, dim: int, rank: int, world: int) -> torch.Tensor:
@@ -62,8 +79,15 @@ def split_tensor(x: torch.Tensor, dim: int, rank: int, world: int) -> torch.Tens
     return _Split.apply(x, dim, rank, world)
 
 
-def gather_tensor(x: torch.Tensor, dim: int, group, rank: int, world: int, uneven: bool) -> torch.Tensor:
-    """Concatenate every rank's shard along `dim` (backward: keep this rank's slice).
+def share_replicated_gradient(x: torch.Tensor, world: int) -> torch.Tensor:
+    """`x` unchanged; its gradient divided by `world` (for a result every rank computes identically)."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return x
+    return _ScaleGradient.apply(x, 1.0 / world)
+
+
+def gather_tensor(x: torch.Tensor, dim: int, group, world: int, uneven: bool) -> torch.Tensor:
+    """Concatenate every rank's shard along `dim` (backward: sum the gradients, keep this rank's piece).
 
     With `uneven` the per-rank lengths are exchanged first (one tiny all-gather, every call: never cached).
     Otherwise every shard must have this rank's length.
@@ -73,4 +97,4 @@ def gather_tensor(x: torch.Tensor, dim: int, group, rank: int, world: int, uneve
         sizes = [row[0] for row in comm.exchange_sizes([x.shape[dim]], group, x.device)]
     else:
         sizes = [x.shape[dim]] * world
-    return _Gather.apply(x, dim, group, sizes, rank)
+    return _Gather.apply(x, dim, group, sizes)

@@ -116,7 +116,9 @@ def flow_matching_loss(model, batch: dict, img_ids, txt_ids) -> torch.Tensor:
     guidance = torch.full_like(t, 3.5) if model.config.guidance_embeds else None
     pred = model(hidden_states=x_t, timestep=t, guidance=guidance, encoder_hidden_states=batch["text"],
                  pooled_projections=batch["pooled"], img_ids=img_ids, txt_ids=txt_ids, return_dict=False)[0]
-    return F.mse_loss(pred.float(), (noise - x0).float())
+    # In at least float32 (a bf16 model's loss is taken in float32; an fp64 model's stays fp64).
+    loss_dtype = torch.promote_types(pred.dtype, torch.float32)
+    return F.mse_loss(pred.to(loss_dtype), (noise - x0).to(loss_dtype))
 
 
 def average_gradients(model, group) -> None:

@@ -172,22 +172,32 @@ class PooledDiT(TinyDiT):
     def __init__(self):
         super().__init__()
         self.whole = NeedsWholeSequence()
+        self.tail = nn.Linear(8, 8)
 
     def forward(self, tokens, context, padding_mask):
         x = self.embed(tokens)
         x = self.whole(x, padding_mask)  # needs every token: its inputs are gathered back
         for block in self.blocks:
             x = block(x, context, None, padding_mask[:, None, None, :])
-        return self.head(x)
+        return self.tail(self.head(x))  # `tail` runs after the final gather, on every rank (as SkyReels-V2's)
 
 
 def gathered_inputs_parity(ring, ulysses):
+    """Forward and gradients (parameters and the token input) of a plan that gathers a module's input mid-model
+    (its backward must sum the ranks' partial gradients) and has a layer after its final gather."""
     torch.manual_seed(0)
     model = PooledDiT()
     tokens, context = torch.randn(2, 12, 8), torch.randn(2, 5, 32)
     keep = torch.ones(2, 12, dtype=torch.bool)
     keep[1, 7:] = False
+    weight = torch.randn(2, 12, 8, generator=torch.Generator().manual_seed(3))
+    tokens.requires_grad_()
     reference = model(tokens, context, keep)
+    (reference * weight).sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    ref_token_grad = tokens.grad.clone()
+    model.zero_grad()
+    tokens.grad = None
     plan = {
         "": {"tokens": ContextParallelInput(split_dim=1, expected_dims=3),
              "padding_mask": ContextParallelInput(split_dim=1, expected_dims=2)},
@@ -201,9 +211,17 @@ def gathered_inputs_parity(ring, ulysses):
     config = make_config(ring, ulysses)
     enable_parallelism(model, config, plan=plan)
     out = model(tokens, context, keep)
+    (out * weight).sum().backward()
+    reduce_gradients(model, config)
     disable_parallelism(model)
     err = rel_err(out, reference)
     assert err <= FP32_TOL, err
+    for name, param in model.named_parameters():
+        grad_err = rel_err(param.grad, ref_grads[name])
+        assert grad_err <= FP32_TOL, f"{name}: gradient error {grad_err:.2e}"
+    token_grad = tokens.grad.clone()
+    torch.distributed.all_reduce(token_grad)  # each rank holds its tokens' share of the input gradient
+    assert rel_err(token_grad, ref_token_grad) <= FP32_TOL
     return err
 
 

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cp_hooks.sharding import gather_tensor, split_tensor
+from cp_hooks.sharding import gather_tensor, share_replicated_gradient, split_tensor
 from test_attention import attention_parity
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
@@ -46,8 +46,9 @@ def split_gather_identity(shape, dim, seed):
     world, rank = dist.get_world_size(), dist.get_rank()
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).requires_grad_()
     local = split_tensor(x, dim, rank, world)
-    full = gather_tensor(local, dim, dist.group.WORLD, rank, world, uneven=True)
+    full = gather_tensor(local, dim, dist.group.WORLD, world, uneven=True)
     assert torch.equal(full, x)
+    full = share_replicated_gradient(full, world)  # every rank back-propagates the same loss: 1/N each
     weight = torch.randn(*shape, generator=torch.Generator().manual_seed(seed + 1))
     (full * weight).sum().backward()
     grad = x.grad.clone()
