@@ -1,23 +1,30 @@
-"""A small hook registry for `nn.Module`s: named, ordered, removable.
+"""A small hook registry for `nn.Module`s: named, ordered, removable — on torch's own module hooks.
 
-A module with hooks gets an instance-level `forward` that runs every hook's `pre_forward` in registration
-order, the original forward inside every hook's `context()` (so state can be unwound on exceptions), then
-every `post_forward` in reverse order. Removing the last hook deletes that instance attribute again, so the
-module's `forward` is exactly the original object (bound method of the class, or the instance attribute
-that was there before).
+cp_hooks never replaces a module's `forward`. Each hook is installed with `register_forward_pre_hook` and
+`register_forward_hook` (with kwargs), which torch runs in `Module.__call__` around whatever `forward` is
+at that moment. That is why cp_hooks composes with libraries that do replace `forward` (diffusers'
+`HookRegistry`: caches, offloading, layerwise casting; accelerate's hooks), in any order of adding and
+removing: removing a cp_hooks hook removes its handles and touches nothing else, and removing another
+library's wrapper never drops a cp_hooks hook. It is also what `torch.compile` traces without a graph
+break (docs/architecture.md, "Hooks").
+
+Order on one module: `pre_forward` in registration order, `post_forward` in reverse order (the first hook
+added sees the final output). A hook's `context()` is entered after its `pre_forward` and exited before
+its `post_forward` — also when the forward raises (torch's `always_call`), so the module stays usable.
+
+A module with cp_hooks hooks refuses `copy.deepcopy`: the copy would carry hooks bound to the original's
+process groups. Disable first, copy, then enable each.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 from collections import OrderedDict
 from typing import Any
 
 import torch.nn as nn
 
 _REGISTRY_ATTR = "_cp_hook_registry"
-_MISSING = object()
+_DEEPCOPY_ATTR = "__deepcopy__"
 
 
 class ModelHook:
@@ -33,17 +40,48 @@ class ModelHook:
 
     def context(self, module: nn.Module):
         """A context manager entered around the forward (after pre_forward); exited even on exceptions."""
-        return contextlib.nullcontext()
+        return None
+
+
+class _Installed:
+    """The torch hook handles of one `ModelHook`, and its open contexts (a stack: forwards may nest)."""
+
+    def __init__(self, module: nn.Module, hook: ModelHook) -> None:
+        self.hook = hook
+        self.open: list = []
+        has_context = type(hook).context is not ModelHook.context
+        self.handles = [
+            module.register_forward_pre_hook(self._pre, with_kwargs=True),
+            # prepend: forward hooks run in registration order, ours must run in reverse.
+            module.register_forward_hook(self._post, with_kwargs=True, prepend=True, always_call=has_context),
+        ]
+
+    def _pre(self, module, args, kwargs):
+        args, kwargs = self.hook.pre_forward(module, args, kwargs)
+        context = self.hook.context(module)
+        if context is not None:
+            context.__enter__()
+            self.open.append(context)
+        return args, kwargs
+
+    def _post(self, module, args, kwargs, output):
+        if self.open:
+            self.open.pop().__exit__(None, None, None)
+        if output is None:  # the forward raised (an always_call hook): only the context had to be closed
+            return None
+        return self.hook.post_forward(module, output)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 class HookRegistry:
-    """The ordered, named hooks of one module. Get it with `HookRegistry.of(module)`."""
+    """The ordered, named cp_hooks hooks of one module. Get it with `HookRegistry.of(module)`."""
 
     def __init__(self, module: nn.Module) -> None:
         self._module = module
-        self._hooks: "OrderedDict[str, ModelHook]" = OrderedDict()
-        self._saved_forward = module.__dict__.get("forward", _MISSING)
-        self._original_forward = module.forward
+        self._hooks: "OrderedDict[str, _Installed]" = OrderedDict()
 
     @classmethod
     def of(cls, module: nn.Module, create: bool = True) -> "HookRegistry | None":
@@ -53,54 +91,47 @@ class HookRegistry:
             registry = cls(module)
             # object.__setattr__: nn.Module.__setattr__ would try to register it as a submodule/buffer.
             object.__setattr__(module, _REGISTRY_ATTR, registry)
-            registry._install()
+            if _DEEPCOPY_ATTR not in module.__dict__:
+                object.__setattr__(module, _DEEPCOPY_ATTR, _refuse_deepcopy(module))
         return registry
 
     @property
     def names(self) -> list[str]:
-        """Hook names in the order they run."""
+        """Hook names in the order their `pre_forward` runs."""
         return list(self._hooks)
 
     def get(self, name: str) -> ModelHook | None:
         """The hook registered under `name`, or None."""
-        return self._hooks.get(name)
+        installed = self._hooks.get(name)
+        return None if installed is None else installed.hook
 
     def add(self, name: str, hook: ModelHook) -> None:
         """Append `hook` under `name`. Raises ValueError if the name is taken."""
         if name in self._hooks:
             raise ValueError(f"A hook named {name!r} is already registered on {type(self._module).__name__}.")
-        self._hooks[name] = hook
+        self._hooks[name] = _Installed(self._module, hook)
 
     def remove(self, name: str) -> ModelHook:
-        """Remove and return the hook `name`; the last removal restores the module's original forward."""
-        hook = self._hooks.pop(name)
+        """Remove and return the hook `name`; after the last one the module is exactly as before."""
+        installed = self._hooks.pop(name)
+        installed.remove()
         if not self._hooks:
-            self._uninstall()
-        return hook
+            del self._module.__dict__[_REGISTRY_ATTR]
+            if getattr(self._module.__dict__.get(_DEEPCOPY_ATTR), "_cp_hooks_refusal", False):
+                del self._module.__dict__[_DEEPCOPY_ATTR]
+        return installed.hook
 
-    def _install(self) -> None:
-        original = self._original_forward
-        hooks = self._hooks
-        module = self._module
 
-        @functools.wraps(original)
-        def forward(*args, **kwargs):
-            active = list(hooks.values())
-            for hook in active:
-                args, kwargs = hook.pre_forward(module, args, kwargs)
-            with contextlib.ExitStack() as stack:
-                for hook in active:
-                    stack.enter_context(hook.context(module))
-                output = original(*args, **kwargs)
-            for hook in reversed(active):
-                output = hook.post_forward(module, output)
-            return output
+def _refuse_deepcopy(module: nn.Module):
+    name = type(module).__name__
 
-        module.forward = forward
+    def __deepcopy__(memo):
+        raise RuntimeError(
+            f"This {name} has context-parallel hooks (cp_hooks): a deep copy would keep hooks bound to the original's "
+            "process groups. Call cp_hooks.disable_parallelism(model) first, copy the model, then enable_parallelism "
+            "on each copy that should run in parallel."
+        )
 
-    def _uninstall(self) -> None:
-        if self._saved_forward is _MISSING:
-            del self._module.forward
-        else:
-            self._module.forward = self._saved_forward
-        del self._module.__dict__[_REGISTRY_ATTR]
+    __deepcopy__._cp_hooks_refusal = True
+    return __deepcopy__
+

@@ -50,20 +50,60 @@ def test_order_names_and_exact_removal():
     assert torch.allclose(model(x, scale=1.0), reference + 1)
     registry.remove("b")
     assert "forward" not in model.__dict__ and HookRegistry.of(model, create=False) is None
+    assert not model._forward_pre_hooks and not model._forward_hooks and "__deepcopy__" not in model.__dict__
     assert model.forward == original_forward and inspect.signature(model.forward) == signature
     assert torch.equal(model(x), reference)
     assert set(model.state_dict()) == {"lin.weight", "lin.bias"}
 
 
-def test_instance_forward_is_restored():
-    model = Tiny()
+def test_forward_is_never_replaced():
+    """Hooks live in torch's hook dicts: a forward another library installed stays in place and is hooked too."""
+    model, log = Tiny(), []
     custom = lambda x, scale=1.0: x  # noqa: E731
     model.forward = custom
     registry = HookRegistry.of(model)
-    registry.add("a", ModelHook())
-    assert model.forward is not custom
-    registry.remove("a")
+    registry.add("a", Recorder("a", log))
     assert model.forward is custom
+    x = torch.randn(2, 3)
+    assert torch.equal(model(x), x + 1) and log == ["pre:a", "post:a"]
+    registry.remove("a")
+    assert model.forward is custom and torch.equal(model(x), x)
+
+
+def test_removal_in_any_order_with_a_forward_replacing_library():
+    """A library that wraps `forward` (as diffusers' and accelerate's hooks do), added and removed in either order."""
+    model, log = Tiny(), []
+    x = torch.randn(2, 3)
+    reference = model(x)
+
+    def wrap(module):
+        inner = module.forward
+        module.forward = lambda *a, **k: inner(*a, **k) * 2
+        return lambda: module.__dict__.pop("forward")
+
+    for wrap_first in (True, False):
+        unwrap = wrap(model) if wrap_first else None
+        HookRegistry.of(model).add("a", Recorder("a", log))
+        unwrap = unwrap or wrap(model)
+        assert torch.allclose(model(x), reference * 2 + 1)
+        unwrap()  # the other library goes first: our hook stays
+        assert torch.allclose(model(x), reference + 1)
+        HookRegistry.of(model).remove("a")
+        assert torch.equal(model(x), reference)
+
+
+def test_deepcopy_of_a_hooked_module_is_refused_and_allowed_after_removal():
+    import copy
+
+    model = Tiny()
+    HookRegistry.of(model).add("a", ModelHook())
+    with pytest.raises(RuntimeError, match="disable_parallelism"):
+        copy.deepcopy(model)
+    HookRegistry.of(model).remove("a")
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.lin.weight.add_(1.0)
+    assert not torch.equal(twin.lin.weight, model.lin.weight)  # independent of the original
 
 
 class Context(ModelHook):

@@ -1,5 +1,6 @@
 """Tiny diffusers models under context parallelism against the same model in one process (fp32)."""
 
+import copy
 import inspect
 import sys
 
@@ -22,6 +23,8 @@ def model_parity(builder, build_kwargs, ring, ulysses, rotate="allgather", anyth
     signature = inspect.signature(model.forward)
 
     enable_parallelism(model, config)
+    with pytest.raises(RuntimeError, match="disable_parallelism"):
+        copy.deepcopy(model)  # the copy would carry hooks bound to this model's groups: refused, not aliased
     with torch.set_grad_enabled(backward):
         out = model(**inputs)[0]
     err = rel_err(out, reference)
@@ -44,13 +47,17 @@ def model_parity(builder, build_kwargs, ring, ulysses, rotate="allgather", anyth
         disable_parallelism(model)
     # Enabling never changes a weight; disabling restores the module, its processors and outputs exactly.
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
-    assert all("forward" not in m.__dict__ and "_cp_hook_registry" not in m.__dict__ for m in model.modules())
+    assert all("forward" not in m.__dict__ and "_cp_hook_registry" not in m.__dict__ and not m._forward_pre_hooks
+               and not m._forward_hooks for m in model.modules())
     assert inspect.signature(model.forward) == signature
     processors = [m.processor for m in model.modules() if hasattr(getattr(m, "processor", None), "_parallel_config")]
     assert processors and all("_parallel_config" not in p.__dict__ for p in processors)
     assert all(not hasattr(sys.modules[type(p).__module__].dispatch_attention_fn, "__cp_hooks_original__")
                for p in processors)
     with torch.no_grad():
+        assert torch.equal(model(**inputs)[0], reference)
+        twin = copy.deepcopy(model)  # after disabling, a deep copy is an independent model
+        next(twin.parameters()).add_(1.0)
         assert torch.equal(model(**inputs)[0], reference)
     return err, grad_err
 
