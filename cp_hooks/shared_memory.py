@@ -13,17 +13,25 @@ Protocol of call n (every rank of the group, in the same order, like any collect
   2. write the rows addressed to the peers and the per-destination sizes into its own file (its own rows go
      straight to its output), then `seq` = n (published last:
      x86's stores become visible in program order, so a peer that sees n also sees the data);
-  3. wait until every peer's `seq` >= n, copy the rows addressed to this rank out of each peer's file;
+  3. wait until every peer's `seq` >= n, map each peer's file if it has a new generation (even when that peer
+     sends this rank nothing), copy the rows addressed to this rank out of each peer's file;
   4. `done` = n.
 One data buffer per rank is enough: step 1 guarantees that it is free before it is overwritten.
+
+A buffer that must grow is a new file (the next generation, published with the data in step 2). Its name
+is needed until every peer has opened it, and no longer: a peer's `done` >= n says that it has mapped every
+generation published up to call n, so the owner unlinks the file at its next call, after step 1. A rank
+whose last all-to-all published a new file waits at exit, up to the group's timeout, for every live peer to
+acknowledge that call before it unlinks the name (a peer still in step 3 would otherwise find no file).
 
 A rank that cannot grow its buffer (a full /dev/shm) publishes "fall back" instead of data; every rank
 sees it in step 3, and the whole group does that call — and every later one — with gloo.
 
 Used only when every rank of the group agrees at the first all-to-all on that group (a collective
 probe): Linux on x86-64, tensors on CPU, a gloo group, the same /dev/shm and PID namespace on every
-rank, at least as many cores (the union of the ranks' CPU affinities) as ranks, and `CP_HOOKS_SHM` not
-set to 0 on any rank. Anything else keeps gloo. `CP_HOOKS_SHM=1` on any rank lifts the core condition.
+rank, at least as many cores (the union of the ranks' CPU affinities, which every rank must be able to
+read: not on macOS or Windows) as ranks, and `CP_HOOKS_SHM` not set to 0 on any rank. Anything else keeps
+gloo. `CP_HOOKS_SHM=1` on any rank lifts the core condition.
 """
 
 from __future__ import annotations
@@ -57,7 +65,9 @@ _DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default for gloo gr
 _TRANSPORTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # group -> transport, or None: gloo
 _WHY_NOT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # group -> reasons it keeps gloo
 _KEPT_ON_GLOO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # groups pinned by keep_gloo()
-_NAMED_FILES: set[str] = set()  # data files not yet unlinked: removed at exit whatever happens
+# Transports whose newest data file is still named (a peer may not have mapped it yet), held here until it is
+# unlinked (at their next call, or at exit). They hold no reference to their group.
+_PENDING: "set[SharedMemoryAllToAll]" = set()
 
 
 def transport_for(group, x: torch.Tensor) -> "SharedMemoryAllToAll | None":
@@ -142,7 +152,21 @@ def local_reasons_against() -> list[str]:
         reasons.append(f"CPU {platform.machine()} (x86-64 only)")
     if not os.path.isdir(SHM_DIR):
         reasons.append(f"no {SHM_DIR}")
+    why = _cores()[1]
+    if why is not None:
+        reasons.append(why)
     return reasons
+
+
+def _cores() -> tuple[list[int], str | None]:
+    """The cores this process may run on, or ([], why not) where they cannot be read."""
+    getaffinity = getattr(os, "sched_getaffinity", None)  # absent on macOS and Windows
+    if getaffinity is None:
+        return [], "no os.sched_getaffinity on this platform (cannot count the cores)"
+    try:
+        return sorted(getaffinity(0)), None
+    except OSError as e:
+        return [], f"cannot read the CPU affinity ({e})"
 
 
 def _switch() -> str:
@@ -209,6 +233,7 @@ class SharedMemoryAllToAll:
         self._data: torch.Tensor | None = None  # this rank's data buffer, uint8
         self._data_map: mmap.mmap | None = None
         self._named: str | None = None  # own data file, until every peer has opened it
+        self._named_at = 0  # the call that published it: a peer's `done` >= this says that it has mapped it
         self._peer_gen = [0] * self.world
         self._peer_maps: list[mmap.mmap | None] = [None] * self.world
         self._peer_data: list[torch.Tensor | None] = [None] * self.world
@@ -254,7 +279,7 @@ class SharedMemoryAllToAll:
                 except OSError as e:
                     reasons.append(f"cannot open the group's control file: {e}")
         answers = [None] * world
-        mine = dict(reasons=reasons, pid=os.getpid(), cores=sorted(os.sched_getaffinity(0)), switch=_switch())
+        mine = dict(reasons=reasons, pid=os.getpid(), cores=_cores()[0], switch=_switch())
         dist.all_gather_object(answers, mine, group=group)
         if rank == 0 and offer[0] is not None:
             _unlink(offer[0][0] + "-control")  # every rank has mapped it (or failed to): the name can go
@@ -305,10 +330,8 @@ class SharedMemoryAllToAll:
         self.largest_send = max(self.largest_send, shared)
         for peer in self._peers:
             self._wait(peer, _DONE, n - 1, "finish reading the previous all-to-all")
-        if self._named is not None:  # every peer has read (so mapped) that file: the name can go
-            _unlink(self._named)
-            _NAMED_FILES.discard(self._named)
-            self._named = None
+        if self._named is not None:  # published at call n - 1 at the latest: every peer has mapped it
+            self._release_name()
         ok = self._ensure_capacity(shared)
         if ok:
             at = 0
@@ -320,13 +343,30 @@ class SharedMemoryAllToAll:
             me[_GEN] = self._gen
         me[_STATUS] = 0 if ok else 1
         me[_SEQ] = n  # publish last: after this store a peer may read everything above
+        try:
+            return self._receive(n, x, payload, send_offsets, recv_sizes, row_bytes)
+        finally:
+            # Also when this rank raises: it reads nothing more of this call, and a peer waiting for it (at its
+            # next call, or at exit to unlink a file) must not wait for an acknowledgement that never comes.
+            me[_DONE] = n
+
+    def _receive(self, n: int, x: torch.Tensor, payload: torch.Tensor, send_offsets: list[int],
+                 recv_sizes: list[int], row_bytes: int) -> torch.Tensor | None:
+        """Step 3 of call n: wait for the peers' data, map their new files, copy this rank's rows out."""
         for peer in self._peers:
             self._wait(peer, _SEQ, n, "send its part of the all-to-all")
         failed = [p for p in range(self.world) if self._headers[p][_STATUS] != 0]
         if failed:
-            me[_DONE] = n
             self.disabled_reason = f"rank {failed[0]} of the group could not grow its shared-memory buffer"
+            if self._named is not None:  # made at this call, for a group that reads no shared buffer again
+                self._release_name()
             return None
+        # Map every new generation, also of a peer that sends this rank nothing now: `done` = n tells the
+        # owner that its file's name is no longer needed, and a later call may read it.
+        for peer in self._peers:
+            gen = self._headers[peer][_GEN]
+            if gen != self._peer_gen[peer]:
+                self._map_peer(peer, gen)
         out = x.new_empty((sum(recv_sizes),) + tuple(x.shape[1:]))
         out_bytes = out.reshape(-1).view(torch.uint8)
         recv_offsets = _offsets([s * row_bytes for s in recv_sizes])
@@ -340,15 +380,13 @@ class SharedMemoryAllToAll:
                 continue
             header = self._headers[peer]
             if header[_SIZES + self.rank] != length:
-                me[_DONE] = n
                 raise RuntimeError(
                     f"all-to-all size mismatch: rank {peer} of the group sends {header[_SIZES + self.rank]} bytes to "
                     f"rank {self.rank}, which expects {length}. Every rank must pass the same split sizes."
                 )
             # The peer's buffer holds its chunks for the ranks other than itself, in rank order.
             src = sum(header[_SIZES + j] for j in range(self.rank) if j != peer)
-            out_bytes[start:start + length].copy_(self._peer_buffer(peer, header[_GEN])[src:src + length])
-        me[_DONE] = n
+            out_bytes[start:start + length].copy_(self._peer_data[peer][src:src + length])
         return out
 
     # ------------------------------------------------------------------ buffers
@@ -368,20 +406,44 @@ class SharedMemoryAllToAll:
         self._data = None  # drop the tensor view before closing the map under it
         if self._data_map is not None:
             self._data_map.close()
-        self._data_map, self._capacity, self._gen, self._named = new_map, capacity, self._gen + 1, path
-        _NAMED_FILES.add(path)
+        self._data_map, self._capacity, self._gen = new_map, capacity, self._gen + 1
+        # Step 1 of this call released the previous name, so this is the only one.
+        self._named, self._named_at = path, self._calls
+        _PENDING.add(self)
         self._data = torch.frombuffer(new_map, dtype=torch.uint8)
         return True
 
-    def _peer_buffer(self, peer: int, gen: int) -> torch.Tensor:
-        if self._peer_gen[peer] != gen:
-            self._peer_data[peer] = None
-            if self._peer_maps[peer] is not None:
-                self._peer_maps[peer].close()
-            self._peer_maps[peer] = _map(f"{self.base}-r{peer}-g{gen}")
-            self._peer_data[peer] = torch.frombuffer(self._peer_maps[peer], dtype=torch.uint8)
-            self._peer_gen[peer] = gen
-        return self._peer_data[peer]
+    def _release_name(self) -> None:
+        """Unlink this rank's data file (the mappings keep the memory until they are closed)."""
+        _unlink(self._named)
+        self._named = None
+        _PENDING.discard(self)
+
+    def _release_name_at_exit(self) -> None:
+        """Unlink the newest data file once every peer has mapped it, has exited, or the timeout has passed.
+
+        The owner may return from the call that published the file before a peer has opened it: when that
+        was its last collective, a peer still copying out of the call needs the name. Every peer has
+        published that call's `seq` (the owner saw it), so it only has its step 3 left: this wait is short
+        unless the peer is stopped.
+        """
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            for peer in self._peers:
+                header = self._headers[peer]
+                while header[_DONE] < self._named_at and time.monotonic() < deadline and _alive(self.pids[peer]):
+                    time.sleep(1e-3)
+        finally:
+            self._release_name()  # whatever happened: no file outlives the process
+
+    def _map_peer(self, peer: int, gen: int) -> None:
+        self._peer_data[peer] = None  # drop the tensor view before closing the map under it
+        if self._peer_maps[peer] is not None:
+            self._peer_maps[peer].close()
+            self._peer_maps[peer] = None
+        self._peer_maps[peer] = _map(f"{self.base}-r{peer}-g{gen}")
+        self._peer_data[peer] = torch.frombuffer(self._peer_maps[peer], dtype=torch.uint8)
+        self._peer_gen[peer] = gen
 
     @property
     def shared_bytes(self) -> int:
@@ -439,6 +501,6 @@ def _offsets(sizes: list[int]) -> list[int]:
 @atexit.register
 def _remove_named_files() -> None:
     # A data file is named only until every peer has mapped it; one that is still named at exit (the job
-    # ended, or failed, right after the file was made) goes with the process.
-    for path in list(_NAMED_FILES):
-        _unlink(path)
+    # ended, or failed, right after the file was made) goes with the process, once the peers have it.
+    for transport in list(_PENDING):
+        transport._release_name_at_exit()

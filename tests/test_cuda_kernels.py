@@ -2,17 +2,23 @@
 
 This is the compute of a ring step on one GPU (multi-rank paths are tested with gloo on CPU; nccl needs
 one GPU per rank). Skipped without CUDA; run on a GPU machine with `python -m pytest tests/test_cuda_kernels.py`.
+The last tests, on what happens when a kernel refuses or runs out of memory, run anywhere: they call the CUDA
+kernel loop with CPU tensors and stand-ins for the aten kernels.
 """
+
+import logging
+import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import cp_hooks.attention.local as local
 from cp_hooks.attention.local import attention_with_lse, attention_with_lse_backward
 from cp_hooks.attention.masks import key_bias_from_mask
 from cp_hooks.attention.merge import merge_partial_
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 # max |blockwise - float64 reference| relative to the output scale
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
@@ -49,6 +55,7 @@ def only_kernel(monkeypatch):
     return force
 
 
+@needs_cuda
 @pytest.mark.parametrize("kernel", ["cudnn", "flash", "efficient", "math"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("masked", [False, True])
@@ -91,6 +98,7 @@ def test_blockwise_attention_matches_sdpa(only_kernel, kernel, dtype, masked, bl
     assert _err(torch.cat(dvs, 1), ref_dv) <= tol
 
 
+@needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_causal_block(dtype):
     torch.manual_seed(1)
@@ -103,6 +111,7 @@ def test_causal_block(dtype):
         assert _err(actual, expected) <= tol
 
 
+@needs_cuda
 def test_default_kernels_avoid_the_math_path(only_kernel):
     """With the default kernel order, bf16 attention with and without a mask never falls back to math."""
     import cp_hooks.attention.local as local
@@ -116,3 +125,112 @@ def test_default_kernels_avoid_the_math_path(only_kernel):
     bias = key_bias_from_mask(torch.ones(1, 128, dtype=torch.bool, device="cuda"), 1, 128)
     attention_with_lse(q, q, q, bias)
     assert not used_math
+
+
+# ------------------------------------------------------------------ refusals and out-of-memory, on any machine
+_FORWARD = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
+            "_scaled_dot_product_efficient_attention")
+_BACKWARD = ("_scaled_dot_product_cudnn_attention_backward", "_scaled_dot_product_flash_attention_backward")
+
+
+@pytest.fixture
+def kernels(monkeypatch):
+    """Stand-ins for the CUDA aten kernels: `kernels(name=exception, ...)`; the ones not named refuse.
+
+    Returns the names called, in order. Also resets the record of logged fallbacks.
+    """
+    monkeypatch.setattr(local, "_MATH_FALLBACKS_LOGGED", set())
+    monkeypatch.setattr(local, "CUDA_KERNELS", ("cudnn", "flash", "efficient"))
+    monkeypatch.setattr(local, "CUDA_BACKWARD_KERNELS", ("cudnn", "flash"))
+
+    def install(**raises):
+        called = []
+
+        def kernel(name):
+            def run(*args, **kwargs):
+                called.append(name)
+                raise raises.get(name, RuntimeError(f"No available kernel for {name}.\nDetails follow."))
+            return run
+
+        monkeypatch.setattr(local, "_aten", types.SimpleNamespace(**{n: kernel(n) for n in _FORWARD + _BACKWARD}))
+        return called
+
+    return install
+
+
+def _blocks(dtype=torch.bfloat16, masked=False):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 16, 2, 8, dtype=dtype) for _ in range(3))
+    bias = key_bias_from_mask(torch.ones(1, 16, dtype=torch.bool), 1, 16) if masked else None
+    return q, k, v, bias
+
+
+OUT_OF_MEMORY = [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB"),
+    RuntimeError("CUDA error: out of memory"),  # what some kernels raise instead
+]
+
+
+@pytest.mark.parametrize("error", OUT_OF_MEMORY, ids=["OutOfMemoryError", "RuntimeError"])
+@pytest.mark.parametrize("kernel", ["cudnn", "flash", "efficient"])
+def test_forward_out_of_memory_is_raised_not_swallowed(kernels, error, kernel):
+    name = dict(zip(("cudnn", "flash", "efficient"), _FORWARD))[kernel]
+    called = kernels(**{name: error})
+    q, k, v, bias = _blocks()
+    with pytest.raises(type(error), match="out of memory"):
+        local._cuda_forward(q, k, v, bias, 0.5, False)
+    assert called[-1] == name  # nothing tried after it, the math path least of all
+
+
+@pytest.mark.parametrize("error", OUT_OF_MEMORY, ids=["OutOfMemoryError", "RuntimeError"])
+@pytest.mark.parametrize("kernel", ["cudnn", "flash"])
+def test_backward_out_of_memory_is_raised_not_swallowed(kernels, error, kernel):
+    name = dict(zip(("cudnn", "flash"), _BACKWARD))[kernel]
+    called = kernels(**{name: error})
+    q, k, v, _ = _blocks()
+    lse = torch.zeros(1, 2, 16)
+    with pytest.raises(type(error), match="out of memory"):
+        local._cuda_backward(q, q, k, v, q, lse, None, 0.5, False)
+    assert called[-1] == name
+
+
+def test_refusals_fall_back_to_math_logged_once_per_reason(kernels, caplog):
+    called = kernels()  # every kernel refuses
+    q, k, v, bias = _blocks(masked=True)
+    caplog.set_level(logging.WARNING, logger=local.__name__)
+    for _ in range(3):
+        assert local._cuda_forward(q, k, v, None, 0.5, False) == (None, None)
+        assert local._cuda_backward(q, q, k, v, q, torch.zeros(1, 2, 16), None, 0.5, False) is None
+    assert called[:5] == list(_FORWARD + _BACKWARD)  # each kernel in order, then the math path
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages  # one for the forward, one for the backward: not one per call
+    forward, backward = messages
+    assert "forward falls back to the math path" in forward
+    assert "cudnn: RuntimeError: No available kernel for _scaled_dot_product_cudnn_attention." in forward
+    assert "efficient: RuntimeError: No available kernel" in forward and "Details" not in forward
+    assert "backward falls back to the math path" in backward and "flash: RuntimeError" in backward
+
+    # A mask: cudnn and flash are not tried, and the efficient kernel's refusal is a new reason.
+    assert local._cuda_forward(q, k, v, bias, 0.5, False) == (None, None)
+    assert local._cuda_backward(q, q, k, v, q, torch.zeros(1, 2, 16), bias, 0.5, False) is None
+    assert called[-1] == _FORWARD[-1]
+    new = [r.getMessage() for r in caplog.records][2:]
+    assert len(new) == 2 and "cudnn: takes no mask" in new[0] and "efficient: RuntimeError" in new[0]
+    assert "cudnn, flash: take no mask" in new[1]
+
+
+def test_a_kernel_that_runs_needs_no_fallback(kernels, caplog):
+    """The efficient kernel runs after cudnn and flash refused: its result, and nothing logged."""
+    called = kernels()
+    q, k, v, _ = _blocks()
+    out, lse = torch.randn(1, 2, 16, 8), torch.randn(1, 2, 32)  # (B, H, S, D); the LSE padded to 32
+
+    def efficient(*args, **kwargs):
+        called.append("efficient")
+        return out, lse
+
+    local._aten._scaled_dot_product_efficient_attention = efficient
+    caplog.set_level(logging.WARNING, logger=local.__name__)
+    got_out, got_lse = local._cuda_forward(q, k, v, None, 0.5, False)
+    assert got_out is out and torch.equal(got_lse, lse)
+    assert called == [_FORWARD[0], _FORWARD[1], "efficient"] and not caplog.records

@@ -5,6 +5,11 @@ and over the sub-groups of a 2 x 2 mesh: even and uneven splits, empty pieces, s
 shapes, and buffers that grow and shrink between calls. Then the group-wide decisions: one rank that
 cannot grow its buffer, or that sets CP_HOOKS_SHM=0, sends the whole group to gloo (no hang), and
 `keep_gloo` switches a group back and forth. Dead and stuck peers are in tests/test_faults.py.
+
+The lifetime of the buffer files: at 3 and 4 ranks, 50 calls whose buffers grow past several MiB and
+shrink, with peers that receive nothing from a buffer just made; and a rank whose last all-to-all grew
+its buffer and that exits at once (its exit hook) while its peers have not opened the file yet.
+A platform without `os.sched_getaffinity` keeps gloo.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import time
 import warnings
 
 import pytest
@@ -237,3 +243,114 @@ def test_more_ranks_than_cores_keeps_gloo_unless_forced(pool):
 def test_only_x86_linux_is_offered(monkeypatch):
     monkeypatch.setattr(shared_memory.platform, "machine", lambda: "aarch64")
     assert any("x86-64 only" in r for r in shared_memory.local_reasons_against())
+
+
+def _schedule_rows(call: int, rank: int, world: int) -> list[int]:
+    """Rows rank `rank` sends to each rank at call `call` of `many_calls_with_empty_shards`.
+
+    The scale grows for 30 calls (each rank's buffer crosses several MiB boundaries: new generations), then
+    shrinks and spikes once more. A rotating third of the pairs is empty, and at every third call one rank
+    sends nothing at all: a peer often receives 0 rows from a buffer that was just created.
+    """
+    scale = 160 * call if call < 30 else 160 * (50 - call) if call != 42 else 6000
+    rows = [scale * ((call + rank + 2 * j) % 3) for j in range(world)]
+    if call % 3 == 0 and rank == (call // 3) % world:
+        rows = [0] * world
+    return rows
+
+
+def many_calls_with_empty_shards(calls: int = 50) -> list[int]:
+    """50 all-to-alls with growing, shrinking and empty pieces: each equal to gloo's, bit for bit."""
+    with forced():
+        group = dist.new_group(list(range(dist.get_world_size())))
+        world, rank = group.size(), group.rank()
+        gens = []
+        g = torch.Generator().manual_seed(rank)
+        for call in range(calls):
+            send = _schedule_rows(call, rank, world)
+            recv = [_schedule_rows(call, r, world)[rank] for r in range(world)]
+            x = torch.randn(sum(send), 2, 32, generator=g)  # 256-byte rows: 4096 rows a MiB
+            got = comm.all_to_all(x, send, recv, group)
+            assert torch.equal(got, _gloo_reference(x, send, recv, group)), f"call {call} differs on rank {rank}"
+            gens.append(shared_memory.transport_for(group, x)._gen)
+        assert shared_memory.describe(group) == "shared memory"
+        return gens
+
+
+@needs_shared_memory
+@pytest.mark.parametrize("world", [3, 4])
+def test_empty_shards_and_growing_buffers_match_gloo(pool, world):
+    for gens in pool(world).run(many_calls_with_empty_shards):
+        assert gens[-1] >= 4  # the buffers did grow, several times
+
+
+def owner_exits_right_after_growing(slow_s: float = 1.0) -> bool:
+    """The group's last all-to-all grows rank 0's buffer; rank 0 then runs the exit hook at once, while
+    its peers sleep before they open the new file. They must still read the right rows, also rank 2, which
+    receives nothing from rank 0 in that call (it maps the file anyway: its acknowledgement says so)."""
+    with forced():
+        group = dist.new_group(list(range(dist.get_world_size())))
+        world, rank = group.size(), group.rank()
+        small = [1] * world
+        x = torch.randn(world, 8)
+        comm.all_to_all(x, small, small, group)  # every rank's first buffer (1 MiB), mapped by every peer
+        comm.all_to_all(x, small, small, group)  # and its name gone
+        transport = shared_memory.transport_for(group, x)
+
+        def rows(src, dst):  # rank 0 sends 2**17 rows of 32 bytes (4 MiB) to ranks 0 and 1, none to rank 2
+            return (2**17 if dst < 2 else 0) if src == 0 else 1
+
+        big, recv = [rows(rank, j) for j in range(world)], [rows(r, rank) for r in range(world)]
+        x = torch.randn(sum(big), 8)
+        original = shared_memory._map
+
+        def slow_open(path, size=None):
+            if size is None:
+                time.sleep(slow_s)  # rank 0 has returned from the call and runs its exit hook meanwhile
+            return original(path, size)
+
+        if rank != 0:
+            shared_memory._map = slow_open
+        try:
+            got = comm.all_to_all(x, big, recv, group)
+        finally:
+            shared_memory._map = original
+        if rank == 0:
+            assert transport._gen == 2
+            shared_memory._remove_named_files()  # what atexit does when this was the process's last collective
+            assert not glob.glob(f"{transport.base}-r0-*")
+        assert torch.equal(got, _gloo_reference(x, big, recv, group))
+        return True
+
+
+@needs_shared_memory
+@pytest.mark.parametrize("world", [2, 3])
+def test_exit_right_after_growing_waits_for_the_peers(pool, world):
+    assert all(pool(world).run(owner_exits_right_after_growing))
+
+
+def decide_without_affinity() -> str:
+    """No os.sched_getaffinity (macOS, Windows): the probe keeps gloo, even with CP_HOOKS_SHM=1."""
+    original = os.sched_getaffinity
+    del os.sched_getaffinity
+    try:
+        with forced():
+            group = dist.new_group(list(range(dist.get_world_size())))
+            x = torch.randn(2 * group.size(), 3) + dist.get_rank()
+            sizes = [2] * group.size()
+            assert torch.equal(comm.all_to_all(x, sizes, sizes, group), _gloo_reference(x, sizes, sizes, group))
+        return shared_memory.describe(group)
+    finally:
+        os.sched_getaffinity = original
+
+
+@needs_shared_memory
+def test_no_cpu_affinity_keeps_gloo(pool):
+    why = "no os.sched_getaffinity on this platform (cannot count the cores)"
+    for described in pool(2).run(decide_without_affinity):
+        assert described == f"gloo (rank 0: {why}; rank 1: {why})"
+
+
+def test_no_cpu_affinity_is_a_reason_against(monkeypatch):
+    monkeypatch.delattr(shared_memory.os, "sched_getaffinity")
+    assert "no os.sched_getaffinity on this platform (cannot count the cores)" in shared_memory.local_reasons_against()

@@ -16,6 +16,7 @@ block's dQ, dK, dV are its exact contributions to the global gradients.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -152,13 +153,41 @@ def _math_backward(dout, q, k, v, out, lse, bias, scale, is_causal):
 # mask; the memory-efficient kernel takes a mask and fp32. Its backward is not used: given the merged
 # log-sum-exp of a ring it produced NaNs and illegal memory accesses on an H200 (torch 2.11), so masked and
 # fp32 blocks take the math backward. Tests force single kernels by changing these tuples.
+# The math path holds each block's whole (B, H, Sq, Sk) scores: a CUDA pass that falls back to it is logged
+# (once per reason), and a kernel that runs out of memory raises instead of falling back, since the later
+# kernels, and the math path above all, need as much memory or more.
 CUDA_KERNELS = ("cudnn", "flash", "efficient")
 CUDA_BACKWARD_KERNELS = ("cudnn", "flash")
+_log = logging.getLogger(__name__)
+_MATH_FALLBACKS_LOGGED: set[tuple] = set()  # (pass, (kernel, why) ...) already logged
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    # Older builds and some kernels raise a plain RuntimeError("CUDA out of memory ...").
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _why(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _log_math_fallback(which: str, refused: list[tuple[str, str]]) -> None:
+    """Log, once per set of reasons, that a CUDA attention pass runs on the math path."""
+    key = (which, tuple(refused))
+    if key in _MATH_FALLBACKS_LOGGED:
+        return
+    _MATH_FALLBACKS_LOGGED.add(key)
+    reasons = "; ".join(f"{kernel}: {why}" for kernel, why in refused) or "no CUDA kernel enabled"
+    _log.warning("cp_hooks: CUDA attention %s falls back to the math path, which holds the whole (B, H, Sq, Sk) "
+                 "score matrix of each block (memory quadratic in the sequence) - %s", which, reasons)
 
 
 def _cuda_forward(q, k, v, bias, scale, is_causal):
+    refused = []  # (kernel, why) for each kernel that did not run: logged if the math path has to
     for kernel in CUDA_KERNELS:
         if kernel in ("cudnn", "flash") and (bias is not None or q.dtype not in (torch.float16, torch.bfloat16)):
+            refused.append((kernel, "takes no mask" if bias is not None else f"takes fp16/bf16, not {q.dtype}"))
             continue
         try:
             if kernel == "cudnn":
@@ -169,10 +198,14 @@ def _cuda_forward(q, k, v, bias, scale, is_causal):
             else:
                 res = _aten._scaled_dot_product_efficient_attention(
                     _bhsd(q), _bhsd(k), _bhsd(v), _efficient_bias(bias, q), True, 0.0, is_causal, scale=scale)
-        except (RuntimeError, TypeError, IndexError):
+        except (RuntimeError, TypeError, IndexError) as e:
+            if _out_of_memory(e):
+                raise  # see above: falling back would need more memory, not less
+            refused.append((kernel, _why(e)))
             continue
         # LSE layouts differ: (B, H, Sq), (B, H, Sq, 1) for cuDNN, (B, H, Sq padded to 32) for efficient.
         return res[0], res[1].reshape(q.shape[0], q.shape[2], -1)
+    _log_math_fallback("forward", refused)
     return None, None
 
 
@@ -188,12 +221,16 @@ def _efficient_bias(bias, q):
 
 def _cuda_backward(dout, q, k, v, out, lse, bias, scale, is_causal):
     if bias is not None or q.dtype not in (torch.float16, torch.bfloat16):
+        # By design (see above), but the memory class changes all the same: say so once.
+        why = "take no mask" if bias is not None else f"take fp16/bf16, not {q.dtype}"
+        _log_math_fallback("backward", [("cudnn, flash", why), ("efficient", "its backward is not used")])
         return None
     sq, sk = q.shape[1], k.shape[1]
     dout, out = _bhsd(dout.to(q.dtype)).contiguous(), _bhsd(out.to(q.dtype)).contiguous()
     # Without dropout the kernels never read their random-number state; these only satisfy the schemas.
     seed = torch.zeros((), dtype=torch.int64, device=q.device)
     rng_state = torch.zeros(2, dtype=torch.uint64, device=q.device)
+    refused = []  # (kernel, why) for each kernel that did not run: logged if the math path has to
     for kernel in CUDA_BACKWARD_KERNELS:
         try:
             if kernel == "cudnn":
@@ -204,7 +241,11 @@ def _cuda_backward(dout, q, k, v, out, lse, bias, scale, is_causal):
                 grads = _aten._scaled_dot_product_flash_attention_backward(
                     dout, _bhsd(q), _bhsd(k), _bhsd(v), out, lse.contiguous(), None, None, sq, sk, 0.0, is_causal,
                     rng_state, seed.to(torch.uint64), scale=scale)
-        except (RuntimeError, TypeError, IndexError):
+        except (RuntimeError, TypeError, IndexError) as e:
+            if _out_of_memory(e):
+                raise  # the math backward needs more memory, not less
+            refused.append((kernel, _why(e)))
             continue
         return tuple(_bhsd(g) for g in grads)
+    _log_math_fallback("backward", refused)
     return None
