@@ -2,7 +2,7 @@
 
 Every rank builds the same model and inputs from the same seeds (nothing is downloaded). A `Workload`
 also says which attention calls of one forward are context-parallel — (sequence length, hidden size) per
-call — so that the measured bytes can be compared with DESIGN.md's formulas.
+call — so that the measured bytes can be compared with the formulas of docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ class CommStats:
     """What this rank communicated inside a `comm_stats()` block.
 
     Three counters keyed by collective kind — "all_to_all", "all_gather", "send_recv" — and one keyed by
-    payload, so that the attention data can be compared with DESIGN.md's formulas on its own:
+    payload, so that the attention data can be compared with the formulas of docs/architecture.md on its own:
       * "attention": queries, keys, values and outputs of attention (and their gradients in a backward) — what
         the formulas count;
       * "mask": key-padding biases that travel with their keys (4 bytes per key: small, but not in the formulas);
@@ -94,6 +94,22 @@ def _record(kind: str, sent: int, received: int, payload: str | dict[str, int]) 
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+_GROUPS: dict[int, object] = {}  # group_key -> process group, for registered operators (they take no objects)
+
+
+def group_key(group) -> int:
+    """An integer naming `group` (None: the default group) in registered operators' arguments."""
+    group = dist.group.WORLD if group is None else group
+    key = id(group)
+    _GROUPS[key] = group
+    return key
+
+
+def group_by_key(key: int):
+    """The process group `group_key` named."""
+    return _GROUPS[key]
 
 
 def group_size(group) -> int:

@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
+from .lengths import SplitLengths
+
 _ROTATE_METHODS = ("allgather", "alltoall")
 MESH_DIM_NAMES = ("ring", "ulysses")
 
@@ -71,6 +73,10 @@ class ContextParallelConfig:
     _ring_rank: int | None = field(default=None, init=False, repr=False, compare=False)
     _ulysses_rank: int | None = field(default=None, init=False, repr=False, compare=False)
     _device_type: str | None = field(default=None, init=False, repr=False, compare=False)
+    # The full lengths the plan split in the current forward (per-rank lengths without exchanging them).
+    _op_key: int | None = field(default=None, init=False, repr=False, compare=False)
+    _flat_group_key: int | None = field(default=None, init=False, repr=False, compare=False)
+    _split_lengths: SplitLengths = field(default_factory=SplitLengths, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.mesh is not None:
@@ -200,6 +206,13 @@ class ContextParallelConfig:
         self._ulysses_rank = mesh["ulysses"].get_local_rank()
         self._rank = self._ring_rank * self.ulysses_degree + self._ulysses_rank
         self._device_type = mesh.device_type
+        # Integers that name this config and its flat group in registered operators' arguments (an operator
+        # takes no Python objects); registered here, outside any compiled region.
+        from . import comm
+        from .attention.ops import config_key
+
+        self._op_key = config_key(self)
+        self._flat_group_key = comm.group_key(self._flat_group)
         return self
 
 

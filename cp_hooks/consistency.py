@@ -70,5 +70,11 @@ class ConsistencyHook(ModelHook):
         self.config = config
 
     def pre_forward(self, module, args, kwargs):
+        if torch.compiler.is_compiling():
+            # A compiled graph cannot hash its inputs' shapes into a collective. With whole-model compile the
+            # check is skipped inside the graph (the compiled graph's own shape guards pin every rank to the
+            # shapes it was traced with); with compile_repeated_blocks this hook runs eagerly, as without
+            # compile (docs/architecture.md, "Compile boundary").
+            return args, kwargs
         check_consistent(describe_inputs(args, kwargs), self.config, torch.device(self.config.device_type))
         return args, kwargs

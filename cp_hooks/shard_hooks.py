@@ -44,6 +44,8 @@ def split_for_plan(x: torch.Tensor, spec: ContextParallelInput, config: ContextP
         )
     # In the anything modes a length below the rank count leaves some ranks with empty shards; they still
     # take part in every collective, and attention handles empty shards exactly.
+    if config.anything:
+        config._split_lengths.record(length)  # later collectives read every rank's length from it
     return split_tensor(x, dim, config.rank, world)
 
 
@@ -52,7 +54,10 @@ def gather_for_plan(x: torch.Tensor, spec: ContextParallelOutput, config: Contex
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} is a {type(x).__name__}, but the plan gathers it as a tensor.")
     _check_dims(x, spec, what)
-    return gather_tensor(x, spec.gather_dim, config._flat_group, config.world_size, uneven=config.anything)
+    dim = spec.gather_dim % x.dim()
+    sizes = config._split_lengths.sizes(x.shape[dim], config.world_size, config.rank) if config.anything else None
+    return gather_tensor(x, dim, config._flat_group, config.world_size, uneven=config.anything, sizes=sizes,
+                         group_key=config._flat_group_key)
 
 
 class SplitHook(ModelHook):
@@ -130,6 +135,8 @@ class GatherHook(ModelHook):
 class ReplicatedOutputHook(ModelHook):
     """On the model itself: every rank returns the same full output, so each takes 1/N of its gradient.
 
+    Also starts each forward's record of split lengths (`cp_hooks.lengths`).
+
     Each of the N ranks back-propagates the same loss; without this, layers after the plan's final gather
     (which run replicated) would end with N times their gradient after `reduce_gradients`. See
     `cp_hooks.sharding` for the whole gradient convention. Costs nothing at inference (no autograd).
@@ -137,6 +144,10 @@ class ReplicatedOutputHook(ModelHook):
 
     def __init__(self, config: ContextParallelConfig) -> None:
         self.config = config
+
+    def pre_forward(self, module, args, kwargs):
+        self.config._split_lengths.reset()  # a new forward: its splits are recorded afresh
+        return args, kwargs
 
     def post_forward(self, module, output):
         return _map_tensors(output, lambda t: share_replicated_gradient(t, self.config.world_size))

@@ -23,12 +23,7 @@ from __future__ import annotations
 import torch
 
 from . import comm
-
-
-def shard_sizes(length: int, world: int) -> list[int]:
-    """Lengths of the `world` pieces of `tensor_split` over `length` elements."""
-    base, extra = divmod(length, world)
-    return [base + (1 if r < extra else 0) for r in range(world)]
+from .lengths import shard_sizes
 
 
 def take_shard(x: torch.Tensor, dim: int, rank: int, world: int) -> torch.Tensor:
@@ -51,16 +46,41 @@ class _Split(torch.autograd.Function):
         return full, None, None, None
 
 
+# The gather and its backward are registered operators: torch.compile traces a plan's gathers as opaque
+# calls, whatever transport runs inside (docs/architecture.md, "Compile boundary").
+@torch.library.custom_op("cp_hooks::all_gather", mutates_args=())
+def _all_gather_op(x: torch.Tensor, dim: int, group_key: int, sizes: list[int]) -> torch.Tensor:
+    return comm.all_gather(x, sizes, comm.group_by_key(group_key), dim).contiguous()
+
+
+@_all_gather_op.register_fake
+def _(x, dim, group_key, sizes):
+    shape = list(x.shape)
+    shape[dim] = sum(sizes)
+    return x.new_empty(shape)
+
+
+@torch.library.custom_op("cp_hooks::reduce_scatter", mutates_args=())
+def _reduce_scatter_op(x: torch.Tensor, dim: int, group_key: int, sizes: list[int]) -> torch.Tensor:
+    return comm.reduce_scatter(x, sizes, comm.group_by_key(group_key), dim).contiguous()
+
+
+@_reduce_scatter_op.register_fake
+def _(x, dim, group_key, sizes):
+    shape = list(x.shape)
+    shape[dim] = sizes[comm.group_by_key(group_key).rank()]
+    return x.new_empty(shape)
+
+
 class _Gather(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dim, group, sizes):
-        ctx.args = (dim, group, sizes)
-        return comm.all_gather(x, sizes, group, dim)
+    def forward(ctx, x, dim, group_key, sizes):
+        ctx.args = (dim, group_key, sizes)
+        return torch.ops.cp_hooks.all_gather(x, dim, group_key, sizes)
 
     @staticmethod
     def backward(ctx, grad):
-        dim, group, sizes = ctx.args
-        return comm.reduce_scatter(grad, sizes, group, dim), None, None, None
+        return torch.ops.cp_hooks.reduce_scatter(grad.contiguous(), *ctx.args), None, None, None
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -86,15 +106,26 @@ def share_replicated_gradient(x: torch.Tensor, world: int) -> torch.Tensor:
     return _ScaleGradient.apply(x, 1.0 / world)
 
 
-def gather_tensor(x: torch.Tensor, dim: int, group, world: int, uneven: bool) -> torch.Tensor:
+def gather_tensor(x: torch.Tensor, dim: int, group, world: int, uneven: bool, sizes: list[int] | None = None,
+                  group_key: int | None = None) -> torch.Tensor:
     """Concatenate every rank's shard along `dim` (backward: sum the gradients, keep this rank's piece).
 
-    With `uneven` the per-rank lengths are exchanged first (one tiny all-gather, every call: never cached).
-    Otherwise every shard must have this rank's length.
+    `group_key` is `comm.group_key(group)` computed ahead (traced code must not register groups).
+    `sizes` are the ranks' lengths along `dim` when the caller knows them (`cp_hooks.lengths`). Otherwise,
+    with `uneven`, they are exchanged first (one tiny all-gather, every call: never cached; not possible
+    inside a compiled graph, where a shape cannot come from a collective), and without it every shard has
+    this rank's length.
     """
     dim = dim % x.dim()
-    if uneven:
-        sizes = [row[0] for row in comm.exchange_sizes([x.shape[dim]], group, x.device)]
-    else:
-        sizes = [x.shape[dim]] * world
-    return _Gather.apply(x, dim, group, sizes)
+    if sizes is None:
+        if not uneven:
+            sizes = [x.shape[dim]] * world
+        else:
+            if torch.compiler.is_compiling():
+                raise RuntimeError(
+                    "A gather of uneven shards inside torch.compile needs every rank's length from the plan's splits, "
+                    "and this length does not match them unambiguously. Compile the repeated blocks instead "
+                    "(model.compile_repeated_blocks), or use lengths that the degree divides."
+                )
+            sizes = [row[0] for row in comm.exchange_sizes([x.shape[dim]], group, x.device)]
+    return _Gather.apply(x, dim, comm.group_key(group) if group_key is None else group_key, list(sizes))

@@ -18,7 +18,7 @@ import measure  # noqa: E402
 
 _MESHES: dict = {}
 
-FP32_TOL = 1e-5  # max |cp - reference| / max(1, max |reference|), fp32 (DESIGN.md)
+FP32_TOL = 1e-5  # max |cp - reference| / max(1, max |reference|), fp32 (docs/architecture.md, Tolerances)
 BF16_TOL = 3e-2  # same measure for bf16 inputs against the fp64 reference; bf16 SDPA alone is ~1e-2
 
 

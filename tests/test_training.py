@@ -2,7 +2,7 @@
 
 After a few optimizer steps (gradient clipping included) the weights of every context-parallel rank must
 equal those of the single-process run, and be identical across the ranks:
-  * fp32 with SGD (momentum 0.9): max |difference| / max(1, |weight|) <= 1e-5 (DESIGN.md's fp32 bound);
+  * fp32 with SGD (momentum 0.9): max |difference| / max(1, |weight|) <= 1e-5 (docs/architecture.md's fp32 bound);
   * fp64 with AdamW: <= 1e-10. AdamW divides every gradient element by its running magnitude + 1e-8, so
     in fp32 an element whose gradient is ~1e-8 turns a 1e-10 rounding difference into a sizable fraction
     of the learning rate (measured: up to 1.5e-5 after 3 steps at lr 1e-3, while the reduced gradients

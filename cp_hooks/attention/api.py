@@ -9,9 +9,8 @@ import torch.nn.functional as F
 
 from .. import comm
 from ..config import ContextParallelConfig
-from . import routing
+from . import ops, routing
 from .masks import key_bias_from_mask, split_symmetric_mask
-from .ring import ring_attention
 from .ulysses import ulysses_attention
 
 
@@ -65,47 +64,47 @@ def context_parallel_attention(
 
 def _dispatch(query, key, value, bias, dropout_p, is_causal, scale, config):
     """Run the mode the config asks for: ring, Ulysses, or Ulysses inside and ring across (hybrid)."""
+    q_sizes, kv_sizes = _sizes(query.shape[1], key.shape[1], config, query.device)
     with routing.inside_cp_kernel():
-        if config.ulysses_degree == 1:
-            return _ring(query, key, value, bias, config, scale, is_causal, config._ring_group)
-
-        group = config._ulysses_group
-        q_sizes, kv_sizes = _sizes(query.shape[1], key.shape[1], group, config, query.device)
-
-        if config.ring_degree == 1:
-            def inner(q, k, v, b):
-                mask = None if b is None else b[:, None, None, :].to(q.dtype)
-                out = F.scaled_dot_product_attention(
-                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                    attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
-                )
-                return out.transpose(1, 2)
-        else:
-            def inner(q, k, v, b):
-                return _ring(q, k, v, b, config, scale, is_causal, config._ring_group)
-
-        return ulysses_attention(query, key, value, bias, group=group, q_sizes=q_sizes, kv_sizes=kv_sizes, inner=inner)
+        if dropout_p:
+            return _ulysses_with_dropout(query, key, value, bias, dropout_p, is_causal, scale, config, q_sizes, kv_sizes)
+        return ops.attention(query, key, value, bias, config, q_sizes, kv_sizes, scale, is_causal)
 
 
-def _sizes(q_len: int, kv_len: int, group, config, device) -> tuple[list[int], list[int]]:
-    """Every group rank's (query, key) lengths: exchanged in the anything modes (every call), else equal."""
-    world = comm.group_size(group)
+def _sizes(q_len: int, kv_len: int, config, device) -> tuple[list[int], list[int]]:
+    """Every rank's (query, key) lengths in the flattened mesh.
+
+    Equal without an anything flag. Otherwise taken from the plan's splits of this forward (computed from
+    shapes, `cp_hooks.lengths`), and exchanged only when those do not determine them (direct calls).
+    """
+    world = config.world_size
     if not config.anything:
         return [q_len] * world, [kv_len] * world
-    rows = comm.exchange_sizes([q_len, kv_len], group, device)
+    q_sizes = config._split_lengths.sizes(q_len, world, config.rank)
+    kv_sizes = q_sizes if kv_len == q_len else config._split_lengths.sizes(kv_len, world, config.rank)
+    if q_sizes is not None and kv_sizes is not None:
+        return q_sizes, kv_sizes
+    if torch.compiler.is_compiling():
+        raise RuntimeError(
+            f"Under torch.compile, uneven shards need every rank's length from the plan's splits, and the local "
+            f"lengths ({q_len}, {kv_len}) do not follow from them unambiguously. Compile the repeated blocks instead "
+            "(model.compile_repeated_blocks), or use lengths that the degrees divide."
+        )
+    rows = comm.exchange_sizes([q_len, kv_len], config._flat_group, device)
     return [r[0] for r in rows], [r[1] for r in rows]
 
 
-def _ring(q, k, v, bias, config, scale, is_causal, group):
-    world = comm.group_size(group)
-    if config.anything:
-        kv_sizes = [r[0] for r in comm.exchange_sizes([k.shape[1]], group, q.device)]
-    else:
-        kv_sizes = [k.shape[1]] * world
-    return ring_attention(
-        q, k, v, bias, group=group, kv_sizes=kv_sizes, rotate_method=config.rotate_method, scale=scale,
-        is_causal=is_causal, convert_to_fp32=config.convert_to_fp32,
-    )
+def _ulysses_with_dropout(query, key, value, bias, dropout_p, is_causal, scale, config, q_sizes, kv_sizes):
+    """Pure Ulysses with attention dropout (eager only): torch's SDPA draws the dropout mask."""
+
+    def inner(q, k, v, b):
+        mask = None if b is None else b[:, None, None, :].to(q.dtype)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                             dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+        return out.transpose(1, 2)
+
+    return ulysses_attention(query, key, value, bias, group=config._ulysses_group, q_sizes=q_sizes,
+                             kv_sizes=kv_sizes, inner=inner)
 
 
 def _validate(query, key, value, attn_mask, dropout_p, is_causal, config):

@@ -38,7 +38,7 @@ def _block_tensors(k, v, bias):
 
 
 def _payloads(bias):
-    # Labels for comm_stats(): the key bias is counted apart from the K/V data of DESIGN.md's formula.
+    # Labels for comm_stats(): the key bias is counted apart from the K/V data of the formulas in docs/architecture.md.
     return ["attention", "attention"] if bias is None else ["attention", "attention", "mask"]
 
 
@@ -143,36 +143,3 @@ def ring_backward(dout, q, k, v, bias, out, lse, *, group, kv_sizes, rotate_meth
             current = kv_exchange.wait()
     dk, dv = grad_exchange.wait()
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
-
-
-class RingAttention(torch.autograd.Function):
-    """Autograd wrapper: forward and backward above; saves only local q, k, v, out and lse."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, bias, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32):
-        options = dict(group=group, kv_sizes=kv_sizes, rotate_method=rotate_method, scale=scale,
-                       is_causal=is_causal, convert_to_fp32=convert_to_fp32)
-        out, lse = ring_forward(q, k, v, bias, **options)
-        ctx.save_for_backward(q, k, v, bias, out, lse)
-        ctx.options = options
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, bias, out, lse = ctx.saved_tensors
-        dq, dk, dv = ring_backward(dout, q, k, v, bias, out, lse, **ctx.options)
-        return dq, dk, dv, None, None, None, None, None, None, None
-
-
-def ring_attention(q, k, v, bias, *, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32):
-    """Exact attention of the local queries over the keys/values of every rank in `group`.
-
-    Args:
-        q: (B, Sq, H, D) local queries; k, v: (B, Sk, H, D) local keys/values.
-        bias: additive float32 key bias (b, Sk) for the local keys, or None.
-        kv_sizes: every ring rank's key length (equal unless an anything mode is on).
-
-    Returns:
-        (B, Sq, H, D) in q's dtype.
-    """
-    return RingAttention.apply(q, k, v, bias, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32)

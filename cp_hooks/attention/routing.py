@@ -9,11 +9,18 @@ from __future__ import annotations
 import contextlib
 import threading
 
-_state = threading.local()
+class _State(threading.local):
+    def __init__(self) -> None:
+        # Set in every thread before any use: a compiled graph guards on the attribute, and one that appeared
+        # only after the first call would recompile the graph.
+        self.local_depth = 0
+
+
+_state = _State()
 
 
 def _depth() -> int:
-    return getattr(_state, "local_depth", 0)
+    return _state.local_depth
 
 
 @contextlib.contextmanager

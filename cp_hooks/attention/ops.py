@@ -1,0 +1,271 @@
+"""The compile boundary: context-parallel attention as registered operators with an autograd formula.
+
+`torch.compile` sees each context-parallel attention call as one opaque operator (`torch.library.custom_op`)
+with a fake implementation that gives the output's shape. Inside, the eager implementation may use any
+transport — gloo or nccl collectives, batched send/recv for the ring, the CPU shared-memory all-to-all —
+none of which dynamo has to trace, so an enabled model compiles with `fullgraph=True` (docs/architecture.md,
+"Compile boundary"). Every size an operator needs is an argument (per-rank lengths come from the plan's
+splits, `cp_hooks.lengths`), so nothing in the traced path synchronises with the host.
+
+Operators (legend: B batch, S local sequence, H heads, D head dim; "_h" = the Ulysses head layout, whole
+sequence of the Ulysses group for H/u heads):
+  * `cp_hooks::attention`: inference; out (B, S, H, D) only, so the gathered tensors are freed inside.
+  * `cp_hooks::ring_forward` / `ring_backward`: training with pure ring attention; the forward returns
+    (out, lse), the backward gets the local q, k, v, out and lse.
+  * `cp_hooks::ulysses_forward` / `ulysses_backward`: training with Ulysses or hybrid; the forward also
+    returns q, k, v, the key bias, out and lse in the head layout, which the backward needs (the same
+    tensors autograd would have saved) — one all-to-all of dout in, three of dq, dk, dv out.
+The scalar settings of a call (groups, degrees, rotate method) live in the set-up config, found by `key`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .local import attention_with_lse, attention_with_lse_backward
+from .ring import ring_backward, ring_forward
+from .ulysses import heads_to_seq, pad_heads, seq_to_heads
+
+_CONFIGS: dict[int, object] = {}  # key -> set-up ContextParallelConfig (kept alive while registered)
+
+
+def config_key(config) -> int:
+    """The integer that names `config` in operator calls (an operator takes no Python objects).
+
+    Called by `config.setup()`, outside any compiled region; traced code reads `config._op_key`.
+    """
+    key = id(config)
+    _CONFIGS[key] = config
+    return key
+
+
+def _empty() -> Tensor:
+    return torch.empty(0)
+
+
+def _unaliased(outputs, inputs) -> tuple:
+    """The outputs, contiguous, copied only where one shares memory with an input or an earlier output.
+
+    An operator's outputs may alias neither its inputs nor each other (e.g. the ring's dK and dV are two
+    halves of one buffer); views of its own temporaries are fine and stay uncopied.
+    """
+    seen = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, Tensor) and t.numel()}
+    result = []
+    for t in outputs:
+        t = t.contiguous()
+        if t.numel() == 0 or t.untyped_storage().data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        result.append(t)
+    return tuple(result)
+
+
+# ----------------------------------------------------------------------------------------------- eager
+def _ring_kv_sizes(config, kv_sizes: list[int]) -> list[int]:
+    """The ring group's key lengths: with Ulysses inside, a ring rank holds its Ulysses group's whole sequence."""
+    u = config.ulysses_degree
+    return [sum(kv_sizes[i * u:(i + 1) * u]) for i in range(config.ring_degree)]
+
+
+def _ulysses_sizes(config, sizes: list[int]) -> list[int]:
+    """This rank's Ulysses group's lengths, from every rank's lengths in the flattened mesh."""
+    u, start = config.ulysses_degree, config._ring_rank * config.ulysses_degree
+    return sizes[start:start + u]
+
+
+def _inner_forward(config, q, k, v, bias, kv_sizes, scale, is_causal):
+    """Attention of the (head-layout) q over every rank's keys: local, or a ring across the ring group."""
+    if config.ring_degree == 1:
+        return attention_with_lse(q, k, v, bias, scale=scale, is_causal=is_causal)
+    return ring_forward(q, k, v, bias, group=config._ring_group, kv_sizes=_ring_kv_sizes(config, kv_sizes),
+                        rotate_method=config.rotate_method, scale=scale, is_causal=is_causal,
+                        convert_to_fp32=config.convert_to_fp32)
+
+
+def _inner_backward(config, dout, q, k, v, bias, out, lse, kv_sizes, scale, is_causal):
+    if config.ring_degree == 1:
+        return attention_with_lse_backward(dout, q, k, v, out, lse, bias, scale=scale, is_causal=is_causal)
+    return ring_backward(dout, q, k, v, bias, out, lse, group=config._ring_group,
+                         kv_sizes=_ring_kv_sizes(config, kv_sizes), rotate_method=config.rotate_method, scale=scale,
+                         is_causal=is_causal, convert_to_fp32=config.convert_to_fp32)
+
+
+def _to_heads(config, q, k, v, bias, q_sizes, kv_sizes, reuse_buffer: bool):
+    from .. import comm
+
+    group = config._ulysses_group
+    uq, ukv = _ulysses_sizes(config, q_sizes), _ulysses_sizes(config, kv_sizes)
+    q, k, v = (pad_heads(t, config.ulysses_degree) for t in (q, k, v))
+    # One send buffer for q, k and v at inference: three would each wait for gloo's worker thread to drop
+    # its last reference, which can come after the next allocation (a shard more at the peak each).
+    q, send = seq_to_heads(q, group, uq)
+    k, send = seq_to_heads(k, group, ukv, send if reuse_buffer else None)
+    v, send = seq_to_heads(v, group, ukv, send if reuse_buffer else None)
+    del send
+    if bias is not None:
+        bias = comm.all_gather(bias, ukv, group, dim=1, payload="mask")
+    return q, k, v, bias
+
+
+def _from_heads(config, x, q_sizes, heads):
+    out = heads_to_seq(x, config._ulysses_group, _ulysses_sizes(config, q_sizes))
+    return out if out.shape[2] == heads else out[:, :, :heads]  # padded heads (ulysses_anything) go
+
+
+def _attention_eager(q, k, v, bias, config, q_sizes, kv_sizes, scale, is_causal) -> Tensor:
+    if config.ulysses_degree == 1:
+        out, _ = _inner_forward(config, q, k, v, bias, kv_sizes, scale, is_causal)
+        return out
+    heads = q.shape[2]
+    q, k, v, bias = _to_heads(config, q, k, v, bias, q_sizes, kv_sizes, reuse_buffer=True)
+    out, _ = _inner_forward(config, q, k, v, bias, kv_sizes, scale, is_causal)
+    # The gathered q, k, v are done with: let them go before the output's all-to-all buffers are allocated.
+    del q, k, v, bias
+    return _from_heads(config, out, q_sizes, heads)
+
+
+# ----------------------------------------------------------------------------------------------- operators
+@torch.library.custom_op("cp_hooks::attention", mutates_args=())
+def attention_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key: int, q_sizes: list[int],
+                 kv_sizes: list[int], scale: float, is_causal: bool) -> Tensor:
+    """Context-parallel attention of the local q, k, v (B, S, H, D) without autograd state."""
+    out = _attention_eager(q, k, v, bias, _CONFIGS[key], q_sizes, kv_sizes, scale, is_causal)
+    return _unaliased([out], [q, k, v, bias])[0]
+
+
+@attention_op.register_fake
+def _(q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("cp_hooks::ring_forward", mutates_args=())
+def ring_forward_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key: int, kv_sizes: list[int],
+                    scale: float, is_causal: bool) -> tuple[Tensor, Tensor]:
+    """Ring attention for training: (out (B, S, H, D), lse (B, H, S) float32)."""
+    out, lse = _inner_forward(_CONFIGS[key], q, k, v, bias, kv_sizes, scale, is_causal)
+    return _unaliased([out, lse], [q, k, v, bias])
+
+
+@ring_forward_op.register_fake
+def _(q, k, v, bias, key, kv_sizes, scale, is_causal):
+    lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+    return torch.empty_like(q, memory_format=torch.contiguous_format), lse
+
+
+@torch.library.custom_op("cp_hooks::ring_backward", mutates_args=())
+def ring_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], out: Tensor, lse: Tensor,
+                     key: int, kv_sizes: list[int], scale: float, is_causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of the local q, k, v under ring attention (the dK/dV of every block go home to their rank)."""
+    grads = _inner_backward(_CONFIGS[key], dout, q, k, v, bias, out, lse, kv_sizes, scale, is_causal)
+    return _unaliased(grads, [dout, q, k, v, bias, out, lse])
+
+
+@ring_backward_op.register_fake
+def _(dout, q, k, v, bias, out, lse, key, kv_sizes, scale, is_causal):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+@torch.library.custom_op("cp_hooks::ulysses_forward", mutates_args=())
+def ulysses_forward_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key: int, q_sizes: list[int],
+                       kv_sizes: list[int], scale: float, is_causal: bool
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Ulysses (or hybrid) attention for training: out, and q, k, v, bias, out, lse in the head layout."""
+    config = _CONFIGS[key]
+    heads = q.shape[2]
+    q_h, k_h, v_h, bias_h = _to_heads(config, q, k, v, bias, q_sizes, kv_sizes, reuse_buffer=False)
+    out_h, lse_h = _inner_forward(config, q_h, k_h, v_h, bias_h, kv_sizes, scale, is_causal)
+    out = _from_heads(config, out_h, q_sizes, heads)
+    bias_h = _empty() if bias_h is None else bias_h
+    return _unaliased([out, q_h, k_h, v_h, bias_h, out_h, lse_h], [q, k, v, bias])
+
+
+def _head_layout_shape(q, sizes, world):
+    b, _, h, d = q.shape
+    return (b, sum(sizes), (h + world - 1) // world, d)
+
+
+@ulysses_forward_op.register_fake
+def _(q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal):
+    config = _CONFIGS[key]
+    u = config.ulysses_degree
+    q_shape = _head_layout_shape(q, _ulysses_sizes(config, q_sizes), u)
+    kv_shape = _head_layout_shape(k, _ulysses_sizes(config, kv_sizes), u)
+    bias_h = _empty() if bias is None else bias.new_empty((bias.shape[0], kv_shape[1]))
+    return (torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q_shape), k.new_empty(kv_shape),
+            v.new_empty(kv_shape), bias_h, q.new_empty(q_shape),
+            q.new_empty((q_shape[0], q_shape[2], q_shape[1]), dtype=torch.float32))
+
+
+@torch.library.custom_op("cp_hooks::ulysses_backward", mutates_args=())
+def ulysses_backward_op(dout: Tensor, q_h: Tensor, k_h: Tensor, v_h: Tensor, bias_h: Tensor, out_h: Tensor,
+                        lse_h: Tensor, key: int, q_sizes: list[int], kv_sizes: list[int], heads: int, scale: float,
+                        is_causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of the local q, k, v (B, S, H, D) under Ulysses or hybrid attention."""
+    config = _CONFIGS[key]
+    group = config._ulysses_group
+    dout_h, _ = seq_to_heads(pad_heads(dout, config.ulysses_degree), group, _ulysses_sizes(config, q_sizes))
+    bias_h = None if bias_h.numel() == 0 else bias_h
+    dq, dk, dv = _inner_backward(config, dout_h, q_h, k_h, v_h, bias_h, out_h, lse_h, kv_sizes, scale, is_causal)
+    del dout_h
+    grads = (_from_heads(config, dq.to(q_h.dtype), q_sizes, heads),
+             _from_heads(config, dk.to(k_h.dtype), kv_sizes, heads),
+             _from_heads(config, dv.to(v_h.dtype), kv_sizes, heads))
+    return _unaliased(grads, [dout, q_h, k_h, v_h, bias_h, out_h, lse_h])
+
+
+@ulysses_backward_op.register_fake
+def _(dout, q_h, k_h, v_h, bias_h, out_h, lse_h, key, q_sizes, kv_sizes, heads, scale, is_causal):
+    config = _CONFIGS[key]
+    b, _, _, d = dout.shape
+    own = config.rank
+    return (dout.new_empty((b, q_sizes[own], heads, d)), dout.new_empty((b, kv_sizes[own], heads, d)),
+            dout.new_empty((b, kv_sizes[own], heads, d)))
+
+
+# ----------------------------------------------------------------------------------------------- autograd
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, bias, key, kv_sizes, scale, is_causal):
+        out, lse = torch.ops.cp_hooks.ring_forward(q, k, v, bias, key, kv_sizes, scale, is_causal)
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        ctx.settings = (key, kv_sizes, scale, is_causal)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, bias, out, lse = ctx.saved_tensors
+        dq, dk, dv = torch.ops.cp_hooks.ring_backward(dout.contiguous(), q, k, v, bias, out, lse, *ctx.settings)
+        return dq, dk, dv, None, None, None, None, None
+
+
+class _UlyssesAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal):
+        out, *saved = torch.ops.cp_hooks.ulysses_forward(q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal)
+        ctx.save_for_backward(*saved)
+        ctx.settings = (key, q_sizes, kv_sizes, q.shape[2], scale, is_causal)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        dq, dk, dv = torch.ops.cp_hooks.ulysses_backward(dout.contiguous(), *ctx.saved_tensors, *ctx.settings)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+def attention(q, k, v, bias, config, q_sizes: list[int], kv_sizes: list[int], scale: float, is_causal: bool) -> Tensor:
+    """Context-parallel attention through the operators: differentiable when autograd needs it.
+
+    Args:
+        q, k, v: (B, S, H, D) local shards; bias: float32 (b, S_kv) key bias or None.
+        config: a set-up `ContextParallelConfig`.
+        q_sizes, kv_sizes: every rank's query / key length in the flattened ("ring", "ulysses") mesh.
+    """
+    key = config._op_key
+    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return torch.ops.cp_hooks.attention(q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal)
+    if config.ulysses_degree == 1:
+        return _RingAttention.apply(q, k, v, bias, key, kv_sizes, scale, is_causal)
+    return _UlyssesAttention.apply(q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal)
