@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-from .lengths import SplitLengths
+from .runtime import ContextParallelRuntime
 
 _ROTATE_METHODS = ("allgather", "alltoall")
 MESH_DIM_NAMES = ("ring", "ulysses")
@@ -65,18 +65,7 @@ class ContextParallelConfig:
     mesh: "dist.device_mesh.DeviceMesh | None" = None
 
     # Bound by setup(); not part of the user-facing fields.
-    _mesh: object = field(default=None, init=False, repr=False, compare=False)
-    _ring_group: object = field(default=None, init=False, repr=False, compare=False)
-    _ulysses_group: object = field(default=None, init=False, repr=False, compare=False)
-    _flat_group: object = field(default=None, init=False, repr=False, compare=False)
-    _rank: int | None = field(default=None, init=False, repr=False, compare=False)
-    _ring_rank: int | None = field(default=None, init=False, repr=False, compare=False)
-    _ulysses_rank: int | None = field(default=None, init=False, repr=False, compare=False)
-    _device_type: str | None = field(default=None, init=False, repr=False, compare=False)
-    # The full lengths the plan split in the current forward (per-rank lengths without exchanging them).
-    _op_key: int | None = field(default=None, init=False, repr=False, compare=False)
-    _flat_group_key: int | None = field(default=None, init=False, repr=False, compare=False)
-    _split_lengths: SplitLengths = field(default_factory=SplitLengths, init=False, repr=False, compare=False)
+    _runtime: ContextParallelRuntime | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.mesh is not None:
@@ -140,19 +129,23 @@ class ContextParallelConfig:
     @property
     def is_setup(self) -> bool:
         """True once `setup()` has bound the config to a process group."""
-        return self._flat_group is not None
+        return self._runtime is not None
+
+    @property
+    def runtime(self) -> ContextParallelRuntime:
+        """What `setup()` bound: mesh, groups, ranks, device (a snapshot of the fields at that time)."""
+        self._require_setup()
+        return self._runtime
 
     @property
     def rank(self) -> int:
         """This process's rank in the flattened ("ring", "ulysses") group; it holds shard `rank`."""
-        self._require_setup()
-        return self._rank
+        return self.runtime.rank
 
     @property
     def device_type(self) -> str:
         """Device type of the mesh ("cpu" for gloo, "cuda" for nccl)."""
-        self._require_setup()
-        return self._device_type
+        return self.runtime.device_type
 
     def _require_setup(self) -> None:
         if not self.is_setup:
@@ -165,6 +158,8 @@ class ContextParallelConfig:
     def setup(self, mesh=None) -> "ContextParallelConfig":
         """Bind the config to the current process group and build (or adopt) the device mesh.
 
+        The binding is a `ContextParallelRuntime` (`config.runtime`), a snapshot of the fields: a model
+        enabled with this config keeps its runtime even if the config is changed or set up again later.
         Idempotent: a second call with no new mesh does nothing. Every check runs on every rank before
         the first collective (mesh creation), so a bad setup raises the same error everywhere.
 
@@ -198,21 +193,7 @@ class ContextParallelConfig:
             )
         else:
             self._fill_degrees_from_mesh(mesh)
-        self._mesh = mesh
-        self._ring_group = mesh["ring"].get_group()
-        self._ulysses_group = mesh["ulysses"].get_group()
-        self._flat_group = mesh[MESH_DIM_NAMES]._flatten().get_group()
-        self._ring_rank = mesh["ring"].get_local_rank()
-        self._ulysses_rank = mesh["ulysses"].get_local_rank()
-        self._rank = self._ring_rank * self.ulysses_degree + self._ulysses_rank
-        self._device_type = mesh.device_type
-        # Integers that name this config and its flat group in registered operators' arguments (an operator
-        # takes no Python objects); registered here, outside any compiled region.
-        from . import comm
-        from .attention.ops import config_key
-
-        self._op_key = config_key(self)
-        self._flat_group_key = comm.group_key(self._flat_group)
+        self._runtime = ContextParallelRuntime.bind(self, mesh)
         return self
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from . import comm
-from .config import ContextParallelConfig
+from .runtime import ContextParallelRuntime
 from .hooks import ModelHook
 
 
@@ -46,9 +46,9 @@ def _fingerprint(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
 
 
-def check_consistent(description: str, config: ContextParallelConfig, device: torch.device) -> None:
+def check_consistent(description: str, runtime: ContextParallelRuntime, device: torch.device) -> None:
     """Raise the same ValueError on every rank if the ranks' input descriptions differ."""
-    group = config._flat_group
+    group = runtime.flat_group
     world = dist.get_world_size(group)
     fingerprints = [row[0] for row in comm.exchange_sizes([_fingerprint(description)], group, device,
                                                          payload="consistency")]
@@ -66,8 +66,8 @@ def check_consistent(description: str, config: ContextParallelConfig, device: to
 class ConsistencyHook(ModelHook):
     """Runs `check_consistent` on the model's inputs before any split (strict mode)."""
 
-    def __init__(self, config: ContextParallelConfig) -> None:
-        self.config = config
+    def __init__(self, runtime: ContextParallelRuntime | None = None) -> None:
+        self.runtime = runtime
 
     def pre_forward(self, module, args, kwargs):
         if torch.compiler.is_compiling():
@@ -76,5 +76,5 @@ class ConsistencyHook(ModelHook):
             # shapes it was traced with); with compile_repeated_blocks this hook runs eagerly, as without
             # compile (docs/architecture.md, "Compile boundary").
             return args, kwargs
-        check_consistent(describe_inputs(args, kwargs), self.config, torch.device(self.config.device_type))
+        check_consistent(describe_inputs(args, kwargs), self.runtime, torch.device(self.runtime.device_type))
         return args, kwargs

@@ -9,8 +9,8 @@ library's wrapper never drops a cp_hooks hook. It is also what `torch.compile` t
 break (docs/architecture.md, "Hooks").
 
 Order on one module: `pre_forward` in registration order, `post_forward` in reverse order (the first hook
-added sees the final output). A hook's `context()` is entered after its `pre_forward` and exited before
-its `post_forward` — also when the forward raises (torch's `always_call`), so the module stays usable.
+added sees the final output). A hook's `enter()` runs after its `pre_forward` and its `exit()` before its
+`post_forward` — also when the forward raises (torch's `always_call`), so the module stays usable.
 
 A module with cp_hooks hooks refuses `copy.deepcopy`: the copy would carry hooks bound to the original's
 process groups. Disable first, copy, then enable each.
@@ -38,18 +38,21 @@ class ModelHook:
         """Return the (possibly changed) output of the forward."""
         return output
 
-    def context(self, module: nn.Module):
-        """A context manager entered around the forward (after pre_forward); exited even on exceptions."""
-        return None
+    def enter(self, module: nn.Module) -> None:
+        """Called after `pre_forward`, before the forward runs."""
+
+    def exit(self, module: nn.Module) -> None:
+        """Called after the forward, before `post_forward` — also when the forward raises."""
 
 
 class _Installed:
-    """The torch hook handles of one `ModelHook`, and its open contexts (a stack: forwards may nest)."""
+    """The torch hook handles of one `ModelHook`."""
 
     def __init__(self, module: nn.Module, hook: ModelHook) -> None:
         self.hook = hook
-        self.open: list = []
-        has_context = type(hook).context is not ModelHook.context
+        # enter/exit are plain calls, not a context-manager object kept between the two hooks: dynamo
+        # traces calls, but cannot carry a generator-based context manager from one hook's frame to another.
+        has_context = type(hook).exit is not ModelHook.exit
         self.handles = [
             module.register_forward_pre_hook(self._pre, with_kwargs=True),
             # prepend: forward hooks run in registration order, ours must run in reverse.
@@ -58,16 +61,12 @@ class _Installed:
 
     def _pre(self, module, args, kwargs):
         args, kwargs = self.hook.pre_forward(module, args, kwargs)
-        context = self.hook.context(module)
-        if context is not None:
-            context.__enter__()
-            self.open.append(context)
+        self.hook.enter(module)
         return args, kwargs
 
     def _post(self, module, args, kwargs, output):
-        if self.open:
-            self.open.pop().__exit__(None, None, None)
-        if output is None:  # the forward raised (an always_call hook): only the context had to be closed
+        self.hook.exit(module)
+        if output is None:  # the forward raised (an always_call hook): only `exit` had to run
             return None
         return self.hook.post_forward(module, output)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 
 from .config import ContextParallelConfig
+from .runtime import ContextParallelRuntime
 from .consistency import ConsistencyHook
 from .hooks import HookRegistry
 from .integration import diffusers_attention
@@ -27,6 +28,7 @@ _HOOK_PREFIX = "cp_hooks."
 @dataclass
 class _ParallelState:
     config: ContextParallelConfig
+    runtime: ContextParallelRuntime
     plan: dict
     hooks: list = field(default_factory=list)  # (module, hook name)
     processor_undo: list = field(default_factory=list)
@@ -81,32 +83,36 @@ def enable_parallelism(
     plan = get_plan(model, plan)
     # (module, hook name, hook): built first, so that plan errors come before any collective.
     # First on the model, so that its post_forward runs last, on the gathered output.
-    hooks = [(model, f"{_HOOK_PREFIX}replicated_output", ReplicatedOutputHook(config))]
+    # Hooks are built (and their plan entries checked) before setup's first collective; they receive the
+    # runtime that setup binds right after.
+    hooks = [(model, f"{_HOOK_PREFIX}replicated_output", ReplicatedOutputHook())]
     if strict:
         # First on the model: the inputs are compared before anything is split.
-        hooks.append((model, f"{_HOOK_PREFIX}consistency", ConsistencyHook(config)))
+        hooks.append((model, f"{_HOOK_PREFIX}consistency", ConsistencyHook()))
     for name, spec in plan.items():
         for full_name, module in resolve_modules(model, name):
             if isinstance(spec, LocalAttention):
                 hook = LocalAttentionHook()
             elif isinstance(spec, dict):
-                hook = SplitHook(module, full_name, spec, config)
+                hook = SplitHook(module, full_name, spec)
             else:
-                hook = GatherHook(full_name, spec, config)
+                hook = GatherHook(full_name, spec)
             hooks.append((module, f"{_HOOK_PREFIX}{type(hook).__name__}[{name}]", hook))
     if not diffusers_attention.all_dispatch_routed(model):
         # On the model itself, so that SDPA calls anywhere in its forward see the router. Skipped when every
         # attention goes through diffusers' dispatch: the router would only add per-op overhead.
-        hooks.append((model, f"{_HOOK_PREFIX}sdpa_router", SDPARouterHook(config)))
+        hooks.append((model, f"{_HOOK_PREFIX}sdpa_router", SDPARouterHook()))
 
-    config.setup()
-    _check_model_device(model, config)
+    runtime = config.setup().runtime
+    _check_model_device(model, runtime)
 
-    state = _ParallelState(config=config, plan=plan)
+    state = _ParallelState(config=config, runtime=runtime, plan=plan)
     try:
         for module, hook_name, hook in hooks:
+            if hasattr(hook, "runtime"):
+                hook.runtime = runtime
             _add_hook(state, module, hook_name, hook)
-        state.processor_undo = diffusers_attention.install(model, config)
+        state.processor_undo = diffusers_attention.install(model, runtime)
     except BaseException:
         _remove_everything(model, state)
         raise
@@ -141,11 +147,11 @@ def _remove_everything(model: nn.Module, state: _ParallelState) -> None:
     state.hooks = []
 
 
-def _check_model_device(model: nn.Module, config: ContextParallelConfig) -> None:
+def _check_model_device(model: nn.Module, runtime: ContextParallelRuntime) -> None:
     param = next(model.parameters(), None)
-    if param is not None and param.device.type != config.device_type:
+    if param is not None and param.device.type != runtime.device_type:
         raise ValueError(
-            f"The model is on {param.device} but the context-parallel mesh communicates on '{config.device_type}'. "
+            f"The model is on {param.device} but the context-parallel mesh communicates on '{runtime.device_type}'. "
             "Move the model to the process group's device first (e.g. model.to(f'cuda:{local_rank}') with nccl), "
             "or initialise the process group with a backend for the model's device."
         )

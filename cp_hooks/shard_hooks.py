@@ -13,7 +13,7 @@ import inspect
 import torch
 import torch.nn as nn
 
-from .config import ContextParallelConfig
+from .runtime import ContextParallelRuntime
 from .hooks import ModelHook
 from .plan import ContextParallelInput, ContextParallelOutput
 from .sharding import gather_tensor, share_replicated_gradient, split_tensor
@@ -27,7 +27,7 @@ def _check_dims(x: torch.Tensor, spec, what: str) -> None:
         )
 
 
-def split_for_plan(x: torch.Tensor, spec: ContextParallelInput, config: ContextParallelConfig, what: str) -> torch.Tensor:
+def split_for_plan(x: torch.Tensor, spec: ContextParallelInput, runtime: ContextParallelRuntime, what: str) -> torch.Tensor:
     """This rank's shard of `x` as `spec` says, after checking dims and divisibility."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} is a {type(x).__name__}, but the plan splits it as a tensor.")
@@ -35,8 +35,8 @@ def split_for_plan(x: torch.Tensor, spec: ContextParallelInput, config: ContextP
         return x
     _check_dims(x, spec, what)
     dim = spec.split_dim % x.dim()
-    length, world = x.shape[dim], config.world_size
-    if length % world and not config.anything:
+    length, world = x.shape[dim], runtime.world_size
+    if length % world and not runtime.anything:
         raise ValueError(
             f"{what} has length {length} along dim {dim}, not divisible by the {world} context-parallel ranks. "
             "Set ContextParallelConfig(ulysses_anything=True) (Ulysses) or ring_anything=True (ring) to allow "
@@ -44,20 +44,20 @@ def split_for_plan(x: torch.Tensor, spec: ContextParallelInput, config: ContextP
         )
     # In the anything modes a length below the rank count leaves some ranks with empty shards; they still
     # take part in every collective, and attention handles empty shards exactly.
-    if config.anything:
-        config._split_lengths.record(length)  # later collectives read every rank's length from it
-    return split_tensor(x, dim, config.rank, world)
+    if runtime.anything:
+        runtime.split_lengths.record(length)  # later collectives read every rank's length from it
+    return split_tensor(x, dim, runtime.rank, world)
 
 
-def gather_for_plan(x: torch.Tensor, spec: ContextParallelOutput, config: ContextParallelConfig, what: str) -> torch.Tensor:
+def gather_for_plan(x: torch.Tensor, spec: ContextParallelOutput, runtime: ContextParallelRuntime, what: str) -> torch.Tensor:
     """The full tensor, gathered from every rank's shard along `spec.gather_dim`, after checking dims."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} is a {type(x).__name__}, but the plan gathers it as a tensor.")
     _check_dims(x, spec, what)
     dim = spec.gather_dim % x.dim()
-    sizes = config._split_lengths.sizes(x.shape[dim], config.world_size, config.rank) if config.anything else None
-    return gather_tensor(x, dim, config._flat_group, config.world_size, uneven=config.anything, sizes=sizes,
-                         group_key=config._flat_group_key)
+    sizes = runtime.split_lengths.sizes(x.shape[dim], runtime.world_size, runtime.rank) if runtime.anything else None
+    return gather_tensor(x, dim, runtime.flat_group, runtime.world_size, uneven=runtime.anything, sizes=sizes,
+                         group_key=runtime.flat_group_key)
 
 
 class SplitHook(ModelHook):
@@ -66,8 +66,8 @@ class SplitHook(ModelHook):
     An input whose spec is a `ContextParallelOutput` is gathered instead (a module that needs it whole).
     """
 
-    def __init__(self, module: nn.Module, module_name: str, specs: dict, config: ContextParallelConfig) -> None:
-        self.config = config
+    def __init__(self, module: nn.Module, module_name: str, specs: dict, runtime: ContextParallelRuntime | None = None) -> None:
+        self.runtime = runtime
         self.module_name = module_name or "<model>"
         self.input_specs = {k: s for k, s in specs.items() if isinstance(k, str)}
         self.output_specs = {k: s for k, s in specs.items() if isinstance(k, int)}
@@ -100,22 +100,22 @@ class SplitHook(ModelHook):
         if value is None:
             return None
         if isinstance(spec, ContextParallelOutput):
-            return gather_for_plan(value, spec, self.config, what)
+            return gather_for_plan(value, spec, self.runtime, what)
         if isinstance(spec, (list, tuple)):
             if not isinstance(value, (list, tuple)) or len(value) != len(spec):
                 raise ValueError(f"{what}: the plan has {len(spec)} specs but the value is {type(value).__name__}"
                                  f"{'' if not isinstance(value, (list, tuple)) else f' of length {len(value)}'}.")
-            parts = [v if s is None or v is None else split_for_plan(v, s, self.config, f"{what}[{i}]")
+            parts = [v if s is None or v is None else split_for_plan(v, s, self.runtime, f"{what}[{i}]")
                      for i, (v, s) in enumerate(zip(value, spec))]
             return type(value)(parts)
-        return split_for_plan(value, spec, self.config, what)
+        return split_for_plan(value, spec, self.runtime, what)
 
 
 class GatherHook(ModelHook):
     """Gather the module's output(s) along the sequence so every rank holds the full tensor."""
 
-    def __init__(self, module_name: str, specs, config: ContextParallelConfig) -> None:
-        self.config = config
+    def __init__(self, module_name: str, specs, runtime: ContextParallelRuntime | None = None) -> None:
+        self.runtime = runtime
         self.module_name = module_name or "<model>"
         self.specs = list(specs) if isinstance(specs, (list, tuple)) else [specs]
 
@@ -128,7 +128,7 @@ class GatherHook(ModelHook):
             raise ValueError(f"The plan gathers {len(self.specs)} output(s) of '{self.module_name}', which returned {len(items)}.")
         for i, spec in enumerate(self.specs):
             if spec is not None:
-                items[i] = gather_for_plan(items[i], spec, self.config, f"'{self.module_name}' output {i}")
+                items[i] = gather_for_plan(items[i], spec, self.runtime, f"'{self.module_name}' output {i}")
         return items[0] if single else type(output)(items)
 
 
@@ -142,15 +142,15 @@ class ReplicatedOutputHook(ModelHook):
     `cp_hooks.sharding` for the whole gradient convention. Costs nothing at inference (no autograd).
     """
 
-    def __init__(self, config: ContextParallelConfig) -> None:
-        self.config = config
+    def __init__(self, runtime: ContextParallelRuntime | None = None) -> None:
+        self.runtime = runtime
 
     def pre_forward(self, module, args, kwargs):
-        self.config._split_lengths.reset()  # a new forward: its splits are recorded afresh
+        self.runtime.split_lengths.reset()  # a new forward: its splits are recorded afresh
         return args, kwargs
 
     def post_forward(self, module, output):
-        return _map_tensors(output, lambda t: share_replicated_gradient(t, self.config.world_size))
+        return _map_tensors(output, lambda t: share_replicated_gradient(t, self.runtime.world_size))
 
 
 def _map_tensors(value, fn):

@@ -44,10 +44,10 @@ def reduce_gradients(model: nn.Module, config: ContextParallelConfig, *, bucket_
         >>> reduce_gradients(model, config)
         >>> optimizer.step()
     """
-    config._require_setup()
-    group = config._flat_group
+    runtime = _runtime(model, config)
+    group = runtime.flat_group
     params = [p for p in model.parameters() if p.requires_grad]
-    device = _flag_device(config)
+    device = _flag_device(runtime)
     # Every rank must issue the same all-reduces: first agree on the parameter count, then on which exist.
     count = torch.tensor([len(params), -len(params)], dtype=torch.int64, device=device)
     dist.all_reduce(count, op=dist.ReduceOp.MAX, group=group)
@@ -75,10 +75,16 @@ def reduce_gradients(model: nn.Module, config: ContextParallelConfig, *, bucket_
             _all_reduce_bucket(bucket, group)
 
 
-def _flag_device(config: ContextParallelConfig) -> torch.device:
-    if config.device_type == "cuda":
+def _runtime(model: nn.Module, config: ContextParallelConfig):
+    # The groups the model was enabled with (the config may have been set up again since), else the config's.
+    state = model.__dict__.get("_cp_hooks_state")
+    return state.runtime if state is not None else config.runtime
+
+
+def _flag_device(runtime) -> torch.device:
+    if runtime.device_type == "cuda":
         return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(config.device_type)
+    return torch.device(runtime.device_type)
 
 
 def _buckets(grads: list[torch.Tensor], bucket_bytes: int):

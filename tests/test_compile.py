@@ -118,3 +118,33 @@ def dynamic_resolutions(ring, ulysses):
 def test_dynamic_shapes_one_graph_two_resolutions(pool):
     pool(2).run(dynamic_resolutions, 1, 2, timeout=300)
     pool(2).run(dynamic_resolutions, 2, 1, timeout=300)
+
+
+def catalogue_parity(class_name, case, ring, ulysses):
+    """A catalogued model compiled with fullgraph=True: forward and gradients against one process."""
+    from cp_hooks.catalogue import get_entry
+
+    torch._dynamo.reset()
+    entry = get_entry(class_name)
+    model, inputs = entry.build(case)
+    out = model(**inputs)[0]
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    reference, ref_grads = _reference(model, inputs, weight)
+    flags = dict(ulysses_anything=ulysses > 1, ring_anything=ring > 1) if entry.anything else {}
+    config = make_config(ring, ulysses, rotate_method="alltoall", **flags)
+    enable_parallelism(model, config)
+    try:
+        out = torch.compile(model, fullgraph=True, backend=BACKEND)(**inputs)[0]
+        assert rel_err(out, reference) <= FP32_TOL, f"{class_name}: forward error {rel_err(out, reference):.2e}"
+        _loss(out, weight).backward()
+        return _check_gradients(model, config, ref_grads)
+    finally:
+        disable_parallelism(model)
+
+
+# QwenImage: a key-padding mask on the joint text + image sequence, uneven text (anything flags).
+# PixArt: processors that call torch's SDPA directly (the SDPA router, a torch-function mode).
+@pytest.mark.parametrize("class_name,case,ring,ulysses", [("QwenImageTransformer2DModel", "t2i", 1, 2),
+                                                          ("PixArtTransformer2DModel", "t2i", 2, 1)])
+def test_fullgraph_catalogue_models(pool, class_name, case, ring, ulysses):
+    pool(2).run(catalogue_parity, class_name, case, ring, ulysses, timeout=300)

@@ -1,6 +1,7 @@
 """ContextParallelConfig validation (single process) and setup against the world size (gloo ranks)."""
 
 import pytest
+import torch
 import torch.distributed as dist
 
 from cp_hooks import ContextParallelConfig
@@ -55,9 +56,9 @@ def _setup_cases():
         assert config.setup() is config  # idempotent
         # Shard order: flattened (ring, ulysses) rank == global rank with ulysses inner.
         assert config.rank == dist.get_rank()
-        assert dist.get_world_size(config._ulysses_group) == degrees[1]
-        assert dist.get_world_size(config._ring_group) == degrees[0]
-        results[degrees] = (config._ring_rank, config._ulysses_rank)
+        assert dist.get_world_size(config.runtime.ulysses_group) == degrees[1]
+        assert dist.get_world_size(config.runtime.ring_group) == degrees[0]
+        results[degrees] = (config.runtime.ring_rank, config.runtime.ulysses_rank)
     for bad in [(1, 2), (2, 4), (1, 8)]:
         with pytest.raises(ValueError, match="world size"):
             ContextParallelConfig(ring_degree=bad[0], ulysses_degree=bad[1]).setup()
@@ -78,3 +79,31 @@ def test_setup_on_four_ranks(pool):
     results = pool(4).run(_setup_cases)
     assert [r[(2, 2)] for r in results] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert [r[(1, 4)] for r in results] == [(0, 0), (0, 1), (0, 2), (0, 3)]
+
+
+def _runtime_is_a_snapshot():
+    """A model keeps the runtime it was enabled with when its config is changed or set up again."""
+    import tiny_models
+    from cp_hooks import disable_parallelism, enable_parallelism
+    from cp_testing import rel_err
+    from torch.distributed.device_mesh import init_device_mesh
+
+    model, inputs = tiny_models.tiny_flux()
+    with torch.no_grad():
+        reference = model(**inputs)[0]
+        config = ContextParallelConfig(ulysses_degree=2)
+        enable_parallelism(model, config)
+        bound = config.runtime
+        config.rotate_method = "alltoall"  # plain data: changing it does not touch the enabled model
+        config.ring_degree, config.ulysses_degree = 2, 1
+        config.setup(init_device_mesh("cpu", (2, 1), mesh_dim_names=("ring", "ulysses")))  # re-pointed: a new runtime
+        assert config.runtime is not bound and config.runtime.ring_degree == 2
+        assert bound.ulysses_degree == 2 and bound.rotate_method == "allgather"
+        err = rel_err(model(**inputs)[0], reference)  # still Ulysses on the groups it was enabled with
+        disable_parallelism(model)
+    assert err <= 1e-5
+    return err
+
+
+def test_enabled_model_keeps_its_runtime(pool):
+    pool(2).run(_runtime_is_a_snapshot)

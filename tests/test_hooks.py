@@ -110,18 +110,11 @@ class Context(ModelHook):
     def __init__(self, log):
         self.log = log
 
-    def context(self, module):
-        import contextlib
+    def enter(self, module):
+        self.log.append("enter")
 
-        @contextlib.contextmanager
-        def cm():
-            self.log.append("enter")
-            try:
-                yield
-            finally:
-                self.log.append("exit")
-
-        return cm()
+    def exit(self, module):
+        self.log.append("exit")
 
 
 def test_context_exits_on_exception_and_module_stays_usable():

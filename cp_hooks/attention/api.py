@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from .. import comm
 from ..config import ContextParallelConfig
+from ..runtime import ContextParallelRuntime
 from . import ops, routing
 from .masks import key_bias_from_mask, split_symmetric_mask
 from .ulysses import ulysses_attention
@@ -34,7 +35,7 @@ def context_parallel_attention(
         dropout_p: attention dropout; only with pure Ulysses (ring attention refuses it).
         is_causal: causal attention in global sequence order.
         scale: softmax scale, default 1/sqrt(head_dim).
-        config: a set-up `ContextParallelConfig` (see `config.setup()`).
+        config: a set-up `ContextParallelConfig` (see `config.setup()`), or its `config.runtime`.
 
     Returns:
         (batch, local_seq, heads, head_dim): this rank's queries attended over every rank's keys.
@@ -47,41 +48,46 @@ def context_parallel_attention(
         >>> config = ContextParallelConfig(ulysses_degree=2).setup()
         >>> out = context_parallel_attention(q_local, k_local, v_local, config=config)
     """
-    config._require_setup()
+    runtime = _runtime_of(config)
     query_valid = None
     if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[-2] > 1:
         # A mask that varies along queries is refused, unless it is a padding mask applied to both sides.
         symmetric = split_symmetric_mask(attn_mask, query.shape[1], key.shape[1])
         if symmetric is not None:
             attn_mask, query_valid = symmetric
-    bias = _validate(query, key, value, attn_mask, dropout_p, is_causal, config)
+    bias = _validate(query, key, value, attn_mask, dropout_p, is_causal, runtime)
     scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
-    out = _dispatch(query, key, value, bias, dropout_p, is_causal, scale, config)
+    out = _dispatch(query, key, value, bias, dropout_p, is_causal, scale, runtime)
     if query_valid is not None:
         out = out * query_valid[:, :, None, None].to(out.dtype)  # queries that see no key: zero, as SDPA gives
     return out
 
 
-def _dispatch(query, key, value, bias, dropout_p, is_causal, scale, config):
-    """Run the mode the config asks for: ring, Ulysses, or Ulysses inside and ring across (hybrid)."""
-    q_sizes, kv_sizes = _sizes(query.shape[1], key.shape[1], config, query.device)
+def _runtime_of(config):
+    """The bound runtime of a set-up config (or the runtime itself)."""
+    return config if isinstance(config, ContextParallelRuntime) else config.runtime
+
+
+def _dispatch(query, key, value, bias, dropout_p, is_causal, scale, runtime):
+    """Run the mode the runtime asks for: ring, Ulysses, or Ulysses inside and ring across (hybrid)."""
+    q_sizes, kv_sizes = _sizes(query.shape[1], key.shape[1], runtime, query.device)
     with routing.inside_cp_kernel():
         if dropout_p:
-            return _ulysses_with_dropout(query, key, value, bias, dropout_p, is_causal, scale, config, q_sizes, kv_sizes)
-        return ops.attention(query, key, value, bias, config, q_sizes, kv_sizes, scale, is_causal)
+            return _ulysses_with_dropout(query, key, value, bias, dropout_p, is_causal, scale, runtime, q_sizes, kv_sizes)
+        return ops.attention(query, key, value, bias, runtime, q_sizes, kv_sizes, scale, is_causal)
 
 
-def _sizes(q_len: int, kv_len: int, config, device) -> tuple[list[int], list[int]]:
+def _sizes(q_len: int, kv_len: int, runtime, device) -> tuple[list[int], list[int]]:
     """Every rank's (query, key) lengths in the flattened mesh.
 
     Equal without an anything flag. Otherwise taken from the plan's splits of this forward (computed from
     shapes, `cp_hooks.lengths`), and exchanged only when those do not determine them (direct calls).
     """
-    world = config.world_size
-    if not config.anything:
+    world = runtime.world_size
+    if not runtime.anything:
         return [q_len] * world, [kv_len] * world
-    q_sizes = config._split_lengths.sizes(q_len, world, config.rank)
-    kv_sizes = q_sizes if kv_len == q_len else config._split_lengths.sizes(kv_len, world, config.rank)
+    q_sizes = runtime.split_lengths.sizes(q_len, world, runtime.rank)
+    kv_sizes = q_sizes if kv_len == q_len else runtime.split_lengths.sizes(kv_len, world, runtime.rank)
     if q_sizes is not None and kv_sizes is not None:
         return q_sizes, kv_sizes
     if torch.compiler.is_compiling():
@@ -90,11 +96,11 @@ def _sizes(q_len: int, kv_len: int, config, device) -> tuple[list[int], list[int
             f"lengths ({q_len}, {kv_len}) do not follow from them unambiguously. Compile the repeated blocks instead "
             "(model.compile_repeated_blocks), or use lengths that the degrees divide."
         )
-    rows = comm.exchange_sizes([q_len, kv_len], config._flat_group, device)
+    rows = comm.exchange_sizes([q_len, kv_len], runtime.flat_group, device)
     return [r[0] for r in rows], [r[1] for r in rows]
 
 
-def _ulysses_with_dropout(query, key, value, bias, dropout_p, is_causal, scale, config, q_sizes, kv_sizes):
+def _ulysses_with_dropout(query, key, value, bias, dropout_p, is_causal, scale, runtime, q_sizes, kv_sizes):
     """Pure Ulysses with attention dropout (eager only): torch's SDPA draws the dropout mask."""
 
     def inner(q, k, v, b):
@@ -103,11 +109,11 @@ def _ulysses_with_dropout(query, key, value, bias, dropout_p, is_causal, scale, 
                                              dropout_p=dropout_p, is_causal=is_causal, scale=scale)
         return out.transpose(1, 2)
 
-    return ulysses_attention(query, key, value, bias, group=config._ulysses_group, q_sizes=q_sizes,
+    return ulysses_attention(query, key, value, bias, group=runtime.ulysses_group, q_sizes=q_sizes,
                              kv_sizes=kv_sizes, inner=inner)
 
 
-def _validate(query, key, value, attn_mask, dropout_p, is_causal, config):
+def _validate(query, key, value, attn_mask, dropout_p, is_causal, runtime):
     """Every check that needs no communication; returns the canonical key bias."""
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor):
@@ -123,10 +129,10 @@ def _validate(query, key, value, attn_mask, dropout_p, is_causal, config):
         raise TypeError(f"attention needs floating-point inputs, got {query.dtype}.")
     if not (query.device == key.device == value.device):
         raise ValueError(f"query, key and value are on different devices: {query.device}, {key.device}, {value.device}.")
-    if query.device.type != config.device_type:
+    if query.device.type != runtime.device_type:
         raise ValueError(
-            f"Inputs are on {query.device} but the context-parallel mesh communicates on '{config.device_type}' "
-            f"({'gloo' if config.device_type == 'cpu' else 'nccl'}). Move the model and inputs to that device, or "
+            f"Inputs are on {query.device} but the context-parallel mesh communicates on '{runtime.device_type}' "
+            f"({'gloo' if runtime.device_type == 'cpu' else 'nccl'}). Move the model and inputs to that device, or "
             "initialise the process group with a backend for this device."
         )
     b, sq, h, d = query.shape
@@ -139,14 +145,14 @@ def _validate(query, key, value, attn_mask, dropout_p, is_causal, config):
             f"query has {h} heads but key/value have {key.shape[2]}; grouped-query attention is not supported yet: "
             "repeat the key/value heads (repeat_interleave on dim 2) before calling."
         )
-    if dropout_p and config.ring_degree > 1:
+    if dropout_p and runtime.ring_degree > 1:
         raise ValueError("Ring attention cannot apply attention dropout; use dropout_p=0.0 (inference) or pure Ulysses.")
     if is_causal and attn_mask is not None:
         raise ValueError("Pass either attn_mask or is_causal=True, not both (as torch's SDPA).")
     if is_causal and key.shape[1] != sq:
         raise ValueError("is_causal needs the same local query and key lengths (self-attention).")
-    u = config.ulysses_degree
-    if u > 1 and h % u and not config.ulysses_anything:
+    u = runtime.ulysses_degree
+    if u > 1 and h % u and not runtime.ulysses_anything:
         raise ValueError(
             f"{h} heads are not divisible by ulysses_degree={u}. Set ContextParallelConfig(ulysses_anything=True) "
             "to pad heads, or choose a ulysses_degree that divides the head count."

@@ -15,7 +15,7 @@ sequence of the Ulysses group for H/u heads):
   * `cp_hooks::ulysses_forward` / `ulysses_backward`: training with Ulysses or hybrid; the forward also
     returns q, k, v, the key bias, out and lse in the head layout, which the backward needs (the same
     tensors autograd would have saved) — one all-to-all of dout in, three of dq, dk, dv out.
-The scalar settings of a call (groups, degrees, rotate method) live in the set-up config, found by `key`.
+The settings of a call (groups, degrees, rotate method) live in the bound runtime, found by `key`.
 """
 
 from __future__ import annotations
@@ -29,16 +29,17 @@ from .local import attention_with_lse, attention_with_lse_backward
 from .ring import ring_backward, ring_forward
 from .ulysses import heads_to_seq, pad_heads, seq_to_heads
 
-_CONFIGS: dict[int, object] = {}  # key -> set-up ContextParallelConfig (kept alive while registered)
+_RUNTIMES: dict[int, object] = {}  # key -> ContextParallelRuntime (kept alive while registered)
 
 
-def config_key(config) -> int:
-    """The integer that names `config` in operator calls (an operator takes no Python objects).
+def register_runtime(runtime) -> int:
+    """The integer that names `runtime` in operator calls (an operator takes no Python objects).
 
-    Called by `config.setup()`, outside any compiled region; traced code reads `config._op_key`.
+    Called when `config.setup()` binds a runtime, outside any compiled region; traced code reads
+    `runtime.op_key`.
     """
-    key = id(config)
-    _CONFIGS[key] = config
+    key = len(_RUNTIMES)
+    _RUNTIMES[key] = runtime
     return key
 
 
@@ -64,41 +65,41 @@ def _unaliased(outputs, inputs) -> tuple:
 
 
 # ----------------------------------------------------------------------------------------------- eager
-def _ring_kv_sizes(config, kv_sizes: list[int]) -> list[int]:
+def _ring_kv_sizes(runtime, kv_sizes: list[int]) -> list[int]:
     """The ring group's key lengths: with Ulysses inside, a ring rank holds its Ulysses group's whole sequence."""
-    u = config.ulysses_degree
-    return [sum(kv_sizes[i * u:(i + 1) * u]) for i in range(config.ring_degree)]
+    u = runtime.ulysses_degree
+    return [sum(kv_sizes[i * u:(i + 1) * u]) for i in range(runtime.ring_degree)]
 
 
-def _ulysses_sizes(config, sizes: list[int]) -> list[int]:
+def _ulysses_sizes(runtime, sizes: list[int]) -> list[int]:
     """This rank's Ulysses group's lengths, from every rank's lengths in the flattened mesh."""
-    u, start = config.ulysses_degree, config._ring_rank * config.ulysses_degree
+    u, start = runtime.ulysses_degree, runtime.ring_rank * runtime.ulysses_degree
     return sizes[start:start + u]
 
 
-def _inner_forward(config, q, k, v, bias, kv_sizes, scale, is_causal):
+def _inner_forward(runtime, q, k, v, bias, kv_sizes, scale, is_causal):
     """Attention of the (head-layout) q over every rank's keys: local, or a ring across the ring group."""
-    if config.ring_degree == 1:
+    if runtime.ring_degree == 1:
         return attention_with_lse(q, k, v, bias, scale=scale, is_causal=is_causal)
-    return ring_forward(q, k, v, bias, group=config._ring_group, kv_sizes=_ring_kv_sizes(config, kv_sizes),
-                        rotate_method=config.rotate_method, scale=scale, is_causal=is_causal,
-                        convert_to_fp32=config.convert_to_fp32)
+    return ring_forward(q, k, v, bias, group=runtime.ring_group, kv_sizes=_ring_kv_sizes(runtime, kv_sizes),
+                        rotate_method=runtime.rotate_method, scale=scale, is_causal=is_causal,
+                        convert_to_fp32=runtime.convert_to_fp32)
 
 
-def _inner_backward(config, dout, q, k, v, bias, out, lse, kv_sizes, scale, is_causal):
-    if config.ring_degree == 1:
+def _inner_backward(runtime, dout, q, k, v, bias, out, lse, kv_sizes, scale, is_causal):
+    if runtime.ring_degree == 1:
         return attention_with_lse_backward(dout, q, k, v, out, lse, bias, scale=scale, is_causal=is_causal)
-    return ring_backward(dout, q, k, v, bias, out, lse, group=config._ring_group,
-                         kv_sizes=_ring_kv_sizes(config, kv_sizes), rotate_method=config.rotate_method, scale=scale,
-                         is_causal=is_causal, convert_to_fp32=config.convert_to_fp32)
+    return ring_backward(dout, q, k, v, bias, out, lse, group=runtime.ring_group,
+                         kv_sizes=_ring_kv_sizes(runtime, kv_sizes), rotate_method=runtime.rotate_method, scale=scale,
+                         is_causal=is_causal, convert_to_fp32=runtime.convert_to_fp32)
 
 
-def _to_heads(config, q, k, v, bias, q_sizes, kv_sizes, reuse_buffer: bool):
+def _to_heads(runtime, q, k, v, bias, q_sizes, kv_sizes, reuse_buffer: bool):
     from .. import comm
 
-    group = config._ulysses_group
-    uq, ukv = _ulysses_sizes(config, q_sizes), _ulysses_sizes(config, kv_sizes)
-    q, k, v = (pad_heads(t, config.ulysses_degree) for t in (q, k, v))
+    group = runtime.ulysses_group
+    uq, ukv = _ulysses_sizes(runtime, q_sizes), _ulysses_sizes(runtime, kv_sizes)
+    q, k, v = (pad_heads(t, runtime.ulysses_degree) for t in (q, k, v))
     # One send buffer for q, k and v at inference: three would each wait for gloo's worker thread to drop
     # its last reference, which can come after the next allocation (a shard more at the peak each).
     q, send = seq_to_heads(q, group, uq)
@@ -110,21 +111,21 @@ def _to_heads(config, q, k, v, bias, q_sizes, kv_sizes, reuse_buffer: bool):
     return q, k, v, bias
 
 
-def _from_heads(config, x, q_sizes, heads):
-    out = heads_to_seq(x, config._ulysses_group, _ulysses_sizes(config, q_sizes))
+def _from_heads(runtime, x, q_sizes, heads):
+    out = heads_to_seq(x, runtime.ulysses_group, _ulysses_sizes(runtime, q_sizes))
     return out if out.shape[2] == heads else out[:, :, :heads]  # padded heads (ulysses_anything) go
 
 
-def _attention_eager(q, k, v, bias, config, q_sizes, kv_sizes, scale, is_causal) -> Tensor:
-    if config.ulysses_degree == 1:
-        out, _ = _inner_forward(config, q, k, v, bias, kv_sizes, scale, is_causal)
+def _attention_eager(q, k, v, bias, runtime, q_sizes, kv_sizes, scale, is_causal) -> Tensor:
+    if runtime.ulysses_degree == 1:
+        out, _ = _inner_forward(runtime, q, k, v, bias, kv_sizes, scale, is_causal)
         return out
     heads = q.shape[2]
-    q, k, v, bias = _to_heads(config, q, k, v, bias, q_sizes, kv_sizes, reuse_buffer=True)
-    out, _ = _inner_forward(config, q, k, v, bias, kv_sizes, scale, is_causal)
+    q, k, v, bias = _to_heads(runtime, q, k, v, bias, q_sizes, kv_sizes, reuse_buffer=True)
+    out, _ = _inner_forward(runtime, q, k, v, bias, kv_sizes, scale, is_causal)
     # The gathered q, k, v are done with: let them go before the output's all-to-all buffers are allocated.
     del q, k, v, bias
-    return _from_heads(config, out, q_sizes, heads)
+    return _from_heads(runtime, out, q_sizes, heads)
 
 
 # ----------------------------------------------------------------------------------------------- operators
@@ -132,7 +133,7 @@ def _attention_eager(q, k, v, bias, config, q_sizes, kv_sizes, scale, is_causal)
 def attention_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key: int, q_sizes: list[int],
                  kv_sizes: list[int], scale: float, is_causal: bool) -> Tensor:
     """Context-parallel attention of the local q, k, v (B, S, H, D) without autograd state."""
-    out = _attention_eager(q, k, v, bias, _CONFIGS[key], q_sizes, kv_sizes, scale, is_causal)
+    out = _attention_eager(q, k, v, bias, _RUNTIMES[key], q_sizes, kv_sizes, scale, is_causal)
     return _unaliased([out], [q, k, v, bias])[0]
 
 
@@ -145,7 +146,7 @@ def _(q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal):
 def ring_forward_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key: int, kv_sizes: list[int],
                     scale: float, is_causal: bool) -> tuple[Tensor, Tensor]:
     """Ring attention for training: (out (B, S, H, D), lse (B, H, S) float32)."""
-    out, lse = _inner_forward(_CONFIGS[key], q, k, v, bias, kv_sizes, scale, is_causal)
+    out, lse = _inner_forward(_RUNTIMES[key], q, k, v, bias, kv_sizes, scale, is_causal)
     return _unaliased([out, lse], [q, k, v, bias])
 
 
@@ -159,7 +160,7 @@ def _(q, k, v, bias, key, kv_sizes, scale, is_causal):
 def ring_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], out: Tensor, lse: Tensor,
                      key: int, kv_sizes: list[int], scale: float, is_causal: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of the local q, k, v under ring attention (the dK/dV of every block go home to their rank)."""
-    grads = _inner_backward(_CONFIGS[key], dout, q, k, v, bias, out, lse, kv_sizes, scale, is_causal)
+    grads = _inner_backward(_RUNTIMES[key], dout, q, k, v, bias, out, lse, kv_sizes, scale, is_causal)
     return _unaliased(grads, [dout, q, k, v, bias, out, lse])
 
 
@@ -173,11 +174,11 @@ def ulysses_forward_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], 
                        kv_sizes: list[int], scale: float, is_causal: bool
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Ulysses (or hybrid) attention for training: out, and q, k, v, bias, out, lse in the head layout."""
-    config = _CONFIGS[key]
+    runtime = _RUNTIMES[key]
     heads = q.shape[2]
-    q_h, k_h, v_h, bias_h = _to_heads(config, q, k, v, bias, q_sizes, kv_sizes, reuse_buffer=False)
-    out_h, lse_h = _inner_forward(config, q_h, k_h, v_h, bias_h, kv_sizes, scale, is_causal)
-    out = _from_heads(config, out_h, q_sizes, heads)
+    q_h, k_h, v_h, bias_h = _to_heads(runtime, q, k, v, bias, q_sizes, kv_sizes, reuse_buffer=False)
+    out_h, lse_h = _inner_forward(runtime, q_h, k_h, v_h, bias_h, kv_sizes, scale, is_causal)
+    out = _from_heads(runtime, out_h, q_sizes, heads)
     bias_h = _empty() if bias_h is None else bias_h
     return _unaliased([out, q_h, k_h, v_h, bias_h, out_h, lse_h], [q, k, v, bias])
 
@@ -189,10 +190,10 @@ def _head_layout_shape(q, sizes, world):
 
 @ulysses_forward_op.register_fake
 def _(q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal):
-    config = _CONFIGS[key]
-    u = config.ulysses_degree
-    q_shape = _head_layout_shape(q, _ulysses_sizes(config, q_sizes), u)
-    kv_shape = _head_layout_shape(k, _ulysses_sizes(config, kv_sizes), u)
+    runtime = _RUNTIMES[key]
+    u = runtime.ulysses_degree
+    q_shape = _head_layout_shape(q, _ulysses_sizes(runtime, q_sizes), u)
+    kv_shape = _head_layout_shape(k, _ulysses_sizes(runtime, kv_sizes), u)
     bias_h = _empty() if bias is None else bias.new_empty((bias.shape[0], kv_shape[1]))
     return (torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q_shape), k.new_empty(kv_shape),
             v.new_empty(kv_shape), bias_h, q.new_empty(q_shape),
@@ -202,25 +203,27 @@ def _(q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal):
 @torch.library.custom_op("cp_hooks::ulysses_backward", mutates_args=())
 def ulysses_backward_op(dout: Tensor, q_h: Tensor, k_h: Tensor, v_h: Tensor, bias_h: Tensor, out_h: Tensor,
                         lse_h: Tensor, key: int, q_sizes: list[int], kv_sizes: list[int], heads: int, scale: float,
-                        is_causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+                        is_causal: bool, has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of the local q, k, v (B, S, H, D) under Ulysses or hybrid attention."""
-    config = _CONFIGS[key]
-    group = config._ulysses_group
-    dout_h, _ = seq_to_heads(pad_heads(dout, config.ulysses_degree), group, _ulysses_sizes(config, q_sizes))
-    bias_h = None if bias_h.numel() == 0 else bias_h
-    dq, dk, dv = _inner_backward(config, dout_h, q_h, k_h, v_h, bias_h, out_h, lse_h, kv_sizes, scale, is_causal)
+    runtime = _RUNTIMES[key]
+    group = runtime.ulysses_group
+    dout_h, _ = seq_to_heads(pad_heads(dout, runtime.ulysses_degree), group, _ulysses_sizes(runtime, q_sizes))
+    # `has_bias`, not the bias' size: a gathered bias may have no keys on some ranks (empty shards), and ring
+    # peers must agree on whether a bias travels with the blocks.
+    bias_h = bias_h if has_bias else None
+    dq, dk, dv = _inner_backward(runtime, dout_h, q_h, k_h, v_h, bias_h, out_h, lse_h, kv_sizes, scale, is_causal)
     del dout_h
-    grads = (_from_heads(config, dq.to(q_h.dtype), q_sizes, heads),
-             _from_heads(config, dk.to(k_h.dtype), kv_sizes, heads),
-             _from_heads(config, dv.to(v_h.dtype), kv_sizes, heads))
+    grads = (_from_heads(runtime, dq.to(q_h.dtype), q_sizes, heads),
+             _from_heads(runtime, dk.to(k_h.dtype), kv_sizes, heads),
+             _from_heads(runtime, dv.to(v_h.dtype), kv_sizes, heads))
     return _unaliased(grads, [dout, q_h, k_h, v_h, bias_h, out_h, lse_h])
 
 
 @ulysses_backward_op.register_fake
-def _(dout, q_h, k_h, v_h, bias_h, out_h, lse_h, key, q_sizes, kv_sizes, heads, scale, is_causal):
-    config = _CONFIGS[key]
+def _(dout, q_h, k_h, v_h, bias_h, out_h, lse_h, key, q_sizes, kv_sizes, heads, scale, is_causal, has_bias):
+    runtime = _RUNTIMES[key]
     b, _, _, d = dout.shape
-    own = config.rank
+    own = runtime.rank
     return (dout.new_empty((b, q_sizes[own], heads, d)), dout.new_empty((b, kv_sizes[own], heads, d)),
             dout.new_empty((b, kv_sizes[own], heads, d)))
 
@@ -246,7 +249,7 @@ class _UlyssesAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal):
         out, *saved = torch.ops.cp_hooks.ulysses_forward(q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal)
         ctx.save_for_backward(*saved)
-        ctx.settings = (key, q_sizes, kv_sizes, q.shape[2], scale, is_causal)
+        ctx.settings = (key, q_sizes, kv_sizes, q.shape[2], scale, is_causal, bias is not None)
         return out
 
     @staticmethod
@@ -255,17 +258,17 @@ class _UlyssesAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None
 
 
-def attention(q, k, v, bias, config, q_sizes: list[int], kv_sizes: list[int], scale: float, is_causal: bool) -> Tensor:
+def attention(q, k, v, bias, runtime, q_sizes: list[int], kv_sizes: list[int], scale: float, is_causal: bool) -> Tensor:
     """Context-parallel attention through the operators: differentiable when autograd needs it.
 
     Args:
         q, k, v: (B, S, H, D) local shards; bias: float32 (b, S_kv) key bias or None.
-        config: a set-up `ContextParallelConfig`.
+        runtime: the bound `ContextParallelRuntime`.
         q_sizes, kv_sizes: every rank's query / key length in the flattened ("ring", "ulysses") mesh.
     """
-    key = config._op_key
+    key = runtime.op_key
     if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
         return torch.ops.cp_hooks.attention(q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal)
-    if config.ulysses_degree == 1:
+    if runtime.ulysses_degree == 1:
         return _RingAttention.apply(q, k, v, bias, key, kv_sizes, scale, is_causal)
     return _UlyssesAttention.apply(q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal)

@@ -23,14 +23,24 @@ def _depth() -> int:
     return _state.local_depth
 
 
+def enter_local() -> None:
+    """Attention calls from here to `exit_local()` run locally (a module marked LocalAttention)."""
+    _state.local_depth += 1
+
+
+def exit_local() -> None:
+    """Ends one `enter_local()`."""
+    _state.local_depth -= 1
+
+
 @contextlib.contextmanager
 def inside_cp_kernel():
     """Attention calls inside this block run locally (used by cp_hooks' own kernels and local modules)."""
-    _state.local_depth = _depth() + 1
+    enter_local()
     try:
         yield
     finally:
-        _state.local_depth -= 1
+        exit_local()
 
 
 run_locally = inside_cp_kernel

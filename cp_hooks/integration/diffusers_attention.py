@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..attention import routing
 from ..attention.api import context_parallel_attention
-from ..config import ContextParallelConfig
+from ..runtime import ContextParallelRuntime
 
 _DISPATCH_NAME = "dispatch_attention_fn"
 _patched_modules: dict[str, list] = {}  # module name -> [original function, reference count]
@@ -29,7 +29,7 @@ _MISSING = object()
 class CPHandle:
     """Stands in a processor's `_parallel_config`: marks its attention calls as context-parallel."""
 
-    config: ContextParallelConfig
+    runtime: ContextParallelRuntime
 
 
 def _repeat_kv_heads(query, key, value):
@@ -52,7 +52,7 @@ def _make_wrapper(original):
             if enable_gqa:
                 key, value = _repeat_kv_heads(query, key, value)
             return context_parallel_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
-                                              config=parallel_config.config)
+                                              config=parallel_config.runtime)
         with routing.run_locally():
             return original(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, attention_kwargs,
                             backend=backend, parallel_config=parallel_config)
@@ -106,9 +106,9 @@ def all_dispatch_routed(model: nn.Module) -> bool:
     )
 
 
-def install(model: nn.Module, config: ContextParallelConfig) -> list:
+def install(model: nn.Module, runtime: ContextParallelRuntime) -> list:
     """Mark every diffusers processor of `model` as context-parallel; returns what `restore` needs."""
-    handle = CPHandle(config)
+    handle = CPHandle(runtime)
     undo = []
     for _, processor in attention_processors(model):
         previous = processor.__dict__.get("_parallel_config", _MISSING)

@@ -1,0 +1,80 @@
+"""`ContextParallelRuntime`: what `ContextParallelConfig.setup()` binds — mesh, groups, ranks, device.
+
+The config is plain data a user may change or set up again on another mesh; the runtime is a frozen
+snapshot of it bound to process groups. `enable_parallelism` gives its hooks and attention the runtime, so
+a config changed or re-pointed afterwards never changes a model that is already enabled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .lengths import SplitLengths
+
+
+@dataclass(frozen=True, eq=False)
+class ContextParallelRuntime:
+    """The bound form of a `ContextParallelConfig` (build it with `config.setup()`; read `config.runtime`).
+
+    Attributes:
+        ring_degree, ulysses_degree, rotate_method, convert_to_fp32, ulysses_anything, ring_anything: the
+            config's fields at setup time.
+        mesh: the device mesh with "ring" and "ulysses" dimensions (others may exist).
+        ring_group, ulysses_group, flat_group: process groups of the ring, of Ulysses, and of both
+            (the context-parallel group; ulysses is the inner, contiguous-rank dimension).
+        rank, ring_rank, ulysses_rank: this process's rank in the flat group (it holds shard `rank`), in
+            the ring and in its Ulysses group.
+        device_type: "cpu" for gloo, "cuda" for nccl.
+        op_key, flat_group_key: integers that name this runtime and its flat group in registered
+            operators' arguments (docs/architecture.md, "Compile boundary").
+        split_lengths: the full lengths the plan split in the current forward (docs/architecture.md,
+            "Per-rank lengths").
+    """
+
+    ring_degree: int
+    ulysses_degree: int
+    rotate_method: str
+    convert_to_fp32: bool
+    ulysses_anything: bool
+    ring_anything: bool
+    mesh: object
+    ring_group: object
+    ulysses_group: object
+    flat_group: object
+    rank: int
+    ring_rank: int
+    ulysses_rank: int
+    device_type: str
+    op_key: int = -1
+    flat_group_key: int = -1
+    split_lengths: SplitLengths = field(default_factory=SplitLengths)
+
+    @property
+    def world_size(self) -> int:
+        """Ranks in the context-parallel group: `ring_degree * ulysses_degree`."""
+        return self.ring_degree * self.ulysses_degree
+
+    @property
+    def anything(self) -> bool:
+        """True when uneven sequence shards are allowed (either anything flag)."""
+        return self.ulysses_anything or self.ring_anything
+
+    @classmethod
+    def bind(cls, config, mesh) -> "ContextParallelRuntime":
+        """Snapshot `config` and bind it to `mesh`; registers the keys operators use (outside compiled code)."""
+        from . import comm
+        from .attention.ops import register_runtime
+
+        names = ("ring", "ulysses")
+        ring_rank, ulysses_rank = mesh["ring"].get_local_rank(), mesh["ulysses"].get_local_rank()
+        flat_group = mesh[names]._flatten().get_group()
+        runtime = cls(
+            ring_degree=config.ring_degree, ulysses_degree=config.ulysses_degree, rotate_method=config.rotate_method,
+            convert_to_fp32=config.convert_to_fp32, ulysses_anything=config.ulysses_anything,
+            ring_anything=config.ring_anything, mesh=mesh, ring_group=mesh["ring"].get_group(),
+            ulysses_group=mesh["ulysses"].get_group(), flat_group=flat_group,
+            rank=ring_rank * config.ulysses_degree + ulysses_rank, ring_rank=ring_rank, ulysses_rank=ulysses_rank,
+            device_type=mesh.device_type, flat_group_key=comm.group_key(flat_group),
+        )
+        object.__setattr__(runtime, "op_key", register_runtime(runtime))
+        return runtime
