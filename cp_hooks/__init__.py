@@ -7,7 +7,7 @@
 from .attention import context_parallel_attention
 from .comm import comm_stats
 from .config import ContextParallelConfig
-from .launch import init_distributed
+from .launch import init_distributed, shutdown_distributed
 from .parallel import disable_parallelism, enable_parallelism, is_parallelized
 from .plan import (ContextParallelInput, ContextParallelOutput, LocalAttention, UnsupportedConfig, get_plan,
                    register_plan)
@@ -30,4 +30,5 @@ __all__ = [
     "is_parallelized",
     "reduce_gradients",
     "register_plan",
+    "shutdown_distributed",
 ]

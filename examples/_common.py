@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from cp_hooks import ContextParallelConfig, init_distributed
+from cp_hooks import ContextParallelConfig, init_distributed, shutdown_distributed
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# max |context parallel - single process| / max(1, max |single process|) per dtype (DESIGN.md: fp32 1e-5).
+# max |context parallel - single process| / max(1, max |single process|) per dtype (docs/architecture.md: fp32 1e-5).
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 
 
@@ -108,9 +108,8 @@ def print0(*args, **kwargs) -> None:
 
 def finish(ok: bool) -> int:
     """End a script: wait for every rank, tear the process group down, exit 0 on a pass and 1 on a failure."""
-    dist.barrier()
     print0("done")
-    dist.destroy_process_group()
+    shutdown_distributed()
     return 0 if ok else 1
 
 

@@ -18,7 +18,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from cp_hooks import ContextParallelConfig, enable_parallelism, init_distributed
+from cp_hooks import ContextParallelConfig, enable_parallelism, init_distributed, shutdown_distributed
 
 
 def parse_args() -> argparse.Namespace:
@@ -113,10 +113,7 @@ def main() -> int:
               f"tolerance {tol:g}): {'PASS' if ok else 'FAIL'}")
         print(f"time per forward: single process {single_time * 1e3:.1f} ms, context parallel {cp_time * 1e3:.1f} ms, "
               f"speed-up {single_time / cp_time:.2f}x")
-    # Every rank must reach the teardown before any leaves: a rank that destroys its gloo groups and exits
-    # while a peer still has work on them can make that peer abort ("terminate called ...").
-    dist.barrier()
-    dist.destroy_process_group()
+    shutdown_distributed()  # every rank reaches the teardown before any leaves (see its docstring)
     return 0 if ok else 1
 
 

@@ -37,7 +37,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from _common import DTYPES, TOLERANCE, add_parallel_args, max_over_ranks, print0, relative_error, setup_parallel
-from cp_hooks import disable_parallelism, enable_parallelism, reduce_gradients
+from cp_hooks import disable_parallelism, enable_parallelism, reduce_gradients, shutdown_distributed
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -234,8 +234,7 @@ def main() -> int:
     if args.output_dir and par.is_main:
         model.save_pretrained(args.output_dir)
         print(f"rank 0: saved {args.output_dir}", flush=True)
-    dist.barrier()
-    dist.destroy_process_group()
+    shutdown_distributed()
     return 0 if ok else 1
 
 
