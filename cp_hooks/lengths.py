@@ -10,9 +10,10 @@ piece r is s. Everything here is computed from shapes, the same on every rank, o
 (docs/architecture.md, "Per-rank lengths").
 
 Safety: rank r only sees its own s. If two different candidates agreed at some rank's index, that rank
-could pick another candidate than its peers, and their collectives would disagree. So the candidates are
-used only when no two of them agree at any index; otherwise (and for direct calls of the attention, with
-no splits recorded) the caller exchanges the lengths, as before.
+could pick another candidate than its peers, and their collectives would disagree; so the candidates are
+used only when no two of them agree at any index. A length that comes from no recorded split can still
+match a candidate on one rank and none on another, so only compiled graphs — which cannot exchange
+lengths — derive them; eager code exchanges them every call (docs/architecture.md, "Per-rank lengths").
 """
 
 from __future__ import annotations

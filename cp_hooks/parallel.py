@@ -12,16 +12,19 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 
 from .config import ContextParallelConfig
+from .foreign import as_cp_hooks_config, refuse_diffusers_parallelism
 from .runtime import ContextParallelRuntime
 from .consistency import ConsistencyHook
 from .hooks import HookRegistry
 from .integration import diffusers_attention
 from .integration.sdpa import LocalAttentionHook, SDPARouterHook
+from .pipelines import is_pipeline, parallel_components
 from .plan import LocalAttention, get_plan, refuse_unsupported
 from .resolve import resolve_modules
 from .shard_hooks import GatherHook, ReplicatedOutputHook, SplitHook
 
 _STATE_ATTR = "_cp_hooks_state"
+_PIPELINE_ATTR = "_cp_hooks_components"  # on a pipeline: the (name, module) pairs it parallelized
 _HOOK_PREFIX = "cp_hooks."
 
 
@@ -34,19 +37,22 @@ class _ParallelState:
     processor_undo: list = field(default_factory=list)
 
 
-def is_parallelized(model: nn.Module) -> bool:
-    """True while `model` has context parallelism enabled."""
+def is_parallelized(model) -> bool:
+    """True while `model` (a module, or a pipeline) has context parallelism enabled."""
+    if is_pipeline(model):
+        return bool(getattr(model, _PIPELINE_ATTR, None))
     return _STATE_ATTR in model.__dict__
 
 
-def enable_parallelism(
-    model: nn.Module, config: ContextParallelConfig, plan: dict | None = None, *, strict: bool = True
-) -> nn.Module:
+def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool = True):
     """Give `model` context parallelism as `plan` describes; returns the same model.
 
     Args:
-        model: any `nn.Module` (a diffusers transformer, or a model that calls SDPA).
-        config: the degrees and options; set up here if it is not yet.
+        model: any `nn.Module` (a diffusers transformer, or a model that calls SDPA), or a diffusers pipeline:
+            then every component with a plan (`transformer`, `transformer_2`, ...) is parallelized and the
+            rest (text encoders, VAE) is left alone.
+        config: the degrees and options, as cp_hooks' `ContextParallelConfig` or diffusers'
+            `ContextParallelConfig` / `ParallelConfig(context_parallel_config=...)`; set up here if it is not yet.
         plan: module name -> spec (see `cp_hooks.plan`). Default: the plan registered for the model's
             class, else the model's own `_cp_plan`.
         strict: before each forward, check that every rank passes inputs of the same shapes and dtypes
@@ -65,14 +71,14 @@ def enable_parallelism(
     Example:
         >>> enable_parallelism(transformer, ContextParallelConfig(ulysses_degree=2))
         >>> out = transformer(**inputs)   # on every rank, equal to the single-process output
+        >>> enable_parallelism(pipe, ContextParallelConfig(ulysses_degree=2))   # a whole pipeline
     """
+    config = as_cp_hooks_config(config)
+    if is_pipeline(model):
+        return _enable_pipeline(model, config, plan, strict)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"enable_parallelism needs an nn.Module, got {type(model).__name__}.")
-    if not isinstance(config, ContextParallelConfig):
-        raise TypeError(
-            f"config must be a cp_hooks.ContextParallelConfig, got {type(config).__name__}. "
-            "(diffusers' config has the same fields: ContextParallelConfig(ring_degree=..., ulysses_degree=...).)"
-        )
+        raise TypeError(f"enable_parallelism needs an nn.Module or a diffusers pipeline, got {type(model).__name__}.")
+    refuse_diffusers_parallelism(model)
     if is_parallelized(model):
         raise RuntimeError(
             f"Context parallelism is already enabled on this {type(model).__name__}; call "
@@ -120,18 +126,53 @@ def enable_parallelism(
     return model
 
 
-def disable_parallelism(model: nn.Module) -> nn.Module:
+def disable_parallelism(model):
     """Remove every hook and attention swap that `enable_parallelism` installed; returns the model.
 
     Afterwards the model's `forward`, its signature, its `state_dict` and its outputs are exactly what they
-    were before. Calling it on a model without context parallelism is a no-op.
+    were before. Calling it on a model without context parallelism is a no-op. For a pipeline, every
+    component that `enable_parallelism(pipe, ...)` parallelized is restored.
     """
+    if is_pipeline(model):
+        for _, component in getattr(model, _PIPELINE_ATTR, None) or []:
+            disable_parallelism(component)
+        if hasattr(model, _PIPELINE_ATTR):
+            delattr(model, _PIPELINE_ATTR)
+        return model
     state = model.__dict__.get(_STATE_ATTR)
     if state is None:
         return model
     _remove_everything(model, state)
     del model.__dict__[_STATE_ATTR]
     return model
+
+
+def _enable_pipeline(pipe, config: ContextParallelConfig, plan, strict: bool):
+    if plan is not None:
+        raise ValueError("A plan is per model class: enable each component of the pipeline with its own plan "
+                         "(enable_parallelism(pipe.transformer, config, plan=...)), or register the plan.")
+    if is_parallelized(pipe):
+        raise RuntimeError("Context parallelism is already enabled on this pipeline; call disable_parallelism(pipe) "
+                           "first.")
+    components = parallel_components(pipe)
+    if not components:
+        raise ValueError(f"{type(pipe).__name__} has no component with a context-parallel plan (components: "
+                         f"{', '.join(pipe.components)}); enable the transformer itself with a plan.")
+    for _, component in components:  # everything that can be refused, before the first collective
+        refuse_diffusers_parallelism(component)
+        refuse_unsupported(component)
+        get_plan(component)
+    done = []
+    try:
+        for name, component in components:
+            enable_parallelism(component, config, strict=strict)
+            done.append((name, component))
+    except BaseException:
+        for _, component in done:
+            disable_parallelism(component)
+        raise
+    setattr(pipe, _PIPELINE_ATTR, done)
+    return pipe
 
 
 def _add_hook(state: _ParallelState, module: nn.Module, name: str, hook) -> None:

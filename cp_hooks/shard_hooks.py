@@ -55,7 +55,10 @@ def gather_for_plan(x: torch.Tensor, spec: ContextParallelOutput, runtime: Conte
         raise TypeError(f"{what} is a {type(x).__name__}, but the plan gathers it as a tensor.")
     _check_dims(x, spec, what)
     dim = spec.gather_dim % x.dim()
-    sizes = runtime.split_lengths.sizes(x.shape[dim], runtime.world_size, runtime.rank) if runtime.anything else None
+    # Inside a compiled graph uneven lengths come from the plan's splits; eager code exchanges them (see
+    # attention.api._sizes for why eager code never derives them).
+    derive = runtime.anything and torch.compiler.is_compiling()
+    sizes = runtime.split_lengths.sizes(x.shape[dim], runtime.world_size, runtime.rank) if derive else None
     return gather_tensor(x, dim, runtime.flat_group, runtime.world_size, uneven=runtime.anything, sizes=sizes,
                          group_key=runtime.flat_group_key)
 

@@ -54,14 +54,6 @@ def load_pipeline(args, build_tiny, device: torch.device):
     return pipe
 
 
-def parallelize_pipeline(pipe, config) -> list[str]:
-    """Enable context parallelism on every transformer of the pipeline (Wan 2.2 has two); return their names."""
-    names = [n for n in ("transformer", "transformer_2") if getattr(pipe, n, None) is not None]
-    for name in names:
-        enable_parallelism(getattr(pipe, name), config)
-    return names
-
-
 def run_pipeline(pipe, call_kwargs: dict, output_attr: str, seed: int, device) -> tuple:
     """One generation: returns (decoded output array, final latents, seconds per step). The generator
     lives on the CPU so that the initial noise is the same on every rank and every device."""
@@ -94,7 +86,7 @@ def generate_and_check(pipe, par: Parallel, args, call_kwargs: dict, output_attr
            f"ulysses {config.ulysses_degree}, rotate {config.rotate_method}, {args.dtype}, {args.steps} steps")
     if check:
         reference, reference_latents, single_s = run_pipeline(pipe, call_kwargs, output_attr, args.seed, par.device)
-    parallelize_pipeline(pipe, config)
+    enable_parallelism(pipe, config)  # every transformer of the pipeline (Wan 2.2 has two); the rest stays
     output, latents, cp_s = run_pipeline(pipe, call_kwargs, output_attr, args.seed, par.device)
 
     # Both the latents (the transformer's direct result) and the decoded output are compared.

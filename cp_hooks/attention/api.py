@@ -80,24 +80,27 @@ def _dispatch(query, key, value, bias, dropout_p, is_causal, scale, runtime):
 def _sizes(q_len: int, kv_len: int, runtime, device) -> tuple[list[int], list[int]]:
     """Every rank's (query, key) lengths in the flattened mesh.
 
-    Equal without an anything flag. Otherwise taken from the plan's splits of this forward (computed from
-    shapes, `cp_hooks.lengths`), and exchanged only when those do not determine them (direct calls).
+    Equal without an anything flag. Otherwise exchanged, one tiny all-gather per call — except inside a
+    compiled graph, where a shape cannot come from a collective: there they are derived from the plan's
+    splits of this forward (`cp_hooks.lengths`, docs/architecture.md "Per-rank lengths"). Eager code does not
+    derive them: a rank whose length happens to match a split while a peer's does not would skip the
+    exchange its peer enters, and both would hang.
     """
     world = runtime.world_size
     if not runtime.anything:
         return [q_len] * world, [kv_len] * world
+    if not torch.compiler.is_compiling():
+        rows = comm.exchange_sizes([q_len, kv_len], runtime.flat_group, device)
+        return [r[0] for r in rows], [r[1] for r in rows]
     q_sizes = runtime.split_lengths.sizes(q_len, world, runtime.rank)
     kv_sizes = q_sizes if kv_len == q_len else runtime.split_lengths.sizes(kv_len, world, runtime.rank)
-    if q_sizes is not None and kv_sizes is not None:
-        return q_sizes, kv_sizes
-    if torch.compiler.is_compiling():
+    if q_sizes is None or kv_sizes is None:
         raise RuntimeError(
             f"Under torch.compile, uneven shards need every rank's length from the plan's splits, and the local "
             f"lengths ({q_len}, {kv_len}) do not follow from them unambiguously. Compile the repeated blocks instead "
             "(model.compile_repeated_blocks), or use lengths that the degrees divide."
         )
-    rows = comm.exchange_sizes([q_len, kv_len], runtime.flat_group, device)
-    return [r[0] for r in rows], [r[1] for r in rows]
+    return q_sizes, kv_sizes
 
 
 def _ulysses_with_dropout(query, key, value, bias, dropout_p, is_causal, scale, runtime, q_sizes, kv_sizes):
