@@ -177,3 +177,24 @@ def symmetric_padding_mask(ring, ulysses, rotate):
 @pytest.mark.parametrize("ring,ulysses,rotate", [(1, 4, "allgather"), (4, 1, "alltoall"), (2, 2, "alltoall")])
 def test_symmetric_padding_mask(pool, ring, ulysses, rotate):
     pool(4).run(symmetric_padding_mask, ring, ulysses, rotate)
+
+
+def ulysses_dropout(dropout_p: float) -> float:
+    """Pure Ulysses with attention dropout: exact when nothing is dropped, and differentiable.
+
+    With p = 1e-9 SDPA takes its dropout path but drops nothing (in expectation 1e-9 of the weights, none at
+    these sizes), so the result must equal the no-dropout reference; with p = 0.5 the output must differ.
+    """
+    config = make_config(1, 2)
+    (q, k, v, grad), _ = _inputs(2, 32, 4, 8, torch.float32, None)
+    ref_out, ref_dq, _, _ = _reference(q, k, v, None, False, grad)
+    lq, lk, lv = (shard(t).requires_grad_() for t in (q, k, v))
+    torch.manual_seed(0)
+    out = context_parallel_attention(lq, lk, lv, dropout_p=dropout_p, config=config)
+    out.backward(shard(grad))
+    return max(rel_err(out, shard(ref_out)), rel_err(lq.grad, shard(ref_dq)))
+
+
+def test_ulysses_with_dropout(pool):
+    assert max(pool(2).run(ulysses_dropout, 1e-9)) <= FP32_TOL
+    assert min(pool(2).run(ulysses_dropout, 0.5)) > 1e-2

@@ -12,7 +12,6 @@ from ..config import ContextParallelConfig
 from ..runtime import ContextParallelRuntime
 from . import ops, routing
 from .masks import key_bias_from_mask, split_symmetric_mask
-from .ulysses import ulysses_attention
 
 
 def context_parallel_attention(
@@ -104,16 +103,14 @@ def _sizes(q_len: int, kv_len: int, runtime, device) -> tuple[list[int], list[in
 
 
 def _ulysses_with_dropout(query, key, value, bias, dropout_p, is_causal, scale, runtime, q_sizes, kv_sizes):
-    """Pure Ulysses with attention dropout (eager only): torch's SDPA draws the dropout mask."""
-
-    def inner(q, k, v, b):
-        mask = None if b is None else b[:, None, None, :].to(q.dtype)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
-                                             dropout_p=dropout_p, is_causal=is_causal, scale=scale)
-        return out.transpose(1, 2)
-
-    return ulysses_attention(query, key, value, bias, group=runtime.ulysses_group, q_sizes=q_sizes,
-                             kv_sizes=kv_sizes, inner=inner)
+    """Pure Ulysses with attention dropout (eager, autograd through the all-to-alls): torch's SDPA draws the
+    dropout mask, which the registered operators cannot replay in a backward."""
+    heads = query.shape[2]
+    q, k, v, b = ops._to_heads(runtime, query, key, value, bias, q_sizes, kv_sizes, reuse_buffer=False)
+    mask = None if b is None else b[:, None, None, :].to(q.dtype)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                         dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+    return ops._from_heads(runtime, out.transpose(1, 2), q_sizes, heads)
 
 
 def _validate(query, key, value, attn_mask, dropout_p, is_causal, runtime):

@@ -50,34 +50,3 @@ def pad_heads(x: torch.Tensor, multiple: int) -> torch.Tensor:
     if extra == 0:
         return x
     return torch.cat([x, x.new_zeros(x.shape[0], x.shape[1], extra, x.shape[3])], dim=2)
-
-
-def ulysses_attention(q, k, v, bias, *, group, q_sizes, kv_sizes, inner):
-    """Attention over the Ulysses group's whole sequence for a slice of heads.
-
-    Args:
-        q, k, v: (B, S_local, H, D); bias: (b, Sk_local) float32 or None.
-        q_sizes, kv_sizes: every group rank's query / key length.
-        inner: `inner(q, k, v, bias) -> out` computing attention on the gathered sequence (local attention
-            for pure Ulysses, ring attention across the ring group for hybrid).
-
-    Returns:
-        (B, S_local, H, D) in q's dtype.
-    """
-    world = comm.group_size(group)
-    heads = q.shape[2]
-    q, k, v = (pad_heads(t, world) for t in (q, k, v))
-    # One send buffer for q, k and v at inference: three would each wait for gloo's worker thread to drop
-    # its last reference, which can come after the next allocation (a shard more at the peak each).
-    reuse = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
-    q, send = seq_to_heads(q, group, q_sizes)
-    k, send = seq_to_heads(k, group, kv_sizes, send if reuse else None)
-    v, send = seq_to_heads(v, group, kv_sizes, send if reuse else None)
-    del send
-    if bias is not None:
-        bias = comm.all_gather(bias, kv_sizes, group, dim=1, payload="mask")
-    out = inner(q, k, v, bias)
-    # The gathered q, k, v are done with: let them go before the output's all-to-all buffers are allocated
-    # (inference frees them here; under autograd the attention has saved what its backward needs).
-    del q, k, v
-    return heads_to_seq(out, group, q_sizes)[:, :, :heads]
