@@ -51,7 +51,7 @@ class Mode:
         """`run` with this mode's transport: a gloo variant pins its Ulysses group to gloo for the call only."""
         if self.transport != "gloo":
             return run
-        group = self.config._ulysses_group
+        group = self.config.runtime.ulysses_group
 
         def on_gloo():
             shared_memory.keep_gloo(group)  # every rank runs the same variant at the same time: they agree
@@ -65,7 +65,7 @@ class Mode:
         """How this mode's Ulysses all-to-alls travelled, and the shared memory they hold per rank."""
         if self.kind != "cp_hooks" or self.ulysses == 1:
             return {}
-        group = self.config._ulysses_group
+        group = self.config.runtime.ulysses_group
         if self.transport == "gloo":
             return {"transport": "gloo (kept for comparison)"}
         # What this workload put in the shared buffer at most (the buffer itself keeps its largest size).
