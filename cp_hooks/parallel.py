@@ -16,7 +16,7 @@ from .foreign import as_cp_hooks_config, refuse_diffusers_parallelism
 from .runtime import ContextParallelRuntime
 from .consistency import ConsistencyHook
 from .hooks import HookRegistry
-from .integration import diffusers_attention
+from .integration import caches, diffusers_attention
 from .integration.sdpa import LocalAttentionHook, SDPARouterHook
 from .pipelines import is_pipeline, parallel_components
 from .plan import LocalAttention, get_plan, refuse_unsupported
@@ -108,6 +108,8 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
         # On the model itself, so that SDPA calls anywhere in its forward see the router. Skipped when every
         # attention goes through diffusers' dispatch: the router would only add per-op overhead.
         hooks.append((model, f"{_HOOK_PREFIX}sdpa_router", SDPARouterHook()))
+    # Cache skip metrics (First Block Cache) computed inside this model are reduced over the group.
+    hooks.append((model, f"{_HOOK_PREFIX}cache_metrics", caches.CacheMetricsHook()))
 
     runtime = config.setup().runtime
     _check_model_device(model, runtime)
@@ -119,6 +121,7 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
                 hook.runtime = runtime
             _add_hook(state, module, hook_name, hook)
         state.processor_undo = diffusers_attention.install(model, runtime)
+        caches.acquire(model)
     except BaseException:
         _remove_everything(model, state)
         raise
@@ -181,6 +184,7 @@ def _add_hook(state: _ParallelState, module: nn.Module, name: str, hook) -> None
 
 
 def _remove_everything(model: nn.Module, state: _ParallelState) -> None:
+    caches.release(model)
     diffusers_attention.restore(state.processor_undo)
     state.processor_undo = []
     for module, name in reversed(state.hooks):
