@@ -45,7 +45,7 @@ def split_for_plan(x: torch.Tensor, spec: ContextParallelInput, runtime: Context
     # In the anything modes a length below the rank count leaves some ranks with empty shards; they still
     # take part in every collective, and attention handles empty shards exactly.
     if runtime.anything:
-        runtime.split_lengths.record(length)  # later collectives read every rank's length from it
+        runtime.split_lengths.record(length)  # compiled graphs read every rank's length from it (lengths.py)
     return split_tensor(x, dim, runtime.rank, world)
 
 
