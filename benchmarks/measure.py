@@ -1,6 +1,7 @@
-"""Measurements: time per forward, bytes sent, peak memory, and the time spent in cp_hooks' own code.
+"""Measurements: time per forward, bytes sent, peak memory, what torch.compile compiled, and the time spent
+in cp_hooks' own code.
 
-All functions run on every rank (they contain collectives) and return per-rank numbers; run.py reduces
+All functions run on every rank (most contain collectives) and return per-rank numbers; run.py reduces
 them over ranks.
 """
 
@@ -38,6 +39,41 @@ def max_over_ranks(value: float, device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.item()
+
+
+# ---------------------------------------------------------------------------------------------- compile
+def compile_counters() -> tuple[int, dict]:
+    """dynamo's running totals: graphs compiled so far, and graph breaks by reason."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"], dict(counters["graph_break"])
+
+
+def compile_counters_since(before: tuple[int, dict]) -> dict:
+    """What dynamo compiled since `before` (from `compile_counters`): graphs, graph breaks and their reasons.
+
+    A model that compiles whole is one graph and no break; each break ends a graph and starts another after
+    the Python that dynamo could not trace, which then runs eagerly between compiled graphs.
+    """
+    graphs, breaks = compile_counters()
+    reasons: dict[str, int] = {}
+    for reason, n in breaks.items():
+        if n > before[1].get(reason, 0):
+            key = reason[:200]  # dynamo's reasons can run to a stack trace
+            reasons[key] = reasons.get(key, 0) + n - before[1].get(reason, 0)
+    return dict(graphs=graphs - before[0], graph_breaks=sum(reasons.values()), break_reasons=reasons)
+
+
+def compiled_regions(fn) -> int:
+    """How many compiled graphs one call of `fn()` runs: the profiler's "Torch-Compiled Region" events.
+
+    dynamo's counters say what was compiled, not what runs: a top-level module's hooks are frames of their
+    own beside its forward, and a graph compiled once can be left for another (see run.py's second warm-up
+    call). Counted the same whatever the backend.
+    """
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("Torch-Compiled Region"))
 
 
 # ----------------------------------------------------------------------------------------------- memory

@@ -21,12 +21,40 @@ GOAL_EFFICIENCY, GOAL_BYTES, GOAL_MEMORY, GOAL_OVERHEAD = 0.95, 0.01, 0.6, 0.02
 
 
 # ------------------------------------------------------------------------------------------------ json
-def annotate(records: list[dict]) -> list[dict]:
-    """Add speed-up and efficiency (against the one-process record of the same workload) and byte ratios."""
-    single = {r["workload"]: r for r in records if r.get("variant") == "single" and r.get("status") == "ok"}
+def oversubscribed(meta: dict) -> bool:
+    """True when a CPU launch's ranks (times their threads) outnumber the cores it could use.
+
+    Then the ranks share cores: every rank runs the one-process baseline at the same time, each on a fraction
+    of a core, so the baseline is measured that much too slow, and speed-ups beyond the core count appear
+    (3.8x with 4 ranks on 2 cores). Such a run reports bytes and memory only.
+    """
+    if meta.get("device") != "cpu":
+        return False
+    cores = meta.get("usable_cores") or meta.get("cores")
+    return bool(cores) and meta["world"] * meta.get("threads_per_rank", 1) > cores
+
+
+def baseline_name(r: dict) -> str:
+    """The one-process variant a record's speed-up is against: compiled variants against the compiled one."""
+    return "single-compiled" if r.get("compile_backend") else "single"
+
+
+def annotate(records: list[dict], meta: dict | None = None) -> list[dict]:
+    """Add speed-up and efficiency (against the one-process record of the same workload, compiled or not as the
+    record is; none where the run is oversubscribed), compile time, and byte ratios."""
+    times_mean_something = not oversubscribed(meta or {})
+    single = {(r["workload"], r["variant"]): r for r in records
+              if r.get("variant") in ("single", "single-compiled") and r.get("status") == "ok"}
     for r in records:
-        base = single.get(r.get("workload"))
-        if r.get("status") == "ok" and base is not None and r["variant"] != "single":
+        if r.get("suite") == "split":
+            continue  # its efficiency is the split suite's own (split_attention.py)
+        for key in ("speedup", "efficiency", "single_time_ms", "single_peak_memory_bytes", "compile_s"):
+            r.pop(key, None)  # recomputed below (older files stored them, and the rules may have changed)
+        base = single.get((r.get("workload"), baseline_name(r)))
+        if r.get("status") == "ok" and r.get("first_call_ms") is not None:
+            r["compile_s"] = (r["first_call_ms"] - r["time_ms"]) / 1e3  # the first call less a steady one
+        if (times_mean_something and r.get("status") == "ok" and base is not None
+                and r["variant"] != base["variant"]):
             r["speedup"] = base["time_ms"] / r["time_ms"]
             r["efficiency"] = r["speedup"] / r["world"]
             r["single_time_ms"] = base["time_ms"]
@@ -42,7 +70,7 @@ def write_json(out_dir: str, tag: str, meta: dict, records: list[dict]) -> str:
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{tag}.json")
     with open(path, "w") as f:
-        json.dump(dict(meta=meta, records=annotate(records)), f, indent=1)
+        json.dump(dict(meta=meta, records=annotate(records, meta)), f, indent=1)
     return path
 
 
@@ -51,7 +79,7 @@ def load(out_dir: str) -> list[tuple[str, dict]]:
     for path in sorted(glob.glob(os.path.join(out_dir, "*.json"))):
         with open(path) as f:
             run = json.load(f)
-        annotate(run["records"])  # recomputed, so that report changes apply to old results too
+        annotate(run["records"], run["meta"])  # recomputed, so that report changes apply to old results too
         runs.append((os.path.splitext(os.path.basename(path))[0], run))
     return runs
 
@@ -75,23 +103,65 @@ def one_line(r: dict) -> str:
             f"diff {_f(r.get('max_abs_diff'), '.1e')}")
 
 
-def table(records: list[dict]) -> list[str]:
-    lines = ["| workload | tokens | variant | time / forward (ms) | speed-up | efficiency | sent / rank (MiB) | "
-             "formula (MiB) | sent / formula | peak mem / rank (MiB) | max abs diff | cp_hooks' own time |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+def table(records: list[dict], times: bool = True) -> list[str]:
+    """One row per variant; `times=False` (an oversubscribed run) leaves out time, speed-up and efficiency."""
+    head = ["workload", "tokens", "variant"] + (["time / forward (ms)", "speed-up", "efficiency"] if times else []) + [
+        "sent / rank (MiB)", "formula (MiB)", "sent / formula", "peak mem / rank (MiB)", "max abs diff",
+        "cp_hooks' own time"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---|" + "---:|" * (len(head) - 3)]
     for r in records:
         if r.get("status") != "ok":
             lines.append(f"| {r['workload']} | {r['tokens']} | {r['variant']} | {r['status']}: {r.get('error', '')} "
-                         "| | | | | | | | |")
+                         + "| " * (len(head) - 4) + "|")
             continue
         # Only cp_hooks' collectives are counted (diffusers' go around comm_stats): no bytes for the others.
         sent = r.get("attention_bytes_sent_per_rank") if r.get("kind") == "cp_hooks" else None
-        lines.append(
-            f"| {r['workload']} | {r['tokens']} | {r['variant']} | {r['time_ms']:.1f} | {_f(r.get('speedup'))} | "
-            f"{_f(r.get('efficiency'), '.3f')} | {_mib(max(sent)) if sent else ''} | {_mib(r.get('formula_bytes'))} | "
-            f"{_f(r.get('bytes_vs_formula'), '.4f')} | {_mib(r.get('peak_memory_bytes'))} | "
-            f"{_f(r.get('max_abs_diff'), '.1e')} | {_f(100 * r['overhead_share'], '.2f') + ' %' if r.get('overhead_share') is not None else ''} |")
+        cells = [r["workload"], r["tokens"], r["variant"]]
+        if times:
+            cells += [f"{r['time_ms']:.1f}", _f(r.get("speedup")), _f(r.get("efficiency"), ".3f")]
+        cells += [_mib(max(sent)) if sent else "", _mib(r.get("formula_bytes")), _f(r.get("bytes_vs_formula"), ".4f"),
+                  _mib(r.get("peak_memory_bytes")), _f(r.get("max_abs_diff"), ".1e"),
+                  _f(100 * r["overhead_share"], ".2f") + " %" if r.get("overhead_share") is not None else ""]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
+
+
+def compile_table(records: list[dict], times: bool = True) -> list[str]:
+    """The compiled variants: what dynamo compiled, how long the first call took, and the gain over eager."""
+    ok = [r for r in records if r.get("compile_backend") and (r.get("status") == "ok" or "graph_breaks" in r)]
+    if not ok:
+        return []
+    head = ["workload", "variant", "backend", "graphs compiled (first call)", "graph breaks (first call)",
+            "graphs compiled later", "graphs run per forward"]
+    if times:
+        head += ["first call (s)", "compile time (s)", "time / forward (ms)", "eager time / compiled (same rounds)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
+    for r in ok:
+        cells = [r["workload"], r["variant"], r["compile_backend"], r.get("graphs", ""), r.get("graph_breaks", ""),
+                 r.get("recompiled_after_first_call", ""), r.get("graphs_per_forward", "")]
+        if times and r.get("status") != "ok":
+            cells += ["not timed (see the table above)", "", "", ""]
+        elif times:
+            eager = next((o for o in records if o["workload"] == r["workload"]
+                          and o["variant"] == r.get("eager_variant") and o.get("status") == "ok"), None)
+            gain = (_interval(paired_ratios(eager["time_ms_rounds"], r["time_ms_rounds"])) if eager else "")
+            cells += [_f(r["first_call_ms"] / 1e3, ".1f"), _f(r.get("compile_s"), ".1f"), f"{r['time_ms']:.1f}", gain]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def break_reasons(records: list[dict]) -> list[str]:
+    """dynamo's reason for each graph break of a compiled variant (the first line of each), with its count."""
+    lines = []
+    for r in records:
+        for reason, n in (r.get("break_reasons") or {}).items():
+            lines.append(f"- {r['workload']}, {r['variant']}: {reason.splitlines()[0]} (×{n})")
+    return lines
+
+
+def _interval(values: list[float]) -> str:
+    m, lo, hi = median_interval(values)
+    return f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 OWNERS = (("attention", "attention kernels"), ("model", "model layers"), ("comm", "collectives and waits"),
@@ -127,9 +197,12 @@ def machine_line(meta: dict) -> str:
     where = meta.get("gpu") or f"{meta.get('cpu')} ({meta.get('cores')} cores, {meta.get('memory_gib')} GiB)"
     load = "/".join(f"{x:.2f}" for x in meta.get("load_average_start", ()))
     load_end = "/".join(f"{x:.2f}" for x in meta.get("load_average_end", ()))
+    compiled = (f"; compiled variants: torch.compile backend {meta['compile_backend']}, dynamic=False, inductor "
+                f"cache {'empty at the start (cold compiles)' if meta.get('compile_cache') == 'fresh' else 'torch default'}"
+                if meta.get("compile_backend") else "")
     return (f"{meta['world']} ranks on {meta['device']} ({meta['backend']}), {where}, {meta['threads_per_rank']} "
             f"thread(s) per rank, {meta['dtype']}, torch {meta['torch']}, diffusers {meta['diffusers']}, "
-            f"{_rounds(meta)}; load average at start {load}, at end {load_end}; {meta['date']}")
+            f"{_rounds(meta)}{compiled}; load average at start {load}, at end {load_end}; {meta['date']}")
 
 
 def _rounds(meta: dict) -> str:
@@ -144,27 +217,44 @@ def goals(runs: list[tuple[str, dict]]) -> list[str]:
     """The issue's goals for 2 CPU processes x 1 thread (and 4 ranks for memory), met or not, with numbers."""
     rows = ["| goal | measured | met |", "|---|---|---|"]
     cpu2 = [r for _, run in runs if run["meta"]["device"] == "cpu" and run["meta"]["world"] == 2
-            and run["meta"]["threads_per_rank"] == 1 for r in run["records"]]
+            and run["meta"]["threads_per_rank"] == 1 and not oversubscribed(run["meta"]) for r in run["records"]]
     big = [r for r in cpu2 if r.get("suite") == "model" and r.get("tokens", 0) >= 4096 and r.get("status") == "ok"]
-    for mode in ("ulysses", "ring-alltoall"):
+    # Eager against eager, compiled against compiled: a compiled variant's efficiency is the compiled one
+    # process' time / its time / N, and it is compared with diffusers' Ulysses compiled the same way.
+    for mode, single, theirs, what in (
+            ("ulysses", "single", "diffusers-ulysses", ""),
+            ("ring-alltoall", "single", "diffusers-ulysses", ""),
+            ("ulysses-compiled", "single-compiled", "diffusers-ulysses-compiled", " (both compiled)"),
+            ("ring-alltoall-compiled", "single-compiled", "diffusers-ulysses-compiled", " (both compiled)")):
         ours = [r for r in big if r["variant"] == mode and "efficiency" in r]
         if not ours:
             continue
         effs, versus = [], []
         for r in ours:
             same = {o["variant"]: o for o in big if o["workload"] == r["workload"]}
-            per_round = [x / r["world"] for x in paired_ratios(same["single"]["time_ms_rounds"], r["time_ms_rounds"])]
+            per_round = [x / r["world"] for x in paired_ratios(same[single]["time_ms_rounds"], r["time_ms_rounds"])]
             effs.append((r["workload"],) + median_interval(per_round))
-            if "diffusers-ulysses" in same:
+            if theirs in same:
                 versus.append((r["workload"],) + median_interval(
-                    paired_ratios(same["diffusers-ulysses"]["time_ms_rounds"], r["time_ms_rounds"])))
-        rows.append(f"| {mode}: efficiency ≥ {GOAL_EFFICIENCY} at ≥ 4k tokens | "
+                    paired_ratios(same[theirs]["time_ms_rounds"], r["time_ms_rounds"])))
+        over = " (compiled one process / compiled CP / N)" if single != "single" else ""
+        rows.append(f"| {mode}: efficiency{over} ≥ {GOAL_EFFICIENCY} at ≥ 4k tokens | "
                     + ", ".join(f"{w} {m:.3f} [{lo:.3f}, {hi:.3f}]" for w, m, lo, hi in effs)
                     + f" | {_worst(verdict(m, hi, GOAL_EFFICIENCY) for _, m, _, hi in effs)} |")
         if versus:
-            rows.append(f"| {mode}: at least as fast as diffusers' Ulysses (same launch; diffusers' time / ours) | "
-                        + ", ".join(f"{w} {m:.3f} [{lo:.3f}, {hi:.3f}]" for w, m, lo, hi in versus)
+            rows.append(f"| {mode}: at least as fast as diffusers' Ulysses{what} (same launch; diffusers' time / "
+                        "ours) | " + ", ".join(f"{w} {m:.3f} [{lo:.3f}, {hi:.3f}]" for w, m, lo, hi in versus)
                         + f" | {_worst(verdict(m, hi, 1.0) for _, m, _, hi in versus)} |")
+    ours_compiled = [r for _, run in runs for r in run["records"] if r.get("kind") == "cp_hooks"
+                     and r.get("compile_backend") and r.get("status") == "ok" and "graph_breaks" in r]
+    if ours_compiled:
+        breaks = sum(r["graph_breaks"] for r in ours_compiled)
+        again = [r for r in ours_compiled if r.get("recompiled_after_first_call")]
+        rows.append(f"| torch.compile of an enabled model: no graph break, nothing compiled after the first call "
+                    f"(every compiled cp_hooks variant) | {len(ours_compiled)} variants; graph breaks {breaks}; "
+                    + (", ".join(f"{r['workload']} {r['variant']} compiled {r['recompiled_after_first_call']} more "
+                                 "graph(s)" for r in again) or "no later compile")
+                    + f" | {_yes(breaks == 0 and not again)} |")
     ratios = [(r["workload"], r["variant"], r["world"], r["bytes_vs_formula"]) for _, run in runs for r in run["records"]
               if r.get("bytes_vs_formula") is not None]
     if ratios:
@@ -190,6 +280,8 @@ def transports(runs: list[tuple[str, dict]]) -> list[str]:
     """Ulysses with the shared-memory all-to-all against the same mode over gloo, paired per round."""
     rows = []
     for tag, run in runs:
+        if oversubscribed(run["meta"]):
+            continue  # a time ratio there measures how the ranks share cores, not the transport
         records = [r for r in run["records"] if r.get("status") == "ok"]
         for r in records:
             if r["variant"] != "ulysses-gloo":
@@ -238,15 +330,24 @@ def plots(runs: list[tuple[str, dict]], out_dir: str) -> list[str]:
             for variant in dict.fromkeys(r["variant"] for r in recs):
                 pts = sorted((r["tokens"], r) for r in recs if r["variant"] == variant)
                 xs = [t for t, _ in pts]
-                if variant != "single":
+                if any(r.get("speedup") is not None for _, r in pts):  # not the one-process baselines
                     axes[0].plot(xs, [r.get("speedup") for _, r in pts], marker="o", label=variant)
                 if any(r.get("peak_memory_bytes") for _, r in pts):
                     axes[1].plot(xs, [(r.get("peak_memory_bytes") or 0) / 2**20 for _, r in pts], marker="o", label=variant)
-            axes[0].axhline(run["meta"]["world"], color="grey", ls=":", lw=1, label=f"ideal ({run['meta']['world']}x)")
-            axes[0].set(title=f"speed-up over one process, {family}", xlabel="tokens", ylabel="speed-up", xscale="log")
+            if oversubscribed(run["meta"]):
+                axes[0].clear()  # the speed-ups of an oversubscribed run are not measurements (see `oversubscribed`)
+                axes[0].set_axis_off()
+                axes[0].text(0.5, 0.5, "speed-up not shown: more ranks than cores", ha="center", va="center",
+                             transform=axes[0].transAxes)
+            else:
+                axes[0].axhline(run["meta"]["world"], color="grey", ls=":", lw=1,
+                                label=f"ideal ({run['meta']['world']}x)")
+                axes[0].set(title=f"speed-up over one process, {family}", xlabel="tokens", ylabel="speed-up",
+                            xscale="log")
             axes[1].set(title="peak memory per rank above inputs", xlabel="tokens", ylabel="MiB", xscale="log", yscale="log")
             for ax in axes:
-                ax.legend(fontsize=7)
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=7)
                 ax.grid(alpha=0.3)
             fig.suptitle(f"{tag}: {run['meta']['world']} ranks, {run['meta']['device']}", fontsize=9)
             fig.tight_layout()
@@ -273,8 +374,32 @@ def generate(out_dir: str, readme: bool = False) -> str:
         meta = run["meta"]
         lines += [f"## {tag}", "", f"Machine: {machine_line(meta)}.", "", f"Command: `{meta['command']}`", ""]
         main = [r for r in run["records"] if r.get("suite") in ("model", "attention")]
+        times = not oversubscribed(meta)
+        if main and not times:
+            cores = meta.get("usable_cores") or meta.get("cores")
+            lines += [f"**Bytes and memory only.** {meta['world']} ranks × {meta['threads_per_rank']} thread(s) ran on "
+                      f"{cores} cores: every rank runs the one-process baseline at the same time, each on a share of "
+                      "a core, so the baseline is measured too slow by the oversubscription and the speed-ups come out "
+                      f"beyond what {cores} cores can give (up to {meta['world']}x). Times, speed-ups and efficiencies "
+                      "of this run are not shown; the bytes sent and the peak memory per rank do not depend on how "
+                      "the ranks share the cores.", ""]
         if main:
-            lines += table(main) + [""]
+            if times and any(r.get("compile_backend") for r in main):
+                lines += ["A `-compiled` variant is the same model under `torch.compile`, on its own copy enabled once "
+                          "and compiled once; its speed-up and efficiency are against `single-compiled` (one process, "
+                          "compiled).", ""]
+            lines += table(main, times) + [""]
+        compiled = compile_table(main, times)
+        if compiled:
+            lines += ["What torch.compile made of each compiled variant: dynamo's counters around the first call "
+                      "and over every later one (a second warm-up call and the timed rounds), and the compiled "
+                      "regions one steady forward runs (the profiler's; an enabled model's top-level hooks are "
+                      "frames of their own beside its forward, so they count, without any graph break). The compile "
+                      "time is the first call less the median timed one; the last column is the eager variant's "
+                      "time over the compiled one's, per round, with its 95% interval.", ""] + compiled + [""]
+            reasons = break_reasons(main)
+            if reasons:
+                lines += ["Graph breaks, as dynamo gives them:", ""] + reasons + [""]
         split_by_owner = time_split_table(main)
         if split_by_owner:
             lines += ["Where the time of one profiled forward goes (the profiler slows Python code, so these shares "

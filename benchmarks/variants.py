@@ -2,7 +2,9 @@
 
 A variant turns a model on and off (`enter` / `exit`) so that the timing loop can alternate between them
 on one model; the configs (and their process groups) are made once. diffusers' `enable_parallelism` has no
-inverse, so its variant runs on its own copy of the model, enabled once.
+inverse, so its variant runs on its own copy of the model, enabled once. A compiled variant (`compiled_modes`)
+also has its own copy, enabled once and compiled once: switching hooks on a compiled model would change the
+code dynamo traced, and every switch would recompile.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import copy
 from dataclasses import dataclass, field
 
 import torch
+import torch._dynamo
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
@@ -38,14 +41,25 @@ class Mode:
     rotate_method: str = "allgather"
     transport: str = "default"  # "gloo": the Ulysses all-to-alls kept on gloo (CPU), to compare with shared memory
     config: object = field(default=None, repr=False)
+    compile_backend: str | None = None  # set: this mode's own copy of the model, under torch.compile(backend=...)
+
+    @property
+    def compiled(self) -> bool:
+        return self.compile_backend is not None
+
+    @property
+    def eager_name(self) -> str:
+        """The eager variant this one compiles ("ulysses" for "ulysses-compiled")."""
+        return self.name.removesuffix(COMPILED_SUFFIX)
 
     @property
     def label(self) -> str:
+        compiled = f", torch.compile ({self.compile_backend})" if self.compiled else ""
         if self.kind == "single":
-            return "one process"
+            return "one process" + compiled
         method = f", {self.rotate_method}" if self.ring > 1 else ""
         over = ", all-to-all over gloo" if self.transport == "gloo" else ""
-        return f"{self.kind}: ring {self.ring} x ulysses {self.ulysses}{method}{over}"
+        return f"{self.kind}: ring {self.ring} x ulysses {self.ulysses}{method}{over}{compiled}"
 
     def wrap(self, run):
         """`run` with this mode's transport: a gloo variant pins its Ulysses group to gloo for the call only."""
@@ -68,6 +82,9 @@ class Mode:
         group = self.config.runtime.ulysses_group
         if self.transport == "gloo":
             return {"transport": "gloo (kept for comparison)"}
+        if self.compiled:
+            # The eager mode of the same shape shares the group and reads (and resets) its largest send.
+            return {"transport": shared_memory.describe(group)}
         # What this workload put in the shared buffer at most (the buffer itself keeps its largest size).
         return {"transport": shared_memory.describe(group),
                 "shared_bytes": shared_memory.largest_send_bytes(group, reset=True)}
@@ -93,6 +110,30 @@ def cp_modes(world: int, heads: int, device_type: str) -> list[Mode]:
     return modes
 
 
+COMPILED_SUFFIX = "-compiled"
+
+
+def compiled_modes(modes: list[Mode], device_type: str, backend: str) -> list[Mode]:
+    """The compiled counterpart of one process, of every cp_hooks mode, and of diffusers' Ulysses.
+
+    `ulysses-gloo` is left out (it differs from `ulysses` only in the transport, compiled or not) and so is
+    diffusers' ring (its eager forward already fails on CPU: diffusers' native attention returns no
+    log-sum-exp). A cp_hooks mode gets its own config on the same mesh: the eager mode's runtime carries
+    per-forward state (the split lengths), and the two models are enabled at the same time.
+    """
+    out = []
+    for m in modes:
+        if m.transport == "gloo" or m.name == "diffusers-ring":
+            continue
+        c = Mode(m.name + COMPILED_SUFFIX, m.kind, m.ring, m.ulysses, m.rotate_method, compile_backend=backend)
+        if m.kind == "cp_hooks":
+            c.config = ContextParallelConfig(ring_degree=m.ring, ulysses_degree=m.ulysses,
+                                             rotate_method=m.rotate_method)
+            c.config.setup(_mesh(device_type, m.ring, m.ulysses))
+        out.append(c)
+    return out
+
+
 def diffusers_modes(world: int, heads: int) -> list[Mode]:
     """diffusers' Ulysses (when the heads divide) and ring."""
     if world == 1:
@@ -102,29 +143,46 @@ def diffusers_modes(world: int, heads: int) -> list[Mode]:
 
 
 class Runner:
-    """Holds a workload's model (and a diffusers copy) and switches it between modes."""
+    """Holds a workload's model (and the diffusers and compiled copies) and switches it between modes."""
 
     def __init__(self, model: torch.nn.Module, modes: list[Mode]) -> None:
         self.model = model
         self.copies: dict[str, torch.nn.Module] = {}
         self.failed: dict[str, str] = {}
+        if any(m.compiled for m in modes):
+            # Every instance of a model class shares its forward's code object, and each compiled copy adds a
+            # cache entry to it: without a reset, the copies of earlier workloads would count towards the
+            # recompile limit (beyond it dynamo silently runs the frame eagerly).
+            torch._dynamo.reset()
         for m in modes:
-            if m.kind == "diffusers":
-                try:
-                    self.copies[m.name] = enable_diffusers_cp(copy.deepcopy(model), m)
-                except Exception as e:  # recorded as the result of this variant
-                    self.failed[m.name] = f"{type(e).__name__}: {e}"
+            if m.kind != "diffusers" and not m.compiled:
+                continue
+            try:
+                # Copied before any hook is on `model` (a hooked module refuses deepcopy).
+                twin = copy.deepcopy(model)
+                if m.kind == "diffusers":
+                    twin = enable_diffusers_cp(twin, m)
+                elif m.kind == "cp_hooks":
+                    twin = enable_parallelism(twin, m.config)
+                if m.compiled:
+                    # dynamic=False: static shapes, as each workload has one. Otherwise the copies, which share
+                    # a code object, would see each other's shapes (one process' full sequence, a rank's shard)
+                    # and dynamo's automatic dynamic shapes would compile later copies for symbolic lengths.
+                    twin = torch.compile(twin, backend=m.compile_backend, dynamic=False)
+                self.copies[m.name] = twin
+            except Exception as e:  # recorded as the result of this variant
+                self.failed[m.name] = f"{type(e).__name__}: {e}"
 
     def model_for(self, mode: Mode) -> torch.nn.Module:
         return self.copies.get(mode.name, self.model)
 
     def enter(self, mode: Mode) -> torch.nn.Module:
-        if mode.kind == "cp_hooks":
+        if mode.kind == "cp_hooks" and not mode.compiled:
             enable_parallelism(self.model, mode.config)
         return self.model_for(mode)
 
     def exit(self, mode: Mode) -> None:
-        if mode.kind == "cp_hooks":
+        if mode.kind == "cp_hooks" and not mode.compiled:
             disable_parallelism(self.model)
 
 

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 measure = pytest.importorskip("measure")
 paired = pytest.importorskip("paired")
+report = pytest.importorskip("report")
 
 
 def span(name, ts, dur, cat="python_function", tid=1):
@@ -92,3 +93,50 @@ def test_verdicts():
     assert paired.verdict(0.90, 0.97, 1.0) == "no"
     with pytest.raises(ValueError):
         paired.median_interval([])
+
+
+def _record(workload, variant, time_ms, world=2, **kw):
+    return dict(suite="model", workload=workload, tokens=4160, variant=variant, status="ok", world=world,
+                time_ms=time_ms, time_ms_rounds=[time_ms] * 3, kind="cp_hooks" if variant != "single" else "single",
+                **kw)
+
+
+def test_compiled_variants_are_compared_with_the_compiled_single_process():
+    records = [_record("flux-4k", "single", 700.0), _record("flux-4k", "ulysses", 350.0),
+               _record("flux-4k", "single-compiled", 600.0, compile_backend="inductor", first_call_ms=40600.0),
+               _record("flux-4k", "ulysses-compiled", 320.0, compile_backend="inductor", first_call_ms=20320.0)]
+    report.annotate(records, dict(device="cpu", world=2, threads_per_rank=1, cores=2, usable_cores=2))
+    by = {r["variant"]: r for r in records}
+    assert by["ulysses"]["speedup"] == pytest.approx(2.0)
+    assert by["ulysses-compiled"]["speedup"] == pytest.approx(600 / 320)  # not 700 / 320
+    assert "speedup" not in by["single-compiled"]
+    assert by["single-compiled"]["compile_s"] == pytest.approx(40.0)  # first call less a steady one
+    assert by["ulysses-compiled"]["compile_s"] == pytest.approx(20.0)
+
+
+def test_oversubscribed_runs_report_no_speed_up():
+    meta = dict(device="cpu", world=4, threads_per_rank=1, cores=2, usable_cores=2)
+    assert report.oversubscribed(meta)
+    assert not report.oversubscribed(dict(meta, world=2))
+    assert not report.oversubscribed(dict(meta, usable_cores=None, cores=8))
+    assert not report.oversubscribed(dict(meta, device="cuda"))  # GPU ranks do not share CPU cores for compute
+    records = [_record("attn-4k", "single", 472.0, world=4, peak_memory_bytes=2**20),
+               _record("attn-4k", "ulysses", 124.0, world=4, peak_memory_bytes=2**20, speedup=3.8, efficiency=0.95)]
+    report.annotate(records, meta)  # an older file's stored speed-up is dropped, not shown
+    assert all("speedup" not in r and "efficiency" not in r for r in records)
+    head = report.table(records, times=False)[0]
+    assert "time / forward" not in head and "speed-up" not in head and "peak mem" in head
+
+
+def test_compile_counters_count_graphs_and_breaks():
+    import torch
+
+    def broken(x):
+        x = x + 1
+        print(end="")  # dynamo cannot trace print: a graph break, two graphs
+        return x * 2
+
+    before = measure.compile_counters()
+    torch.compile(broken, backend="eager")(torch.ones(3))
+    got = measure.compile_counters_since(before)
+    assert got["graphs"] == 2 and got["graph_breaks"] == 1 and sum(got["break_reasons"].values()) == 1
