@@ -145,8 +145,9 @@ def all_to_all(x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], gr
     """Send rows `x.split(send_sizes)[j]` (dim 0) to rank j; return the received rows in rank order.
 
     Attention uses it (Ulysses, and the all-gather ring's backward: payload "attention"), and so does the
-    backward of a plan's gather (a reduce-scatter: payload "other"). CPU ranks of a gloo group on one host, a core each, exchange through shared memory (`shared_memory`
-    says when), the others with `all_to_all_single`; the bytes counted are the same.
+    backward of a plan's gather (a reduce-scatter: payload "other"). CPU ranks of a gloo group on one host,
+    a core each, exchange through shared memory (`shared_memory` says when), the others with
+    `all_to_all_single`; the bytes counted are the same.
     """
     rank = group_rank(group)
     x = x.contiguous()
