@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     entry = entry_for_class(model_class)
     if entry is None:
         say(f"{model_class.__name__} is not in the catalogue, so the checker cannot shape its inputs. Add a "
-            f"ModelEntry for it in cp_hooks/catalogue/ (a tiny config and a function that builds the inputs as its "
+            f"ModelEntry for it in a family file under cp_hooks/models/ (a tiny config and a function that builds the inputs as its "
             f"pipeline does); catalogued classes: {', '.join(sorted(ENTRIES))}.")
         return 1
 

@@ -1,6 +1,6 @@
 """Every catalogued model under context parallelism against the same model in one process (fp32).
 
-The catalogue (cp_hooks/catalogue/) lists each model's tiny config, its input cases (as its pipeline shapes
+The catalogue (the family files in cp_hooks/models/) lists each model's tiny config, its input cases (as its pipeline shapes
 them) and the modes it is verified in; this file runs exactly those, so the README table, generated from
 the same list, claims what is tested. Tolerance: FP32_TOL (max |cp - reference| / max(1, max |reference|)).
 """
@@ -71,7 +71,7 @@ def test_uneven_text_without_anything_names_the_flag(pool):
 
 def wrong_class_plan() -> str:
     """Wan's plan on a Flux model: refused before any collective, naming the missing module."""
-    from cp_hooks.plans.wan import WAN
+    from cp_hooks.models.wan import WAN
 
     model, inputs = get_entry("FluxTransformer2DModel").build()
     with pytest.raises(ValueError, match="has no module 'rope'"):
@@ -131,6 +131,6 @@ def test_checker_catches_a_plan_that_misses_the_text(tmp_path):
 
 def test_checker_without_a_plan_says_how_to_declare_one(tmp_path):
     # Refused before any process group is needed, so one process shows the same message (and saves a launch).
-    result = run_checker("AuraFlowTransformer2DModel", cwd=str(tmp_path), ranks=None)
+    result = run_checker("PriorTransformer", cwd=str(tmp_path), ranks=None)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "has no context-parallel plan" in result.stdout and "register_plan" in result.stdout

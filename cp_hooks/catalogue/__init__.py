@@ -1,11 +1,14 @@
-"""The model catalogue: a tiny random config and pipeline-shaped inputs for every class with a built-in plan.
+"""The model catalogue: every built-in plan together with what verifies it, one file per model family.
 
-Each family file (`cp_hooks/catalogue/<family>.py`) defines `ENTRIES = [ModelEntry(...), ...]`. An entry is
-data: the diffusers class name, a tiny config (random weights, nothing downloaded), its input cases (one
-per way a pipeline calls the model: text-to-video, image-to-video, masks, per-token timesteps, ...) and the
-context-parallel modes it is verified in. The test suite (`tests/test_catalogue.py`), the plan checker
-(`python -m cp_hooks check`) and the README table (`python -m cp_hooks table`) all read this one list, so a
-mode is listed as supported exactly when it is tested.
+A family file (`cp_hooks/models/<family>.py`, found automatically) defines `ENTRIES = [ModelEntry(...), ...]`
+and, for classes of the family that cannot be served, `UNSUPPORTED = {"ClassName": "the precise reason"}`.
+An entry is data: the diffusers class name, its plan (and the configurations the plan refuses), a tiny config
+(random weights, nothing downloaded), its input cases (one per way a pipeline calls the model: text-to-video,
+image-to-video, masks, per-token timesteps, ...) and the context-parallel modes it is verified in. The plan
+registry (`register_builtin_plans`), the test suite (`tests/test_catalogue.py`,
+`tests/test_checker_backward.py`), the plan checker (`python -m cp_hooks check`) and the README table
+(`python -m cp_hooks table`) all read this one list: a plan cannot exist without its verification cases, and
+a mode is listed as supported exactly when it is tested. Adding a model family is adding one file.
 
     >>> from cp_hooks.catalogue import get_entry
     >>> model, inputs = get_entry("FluxTransformer2DModel").build()
@@ -15,6 +18,7 @@ mode is listed as supported exactly when it is tested.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,9 +26,6 @@ import torch
 import torch.nn as nn
 
 from .modes import HYBRID_MODES, MODES_2, Mode
-
-# Families in the order of the README table.
-_FAMILIES = ("flux", "sd3", "qwenimage", "wan", "pixart_cogvideox", "hunyuan_video", "hunyuan_video15", "ltx", "ltx2", "mochi", "z_image", "helios", "minimax_h3", "unsupported")
 
 # Classes tried and found impossible to express as a plan: class name -> the precise reason.
 UNSUPPORTED: dict[str, str] = {}
@@ -38,6 +39,7 @@ class ModelEntry:
 
     Args:
         class_name: the diffusers class (`getattr(diffusers, class_name)`).
+        plan: the class's context-parallel plan (registered for it when cp_hooks is imported).
         config: keyword arguments of a tiny configuration (a few layers, small widths, random weights).
         cases: case name -> `builder(config, generator) -> forward kwargs`. The builder gets the final config
             (after overrides), so inputs always match the model; it must use only `generator` for randomness.
@@ -46,6 +48,7 @@ class ModelEntry:
             degrees, so the model is verified with `ulysses_anything` / `ring_anything` and uneven inputs.
         modes: the two-rank modes it is verified in.
         hybrid_modes: the four-rank (ring x Ulysses) modes it is verified in; empty when too slow.
+        unsupported: configurations the plan cannot serve (`UnsupportedConfig`), refused on every rank.
         note: one line for the README table.
 
     Example:
@@ -54,13 +57,22 @@ class ModelEntry:
     """
 
     class_name: str
+    plan: dict
     config: dict
     cases: dict[str, InputBuilder]
     case_configs: dict[str, dict] = field(default_factory=dict)
     anything: bool = False
     modes: tuple[Mode, ...] = MODES_2
     hybrid_modes: tuple[Mode, ...] = HYBRID_MODES
+    unsupported: tuple = ()
     note: str = ""
+
+    def __post_init__(self) -> None:
+        # A plan is only as good as the cases that verify it: refuse an entry without any.
+        if not self.cases:
+            raise ValueError(f"ModelEntry {self.class_name!r} has no input cases; every plan needs at least one.")
+        if not self.plan:
+            raise ValueError(f"ModelEntry {self.class_name!r} has an empty plan.")
 
     def model_class(self) -> type[nn.Module]:
         """The diffusers class; raises ImportError when the installed diffusers lacks it."""
@@ -94,14 +106,28 @@ class ModelEntry:
         return model, inputs
 
 
+def family_modules() -> list[str]:
+    """The module names of the family files, `cp_hooks.models.<family>`, in alphabetical order."""
+    from .. import models
+
+    return [f"{models.__name__}.{info.name}" for info in sorted(pkgutil.iter_modules(models.__path__),
+                                                               key=lambda info: info.name)
+            if not info.name.startswith("_")]
+
+
 def _load() -> dict[str, ModelEntry]:
     entries: dict[str, ModelEntry] = {}
-    for family in _FAMILIES:
-        module = importlib.import_module(f"{__name__}.{family}")
+    for name in family_modules():
+        module = importlib.import_module(name)
         for entry in module.ENTRIES:
+            if entry.class_name in entries or entry.class_name in UNSUPPORTED:
+                raise ValueError(f"{entry.class_name} is declared twice (again in {name}).")
             entries[entry.class_name] = entry
+        for class_name in getattr(module, "UNSUPPORTED", {}):
+            if class_name in entries or class_name in UNSUPPORTED:
+                raise ValueError(f"{class_name} is declared twice (again in {name}).")
         UNSUPPORTED.update(getattr(module, "UNSUPPORTED", {}))
-    return entries
+    return dict(sorted(entries.items(), key=lambda item: item[0].lower()))
 
 
 ENTRIES: dict[str, ModelEntry] = _load()
@@ -124,3 +150,17 @@ def entry_for_class(model_class: type) -> ModelEntry | None:
         if cls.__name__ in ENTRIES:
             return ENTRIES[cls.__name__]
     return None
+
+
+def register_builtin_plans() -> None:
+    """Register every entry's plan for its diffusers class (classes the installed diffusers lacks are skipped)."""
+    from ..plan import register_plan
+
+    try:
+        import diffusers
+    except ImportError:  # the built-in plans are for diffusers classes
+        return
+    for entry in ENTRIES.values():
+        model_class = getattr(diffusers, entry.class_name, None)
+        if model_class is not None:
+            register_plan(model_class, entry.plan, unsupported=entry.unsupported)

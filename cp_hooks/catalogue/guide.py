@@ -30,5 +30,5 @@ GUIDE = """### Writing a plan for a new model
    refused rather than computed wrongly.
 6. **Check it.** `torchrun --nproc_per_node 2 -m cp_hooks check MyModel --plan my_plans:PLAN`: a split that
    misses a tensor carrying the sequence gives a wrong result, not a crash, and the checker prints FAIL. Then
-   `cp_hooks.register_plan(MyModel, PLAN)`, or add it to `cp_hooks/plans/` with a catalogue entry.
+   `cp_hooks.register_plan(MyModel, PLAN)`, or add a family file under `cp_hooks/models/` (see "Adding a model family").
 """

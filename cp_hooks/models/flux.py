@@ -1,12 +1,35 @@
-"""Flux family: Flux.1 (text-to-image, Kontext image conditioning), Flux.2 and Chroma.
+"""Flux family (Flux.1, Flux.2, Chroma): joint text + image attention; text and image tokens both split.
 
-Joint text + image attention with rotary embeddings computed from the (split) position ids.
+Rotary embeddings are computed from the split position ids, so they stay aligned with their tokens: the
+ids must be split exactly like the tokens they describe. Flux.2's pipeline passes ids as (B, S, 4),
+Flux.1 and Chroma as (S, 3).
 """
 
 import torch
 
-from . import ModelEntry
-from ._inputs import grid_ids, randn
+from ..catalogue import ModelEntry
+from ..catalogue._inputs import grid_ids, randn
+from ..plan import ContextParallelInput, ContextParallelOutput
+
+def _joint_plan(ids_dim: int) -> dict:
+    ids = ContextParallelInput(split_dim=ids_dim - 2, expected_dims=ids_dim)
+    return {
+        "": {
+            "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+            "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+            "img_ids": ids,
+            "txt_ids": ids,
+        },
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+
+
+FLUX = _joint_plan(ids_dim=2)
+FLUX2 = _joint_plan(ids_dim=3)
+# Chroma's optional `attention_mask` is not split: its blocks expand it to a (B, 1, S, S) query x key mask,
+# which a local shard cannot express; cp_hooks refuses it with an error rather than compute a wrong result.
+CHROMA = _joint_plan(ids_dim=2)
+
 
 # Flux.1: 512 T5 tokens; 2x2-packed latents become (B, H*W, 64) tokens.
 _FLUX = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
@@ -62,9 +85,9 @@ def _chroma(config, g, text=8, height=4, width=6):
 
 
 ENTRIES = [
-    ModelEntry("FluxTransformer2DModel", _FLUX, {"t2i": _flux, "kontext": lambda c, g: _flux(c, g, reference=True)},
+    ModelEntry("FluxTransformer2DModel", FLUX, _FLUX, {"t2i": _flux, "kontext": lambda c, g: _flux(c, g, reference=True)},
                note="Kontext: reference-image tokens concatenated to the sequence"),
-    ModelEntry("Flux2Transformer2DModel", _FLUX2, {"t2i": _flux2}),
-    ModelEntry("ChromaTransformer2DModel", _CHROMA, {"t2i": _chroma},
+    ModelEntry("Flux2Transformer2DModel", FLUX2, _FLUX2, {"t2i": _flux2}),
+    ModelEntry("ChromaTransformer2DModel", CHROMA, _CHROMA, {"t2i": _chroma},
                note="without ChromaPipeline's text mask: its blocks expand it to a query x key mask (see below)"),
 ]

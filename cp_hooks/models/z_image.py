@@ -13,6 +13,10 @@ class plan cannot mark it local), and ControlNet residuals (`controlnet_block_sa
 full-length tensors added after the layers, which a plan cannot split).
 """
 
+import torch
+
+from ..catalogue import ModelEntry
+from ..catalogue._inputs import randn
 from ..plan import ContextParallelInput, ContextParallelOutput, LocalAttention
 
 _PER_TOKEN = ContextParallelInput(split_dim=1, expected_dims=2)
@@ -30,4 +34,22 @@ Z_IMAGE = {
     "all_final_layer.*.linear": ContextParallelOutput(gather_dim=1, expected_dims=3),
 }
 
-PLANS = {"ZImageTransformer2DModel": Z_IMAGE}
+
+_Z_IMAGE = dict(in_channels=4, dim=32, n_layers=2, n_refiner_layers=1, n_heads=4, n_kv_heads=4, cap_feat_dim=16,
+                axes_dims=[2, 2, 4], axes_lens=[128, 32, 32])
+
+
+def _z_image(config, g, captions=(40, 9), height=8, width=12):
+    return dict(
+        x=[randn(g, config["in_channels"], 1, height, width) for _ in captions],
+        t=torch.full((len(captions),), 0.3),
+        cap_feats=[randn(g, length, config["cap_feat_dim"]) for length in captions],
+        return_dict=False,
+    )
+
+
+ENTRIES = [
+    ModelEntry("ZImageTransformer2DModel", Z_IMAGE, _Z_IMAGE, {"t2i": _z_image},
+               note="CFG batch of captions with different lengths (padding mask); refiners run whole; not the omni "
+                    "(SigLIP) mode or ControlNet residuals"),
+]

@@ -1,24 +1,27 @@
-"""PixArt (cross-attention over a padded T5 text, SDPA called directly) and CogVideoX (joint text + video)."""
+"""CogVideoX (CogVideoXTransformer3DModel): joint text + video attention (text first), both split.
+
+`patch_embed` embeds text and video together (adding sincos positions to the video), and `forward` slices
+the two apart by the full text length; both are split at the first block. The 3-D rotary table
+(CogVideoX 1.5 / 5B) is computed by the pipeline for the video tokens only and split with them. 226 text
+tokens do not divide by 4: use the anything flags.
+"""
 
 import torch
 
-from . import ModelEntry
-from ._inputs import padding_mask, randn
+from ..catalogue import ModelEntry
+from ..catalogue._inputs import randn
+from ..plan import ContextParallelInput, ContextParallelOutput
 
-_PIXART = dict(num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
-               cross_attention_dim=32, caption_channels=16, sample_size=8, patch_size=2, norm_num_groups=1,
-               use_additional_conditions=False)
+_ROPE = ContextParallelInput(split_dim=0, expected_dims=2)
 
-
-def _pixart(config, g, text=9, height=8, width=12):
-    return dict(
-        hidden_states=randn(g, 2, config["in_channels"], height, width),
-        encoder_hidden_states=randn(g, 2, text, config["caption_channels"]),
-        encoder_attention_mask=padding_mask(2, text, [text, 5], dtype=torch.long),
-        timestep=torch.tensor([999, 999]),
-        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
-        return_dict=False,
-    )
+COGVIDEOX = {
+    "": {"image_rotary_emb": [_ROPE, _ROPE]},
+    "transformer_blocks.0": {
+        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+        "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+    },
+    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+}
 
 
 _COG = dict(num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=16,
@@ -40,9 +43,7 @@ def _cogvideox(config, g, text=13, frames=2, height=8, width=12, rotary=False):
 
 
 ENTRIES = [
-    ModelEntry("PixArtTransformer2DModel", _PIXART, {"t2i": _pixart},
-               note="batch of 2 with a padded text mask; cross-attention marked LocalAttention()"),
-    ModelEntry("CogVideoXTransformer3DModel", _COG,
+    ModelEntry("CogVideoXTransformer3DModel", COGVIDEOX, _COG,
                {"sincos": _cogvideox, "rotary": lambda c, g: _cogvideox(c, g, rotary=True)},
                case_configs={"rotary": dict(use_rotary_positional_embeddings=True)}, anything=True,
                note="226 text tokens (odd per rank at 4 ranks); 1.0 sincos and 1.5 rotary positions"),

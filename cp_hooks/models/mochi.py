@@ -8,6 +8,10 @@ prompt. That needs the anything flags (lengths exchanged on every call), whateve
 rotary table (S, heads, D/2) is computed for the full video grid and split with the video tokens.
 """
 
+import torch
+
+from ..catalogue import ModelEntry
+from ..catalogue._inputs import padding_mask, randn
 from ..plan import ContextParallelInput, ContextParallelOutput
 
 _ROPE = ContextParallelInput(split_dim=0, expected_dims=3, split_output=True)
@@ -22,4 +26,24 @@ MOCHI = {
     "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
 }
 
-PLANS = {"MochiTransformer3DModel": MOCHI}
+
+_MOCHI = dict(patch_size=2, num_attention_heads=4, attention_head_dim=8, num_layers=2, pooled_projection_dim=16,
+              in_channels=4, text_embed_dim=32, time_embed_dim=16, max_sequence_length=10)
+
+
+def _mochi(config, g, text=10, valid=(0, 7), frames=2, height=8, width=12):
+    batch = len(valid)
+    return dict(
+        hidden_states=randn(g, batch, config["in_channels"], frames, height, width),
+        encoder_hidden_states=randn(g, batch, text, config["text_embed_dim"]),
+        timestep=torch.full((batch,), 500.0),
+        encoder_attention_mask=padding_mask(batch, text, list(valid)),
+        return_dict=False,
+    )
+
+
+ENTRIES = [
+    ModelEntry("MochiTransformer3DModel", MOCHI, _MOCHI, {"t2v": _mochi}, anything=True,
+               note="each rank keeps its own valid text tokens (lengths differ per rank: anything flags); "
+                    "CFG batch with an empty negative prompt"),
+]

@@ -1,13 +1,36 @@
-"""LTX-Video: text-to-video, image-to-video (per-token timestep) and LTXConditionPipeline (video_coords).
+"""LTX-Video (LTXVideoTransformer3DModel): video self-attention split; T5 text cross-attention local.
 
-All cases are a CFG batch of 2 (negative and positive prompt) with a padded boolean T5 mask. Tokens are
-(frames) x (height) x (width) latent positions (patch size 1, packed by the pipeline).
+The text (and its padding mask) stays whole on every rank and the cross-attention (`attn2`) runs
+locally: LTX's processor passes its parallel config for every call, so `attn2` is marked LocalAttention().
+The rotary table is computed in `forward` for the whole sequence (from the grid size or the pipeline's
+`video_coords`) and split with the tokens. Image-to-video and conditioning pipelines pass one timestep per
+token, (B, S): split with the tokens; the usual (B,) timestep is left whole (skip_other_dims).
+LTXConditionPipeline *without* conditions passes a (B, 1) timestep, which a plan cannot tell from a
+per-token one: it is refused on every rank (a length of 1 does not divide), not computed wrongly.
+
+diffusers' own `_cp_plan` splits the text and its mask instead, which is exact for (B,) timesteps but
+sends the cross-attention's keys around the ring, and it leaves a per-token timestep whole, so the
+(B, S) modulation meets (B, S / N) tokens and the forward fails.
 """
 
 import torch
 
-from . import ModelEntry
-from ._inputs import grid_ids, padding_mask, randn
+from ..catalogue import ModelEntry
+from ..catalogue._inputs import grid_ids, padding_mask, randn
+from ..plan import ContextParallelInput, ContextParallelOutput, LocalAttention
+
+_ROPE = ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)
+
+LTX = {
+    "": {
+        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+        "timestep": ContextParallelInput(split_dim=1, expected_dims=2, skip_other_dims=True),
+    },
+    "rope": {0: _ROPE, 1: _ROPE},
+    "transformer_blocks.*.attn2": LocalAttention(),
+    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+}
+
 
 _LTX = dict(in_channels=8, out_channels=8, num_attention_heads=4, attention_head_dim=8, cross_attention_dim=32,
             num_layers=2, caption_channels=16)
@@ -42,7 +65,7 @@ def _ltx(config, g, text=9, frames=2, height=4, width=6, conditioned=False, coor
 
 
 ENTRIES = [
-    ModelEntry("LTXVideoTransformer3DModel", _LTX,
+    ModelEntry("LTXVideoTransformer3DModel", LTX, _LTX,
                {"t2v": _ltx, "i2v": lambda c, g: _ltx(c, g, conditioned=True),
                 "condition": lambda c, g: _ltx(c, g, conditioned=True, coords=True, extra=24)},
                note="CFG batch with a padded text mask; I2V / condition per-token timesteps and video_coords; "
