@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile
 
+from pytrace import PythonTracer, main_thread_id
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -193,25 +195,28 @@ def attribute_time(events: list[dict], tid) -> dict[str, float]:
 
 
 def framework_overhead(fn, device, repeats: int = 3) -> dict:
-    """Profile `repeats` calls of `fn()` with Python stacks; split each call's time by owner (see `classify`).
+    """Trace `repeats` calls of `fn()` (every Python and builtin call of this thread, `pytrace.PythonTracer`);
+    split each call's time by owner (see `classify`).
 
     Returns the median over the calls of each owner's seconds and of cp_hooks' share of the forward (one
-    profiled call varies by a fraction of a percent on a shared machine, as much as the share itself).
-    The Python tracer slows every Python call, cp_hooks' and the model's alike, so the share measured here is
-    an upper bound on the share in an unprofiled forward.
+    traced call varies by a fraction of a percent on a shared machine, as much as the share itself).
+    The tracer slows every Python call, cp_hooks' and the model's alike, more than it slows kernels, so the
+    share measured here is an upper bound on the share in an untraced forward. (torch's profiler with
+    `with_stack=True` gave the same split but once crashed a rank on a CI machine; see pytrace.py.)
+    On GPUs the kernels run asynchronously: the tracer sees the launches and the synchronising waits.
     """
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     calls = []
     for _ in range(repeats):
         sync(device)
         dist.barrier()
-        with profile(activities=activities, with_stack=True) as prof:
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            wall = time.perf_counter() - start
-        events = _trace_events(prof)
-        totals = attribute_time(events, _main_thread(events))
+        tracer = PythonTracer()
+        tracer.start()
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        wall = time.perf_counter() - start
+        tracer.stop()
+        totals = attribute_time(tracer.events(), main_thread_id())
         calls.append((wall, {k: max(v, 0.0) / 1e6 for k, v in totals.items()}))
     owners = sorted({k for _, seconds in calls for k in seconds})
     by_owner = {k: statistics.median(seconds.get(k, 0.0) for _, seconds in calls) for k in owners}
@@ -219,12 +224,3 @@ def framework_overhead(fn, device, repeats: int = 3) -> dict:
     return dict(profiled_forward_s=statistics.median(wall for wall, _ in calls), by_owner_s=by_owner,
                 cp_hooks_s=by_owner.get("cp_hooks", 0.0), share=statistics.median(shares) if shares else None,
                 shares=shares)
-
-
-def _main_thread(events: list[dict]):
-    # The thread with the most Python function time is the one running the forward.
-    busy: dict = {}
-    for e in events:
-        if e.get("cat") == "python_function" and "dur" in e:
-            busy[e["tid"]] = busy.get(e["tid"], 0) + e["dur"]
-    return max(busy, key=busy.get)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import faulthandler
 import os
 import platform
 import shutil
@@ -86,6 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    faulthandler.enable()  # a rank killed by a signal prints its Python stack (torchrun shows only the signal)
     # Before anything compiles: inductor reads its cache directory from the environment.
     cache = fresh_inductor_cache() if args.compile and args.compile_cache == "fresh" else None
     device = init_distributed()
@@ -419,6 +421,7 @@ def gather_rank_values(rec: dict, per_rank: dict) -> dict:
     if "overhead" in per_rank:
         rec["overhead_per_rank"] = [r["overhead"] for r in everyone]
         rec["overhead_share"] = max(r["overhead"]["share"] for r in everyone)
+        rec["overhead_tracer"] = "pytrace"  # records without it were measured with torch.profiler(with_stack=True)
     if "compile" in per_rank:
         rec["compile_per_rank"] = [r["compile"] for r in everyone]
         for key in ("graphs", "graph_breaks", "recompiled_after_first_call", "graphs_per_forward"):  # the worst rank's

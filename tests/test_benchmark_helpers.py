@@ -140,3 +140,26 @@ def test_compile_counters_count_graphs_and_breaks():
     torch.compile(broken, backend="eager")(torch.ones(3))
     got = measure.compile_counters_since(before)
     assert got["graphs"] == 2 and got["graph_breaks"] == 1 and sum(got["break_reasons"].values()) == 1
+
+
+def test_python_tracer_feeds_the_attribution():
+    """The own-time tracer's spans nest like the profiler's and classify the same way."""
+    import torch
+
+    from cp_hooks.attention.local import attention_with_lse
+    from pytrace import PythonTracer, main_thread_id
+
+    q = torch.randn(1, 2, 256, 16)
+    tracer = PythonTracer()
+    tracer.start()
+    attention_with_lse(q, q, q)  # cp_hooks Python around the CPU flash-attention operator
+    tracer.stop()
+    events = tracer.events()
+    names = [e["name"] for e in events]
+    assert any(n.endswith(": attention_with_lse") and "cp_hooks/attention/local.py" in n for n in names)
+    assert any(e["cat"] == "cpu_op" and "flash_attention" in e["name"] for e in events), names
+    assert not any(n.endswith(": test_python_tracer_feeds_the_attribution") for n in names)  # started inside it
+    totals = measure.attribute_time(events, main_thread_id())
+    assert totals["attention"] > 0 and totals["cp_hooks"] > 0
+    wall = max(e["ts"] + e["dur"] for e in events) - min(e["ts"] for e in events)
+    assert sum(totals.values()) == pytest.approx(wall, rel=0.05)  # every microsecond charged exactly once

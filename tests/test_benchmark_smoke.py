@@ -59,5 +59,5 @@ def test_benchmark_runs_and_reports(tmp_path):
     assert ("wan-2x8x8", "single-compiled") not in by  # --compile named flux-256 only
     report = (tmp_path / "results.md").read_text()
     assert "| flux-256 |" in report and "## Goals" in report
-    assert "Where the time of one profiled forward goes" in report
+    assert "Where the time of one traced forward goes" in report
     assert "What torch.compile made of each compiled variant" in report
