@@ -2,8 +2,8 @@
 
 The forward tests (tests/test_catalogue.py) prove the outputs; training needs the gradients too, and a
 split or gather whose backward does not match its forward leaves the outputs exact and the gradients
-wrong. For every class and case of the catalogue, in Ulysses 2 and the alltoall ring 2 (with the entry's
-anything flags), `compare_parallel_backward` back-propagates a weighted sum of the outputs, sums the
+wrong. For every class and case of the catalogue, in every mode its forward is verified in (Ulysses 2, ring 2
+with both rotations, the 2 x 2 hybrid; with the entry's anything flags), `compare_parallel_backward` back-propagates a weighted sum of the outputs, sums the
 gradients over the group (`reduce_gradients` for the parameters) and compares every parameter and every
 floating-point input gradient with the single-process ones: FP32_TOL, relative to max(1, |reference|).
 """
@@ -15,25 +15,23 @@ import torch
 import torch.distributed as dist
 
 from cp_hooks.catalogue import ENTRIES, get_entry
-from cp_hooks.catalogue.modes import RING_2_ALLTOALL, ULYSSES_2
 from cp_hooks.checker import GradientDiff, _gradient_diff, compare_parallel_backward
 from cp_testing import FP32_TOL, make_config
-
-MODES = (ULYSSES_2, RING_2_ALLTOALL)
-
 
 def _config(mode, anything: bool):
     kwargs = mode.config_kwargs(anything)
     return make_config(kwargs.pop("ring_degree"), kwargs.pop("ulysses_degree"), **kwargs)
 
 
-def verify_gradients(class_name: str) -> list[str]:
-    """Every case of the entry in both modes; returns one line per (case, mode) with the worst gradients."""
+def verify_gradients(class_name: str, world: int) -> list[str]:
+    """Every case of the entry in every mode of `world` ranks it is verified in (the same modes as the forward
+    tests); returns one line per (case, mode) with the worst gradients."""
     entry = get_entry(class_name)
+    modes = entry.modes if world == 2 else entry.hybrid_modes
     lines, failures = [], []
     for case in entry.cases:
         model, inputs = entry.build(case)
-        for mode in MODES:
+        for mode in modes:
             diffs = compare_parallel_backward(model, inputs, _config(mode, entry.anything), tol=FP32_TOL)
             params = [d for d in diffs if d.kind == "parameter"]
             assert params, f"{class_name} {case}: no parameter received a gradient; the check would prove nothing"
@@ -50,8 +48,14 @@ def verify_gradients(class_name: str) -> list[str]:
 
 @pytest.mark.parametrize("class_name", list(ENTRIES))
 def test_gradients_match_one_process(pool, class_name):
-    results = pool(2).run(verify_gradients, class_name, timeout=300)
+    results = pool(2).run(verify_gradients, class_name, 2, timeout=300)
     assert results[0] == results[1]  # both ranks compare the same summed gradients
+
+
+@pytest.mark.parametrize("class_name", [name for name, entry in ENTRIES.items() if entry.hybrid_modes])
+def test_gradients_match_one_process_ring_x_ulysses(pool, class_name):
+    results = pool(4).run(verify_gradients, class_name, 4, timeout=300)
+    assert all(r == results[0] for r in results)
 
 
 # ----------------------------------------------------------------------------- the check has teeth
