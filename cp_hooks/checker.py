@@ -3,9 +3,11 @@
     accelerate launch --multi_gpu --num_processes 2 -m cp_hooks check FluxTransformer2DModel --ring 2
     torchrun --nproc_per_node 2 -m cp_hooks check WanTransformer3DModel --ulysses 2 --case i2v
     torchrun --nproc_per_node 2 -m cp_hooks check MyDiT --plan my_plans:PLAN --config '{"num_layers": 1}'
+    torchrun --nproc_per_node 2 -m cp_hooks check my_family:MyDiT --entry my_family:ENTRIES --backward
     torchrun --nproc_per_node 2 -m cp_hooks check FluxTransformer2DModel --ulysses 2 --backward
 
-The model is built from the catalogue's tiny config (random weights; `--config` overrides fields), run in
+The model is built from the catalogue's tiny config (random weights; `--config` overrides fields), or from
+the `ModelEntry` given with `--entry` for a class outside the catalogue (its plan, config and cases), run in
 every process without context parallelism (the reference), then with the plan, and every output is
 compared: max |difference| and the difference relative to the output's scale. A plan that misses a tensor
 carrying the sequence gives a wrong result, not a crash, which is why the comparison is the test.
@@ -402,6 +404,9 @@ def _parser() -> argparse.ArgumentParser:
                         "override the catalogue's tiny config")
     parser.add_argument("--case", default=None, help="one input case (default: every case of the model)")
     parser.add_argument("--plan", default=None, help="module:NAME of a plan to check instead of the registered one")
+    parser.add_argument("--entry", default=None,
+                        help="module:NAME of your own ModelEntry (or list of entries, e.g. a family file's ENTRIES) "
+                        "for a class outside the catalogue: its plan, tiny config and input cases are checked")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backward", action="store_true",
                         help="also compare the gradients of every parameter (after reduce_gradients) and of every "
@@ -421,12 +426,28 @@ def _resolve_class(name: str) -> type:
     return cls
 
 
-def _load_plan(spec: str) -> dict:
+def _load_attribute(option: str, spec: str, example: str):
     module, sep, attr = spec.partition(":")
     if not sep:
-        raise SystemExit(f"error: --plan takes module:NAME (e.g. my_plans:PLAN), got {spec!r}.")
-    sys.path.insert(0, os.getcwd())  # a plan file next to the user's script
-    return normalize_plan(getattr(importlib.import_module(module), attr))
+        raise SystemExit(f"error: {option} takes module:NAME (e.g. {example}), got {spec!r}.")
+    sys.path.insert(0, os.getcwd())  # a plan or family file next to the user's script
+    return getattr(importlib.import_module(module), attr)
+
+
+def _load_plan(spec: str) -> dict:
+    return normalize_plan(_load_attribute("--plan", spec, "my_plans:PLAN"))
+
+
+def _load_entry(spec: str, model_class: type) -> ModelEntry:
+    found = _load_attribute("--entry", spec, "my_family:ENTRIES")
+    entries = found if isinstance(found, (list, tuple)) else [found]
+    if not all(isinstance(e, ModelEntry) for e in entries):
+        raise SystemExit(f"error: --entry {spec} must name a cp_hooks.catalogue.ModelEntry or a list of them.")
+    for entry in entries:
+        if entry.class_name == model_class.__name__:
+            return entry
+    raise SystemExit(f"error: --entry {spec} has no ModelEntry for {model_class.__name__}; it has "
+                     f"{', '.join(e.class_name for e in entries)}.")
 
 
 def _load_overrides(text: str | None) -> dict:
@@ -450,14 +471,16 @@ def main(argv: list[str] | None = None) -> int:
     say = _printer()
     model_class = _resolve_class(args.model_class)
     plan = _load_plan(args.plan) if args.plan else None
+    entry = _load_entry(args.entry, model_class) if args.entry else entry_for_class(model_class)
+    if plan is None and args.entry:
+        plan = normalize_plan(entry.plan)  # the user's entry is checked with its own plan
     if plan is None and registered_plan(model_class) is None and not getattr(model_class, "_cp_plan", None):
         say(f"{model_class.__name__} has no context-parallel plan (none built in, no `_cp_plan`).\n{HOW_TO_DECLARE}")
         return 1
-    entry = entry_for_class(model_class)
     if entry is None:
-        say(f"{model_class.__name__} is not in the catalogue, so the checker cannot shape its inputs. Add a "
-            f"ModelEntry for it in a family file under cp_hooks/models/ (a tiny config and a function that builds the inputs as its "
-            f"pipeline does); catalogued classes: {', '.join(sorted(ENTRIES))}.")
+        say(f"{model_class.__name__} is not in the catalogue, so the checker cannot shape its inputs. Write a "
+            f"ModelEntry for it (its plan, a tiny config and a function that builds the inputs as its pipeline "
+            f"does) and pass it with --entry my_family:ENTRIES; catalogued classes: {', '.join(sorted(ENTRIES))}.")
         return 1
 
     from .launch import init_distributed, shutdown_distributed

@@ -134,3 +134,88 @@ def test_checker_without_a_plan_says_how_to_declare_one(tmp_path):
     result = run_checker("PriorTransformer", cwd=str(tmp_path), ranks=None)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "has no context-parallel plan" in result.stdout and "register_plan" in result.stdout
+
+
+# ----------------------------------------------------------------------------- the catalogue is complete
+def _diffusers_transformer_classes() -> list[str]:
+    """Every model class the installed diffusers exports from its `models.transformers` package."""
+    import diffusers
+    from diffusers.models.modeling_utils import ModelMixin
+
+    names = []
+    for name in dir(diffusers):
+        try:
+            obj = getattr(diffusers, name)
+        except Exception:  # an optional dependency missing: diffusers raises on access
+            continue
+        if (isinstance(obj, type) and issubclass(obj, ModelMixin)
+                and obj.__module__.startswith("diffusers.models.transformers.")):
+            names.append(name)
+    return sorted(names)
+
+
+def test_every_diffusers_transformer_is_verified_or_has_a_reason():
+    pytest.importorskip("diffusers")
+    from cp_hooks.catalogue import UNSUPPORTED
+
+    missing = [n for n in _diffusers_transformer_classes() if n not in ENTRIES and n not in UNSUPPORTED]
+    assert not missing, ("these diffusers transformer classes are neither verified in a family file under "
+                         f"cp_hooks/models/ nor listed there in UNSUPPORTED with the reason: {missing}")
+    assert all(reason.strip() for reason in UNSUPPORTED.values())
+
+
+def test_every_builtin_plan_has_verification_cases():
+    pytest.importorskip("diffusers")
+    import diffusers
+
+    import cp_hooks.plans  # noqa: F401  (registers the built-in plans)
+    from cp_hooks.catalogue import ModelEntry
+    from cp_hooks.plan import _REGISTRY
+
+    registered = {cls.__name__ for cls in _REGISTRY if cls.__module__.startswith("diffusers.")}
+    assert registered == {n for n in ENTRIES if hasattr(diffusers, n)}
+    assert all(entry.cases for entry in ENTRIES.values())
+    with pytest.raises(ValueError, match="has no input cases"):
+        ModelEntry("MyModel", {"": {}}, {}, {})
+
+
+# A user's own model family, outside diffusers and the catalogue: one file with the model, its plan and cases.
+USER_FAMILY = textwrap.dedent('''
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from cp_hooks import ContextParallelInput, ContextParallelOutput
+    from cp_hooks.catalogue import ModelEntry
+
+
+    class TinyDiT(nn.Module):
+        def __init__(self, dim=16, heads=4):
+            super().__init__()
+            self.heads = heads
+            self.qkv = nn.Linear(dim, 3 * dim)
+            self.proj_out = nn.Linear(dim, dim)
+
+        def forward(self, hidden_states):
+            b, s, d = hidden_states.shape
+            q, k, v = self.qkv(hidden_states).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+            x = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, d)
+            return (self.proj_out(x + hidden_states),)
+
+
+    PLAN = {"": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},
+            "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3)}
+    ENTRIES = [ModelEntry("TinyDiT", PLAN, {"dim": 16}, {
+        "tokens": lambda config, g: dict(hidden_states=torch.randn(2, 12, config["dim"], generator=g))})]
+''')
+
+
+def test_checker_verifies_a_users_family_file(tmp_path):
+    (tmp_path / "my_family.py").write_text(USER_FAMILY)
+    result = run_checker("my_family:TinyDiT", "--entry", "my_family:ENTRIES", "--backward", cwd=str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tokens output 0 [2, 12, 16]" in result.stdout and result.stdout.rstrip().endswith("PASS")
+    # The entry's own plan is what is checked: one that gathers at a module the model lacks is refused.
+    (tmp_path / "my_family.py").write_text(USER_FAMILY.replace('"proj_out": Context', '"proj": Context'))
+    result = run_checker("my_family:TinyDiT", "--entry", "my_family:ENTRIES", cwd=str(tmp_path))
+    assert result.returncode == 1 and "has no module 'proj'" in result.stdout, result.stdout + result.stderr

@@ -102,7 +102,8 @@ class ModelEntry:
         config = self.final_config(case, overrides)
         torch.manual_seed(seed)
         model = (model_class or self.model_class())(**config).eval()
-        inputs = self.cases[case](dict(model.config), torch.Generator().manual_seed(seed + 1))
+        # diffusers models carry their full config (defaults included); a plain nn.Module gets the one given.
+        inputs = self.cases[case](dict(getattr(model, "config", config)), torch.Generator().manual_seed(seed + 1))
         return model, inputs
 
 
