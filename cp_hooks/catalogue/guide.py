@@ -31,4 +31,38 @@ GUIDE = """### Writing a plan for a new model
 6. **Check it.** `torchrun --nproc_per_node 2 -m cp_hooks check MyModel --plan my_plans:PLAN`: a split that
    misses a tensor carrying the sequence gives a wrong result, not a crash, and the checker prints FAIL. Then
    `cp_hooks.register_plan(MyModel, PLAN)`, or add a family file under `cp_hooks/models/` (see "Adding a model family").
+
+### Adding a model family, end to end (CogView 4)
+
+One file, `cp_hooks/models/cogview.py`, holds everything; nothing else is edited (the catalogue finds the file,
+registers its plans, and the tests and this table read it).
+
+1. **Read `forward`.** `patch_embed` returns the image and the text streams separately; `rope` returns the 2-D
+   rotary table `(cos, sin)` for the whole image grid, one row per image token; each block's processor
+   concatenates [text, image] and rotates the rows after the text; `proj_out` is the last per-token layer before
+   the unpatchify reshape. So: split both outputs of `patch_embed`, split both outputs of `rope` like the image,
+   gather at `proj_out`:
+
+   ```python
+   COGVIEW4 = {
+       "patch_embed": {0: ContextParallelInput(1, 3, split_output=True), 1: ContextParallelInput(1, 3, split_output=True)},
+       "rope": {0: ContextParallelInput(0, 2, split_output=True), 1: ContextParallelInput(0, 2, split_output=True)},
+       "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+   }
+   ```
+2. **Read the pipeline** (`pipeline_cogview4.py`) for the inputs: GLM text padded to a multiple of 16, one
+   call per guidance branch, size conditions per sample, no mask; CogView4-Control doubles the input channels.
+   Write a tiny config (1 layer, 4 heads of 8) and a builder `(config, generator) -> forward kwargs` that makes
+   exactly those inputs, one case per way the pipeline calls the model (`"t2i"`, `"control"`).
+3. **Declare the entry** with what it cannot serve (here: the optional query x key `attention_mask`, which
+   cp_hooks refuses by itself, so only a note):
+   `ENTRIES = [ModelEntry("CogView4Transformer2DModel", COGVIEW4, CONFIG, {"t2i": build, "control": build},
+   case_configs={"control": dict(in_channels=8)}, note="...")]`. A configuration the plan cannot serve goes in
+   `unsupported=(UnsupportedConfig(...),)`; a class that cannot be served at all in `UNSUPPORTED = {name: reason}`;
+   zero-initialised gates that would hide layers from the check in `redraw=("*.gate*",)`.
+4. **Verify**: `python -m pytest -q tests/test_catalogue.py tests/test_checker_backward.py -k CogView4` runs every
+   case in Ulysses 2, ring 2 (both rotations) and the 2 x 2 hybrid, outputs and gradients, against one process.
+   For a model outside diffusers, keep the file anywhere and run
+   `torchrun --nproc_per_node 2 -m cp_hooks check my_family:MyModel --entry my_family:ENTRIES --backward`.
+5. **Regenerate this table**: `python -m cp_hooks table --readme README.md`.
 """

@@ -1,8 +1,18 @@
-"""Flux family (Flux.1, Flux.2, Chroma): joint text + image attention; text and image tokens both split.
+"""Flux family (Flux.1, Flux.2, Flux.3, Chroma): joint text + image attention; text and image tokens both split.
 
 Rotary embeddings are computed from the split position ids, so they stay aligned with their tokens: the
 ids must be split exactly like the tokens they describe. Flux.2's pipeline passes ids as (B, S, 4),
 Flux.1 and Chroma as (S, 3).
+
+Flux.3 (Flux3Transformer2DModel) has three token modes, text, image and (optional) reference images, each
+passed to `forward` with its own (S, 4) ids, so each is split at the input with its ids. The per-mode blocks
+attend within one mode: their attention is context-parallel over that mode's shards. The joint blocks
+concatenate the local [text, image, reference] shards with their rotary tables in the same order, and
+attention needs no particular key order. The per-token modulation is built in `forward` from the local
+lengths (`expand` to the shard's tokens), and the output slice `content[:, :image_seq_len]` takes the local
+image tokens, since `image_seq_len` is read from the split `hidden_states`. The text window is padded to a
+multiple of 80 tokens, but images and references of any size on the 16-pixel grid give odd token counts:
+anything flags.
 """
 
 import torch
@@ -26,6 +36,19 @@ def _joint_plan(ids_dim: int) -> dict:
 
 FLUX = _joint_plan(ids_dim=2)
 FLUX2 = _joint_plan(ids_dim=3)
+# Flux.3: three token modes, each split with its own ids (see the module docstring).
+_FLUX3_IDS = ContextParallelInput(split_dim=0, expected_dims=2)
+FLUX3 = {
+    "": {
+        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+        "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+        "image_cond_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+        "img_ids": _FLUX3_IDS,
+        "txt_ids": _FLUX3_IDS,
+        "image_cond_ids": _FLUX3_IDS,
+    },
+    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+}
 # Chroma's optional `attention_mask` is not split: its blocks expand it to a (B, 1, S, S) query x key mask,
 # which a local shard cannot express; cp_hooks refuses it with an error rather than compute a wrong result.
 CHROMA = _joint_plan(ids_dim=2)
@@ -69,6 +92,37 @@ def _flux2(config, g, text=8, height=4, width=6):
     )
 
 
+# Flux.3: (S, 4) ids (t, h, w, l); text advances along l, references sit at l = -1, -2, ...
+_FLUX3 = dict(in_channels=16, cond_in_channels=12, num_layers=1, num_single_layers=1, attention_head_dim=16,
+              num_attention_heads=4, joint_attention_dim=32, timestep_channels=32, mlp_ratio=2.0,
+              axes_dims_rope=(4, 4, 4, 4))
+
+
+def _flux3_image_ids(height, width, l_coord=0, scale=1.0):
+    ids = grid_ids(1, height, width, 1)
+    ids[:, 1:3] *= scale  # the pipeline's image RoPE scale
+    ids[:, 3] = l_coord
+    return ids
+
+
+def _flux3(config, g, text=7, height=3, width=5, references=(), flow_map=False):
+    inputs = dict(
+        hidden_states=randn(g, 1, height * width, config["in_channels"]),
+        encoder_hidden_states=randn(g, 1, text, config["joint_attention_dim"]),
+        timestep=torch.full((1,), 0.7),
+        img_ids=_flux3_image_ids(height, width, scale=0.5), txt_ids=grid_ids(1, 1, 1, text),
+        return_dict=False,
+    )
+    if references:  # image-to-image: one (height, width) grid per reference, concatenated
+        inputs["image_cond_hidden_states"] = torch.cat(
+            [randn(g, 1, h * w, config["cond_in_channels"]) for h, w in references], dim=1)
+        inputs["image_cond_ids"] = torch.cat(
+            [_flux3_image_ids(h, w, l_coord=-(1 + i), scale=0.5) for i, (h, w) in enumerate(references)])
+    if flow_map:  # step-distilled: the timestep this step jumps to
+        inputs["target_timestep"] = torch.full((1,), 0.4)
+    return inputs
+
+
 # Chroma: Flux without the pooled / guidance embedding; a distilled modulation approximator.
 _CHROMA = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
                num_attention_heads=4, joint_attention_dim=32, axes_dims_rope=(4, 6, 6),
@@ -88,6 +142,12 @@ ENTRIES = [
     ModelEntry("FluxTransformer2DModel", FLUX, _FLUX, {"t2i": _flux, "kontext": lambda c, g: _flux(c, g, reference=True)},
                note="Kontext: reference-image tokens concatenated to the sequence"),
     ModelEntry("Flux2Transformer2DModel", FLUX2, _FLUX2, {"t2i": _flux2}),
+    ModelEntry("Flux3Transformer2DModel", FLUX3, _FLUX3,
+               {"t2i": _flux3, "edit": lambda c, g: _flux3(c, g, references=((3, 3), (2, 3))),
+                "distilled": lambda c, g: _flux3(c, g, flow_map=True)},
+               case_configs={"distilled": dict(flow_map=True)}, anything=True,
+               note="three token modes split with their own ids; two reference images of other sizes; "
+                    "flow-map target_timestep; odd token counts"),
     ModelEntry("ChromaTransformer2DModel", CHROMA, _CHROMA, {"t2i": _chroma},
                note="without ChromaPipeline's text mask: its blocks expand it to a query x key mask (see below)"),
 ]

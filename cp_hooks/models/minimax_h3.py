@@ -58,6 +58,8 @@ def _minimax_h3(config, g, text=8, frames=2, height=4, width=6, audio=5):
 
 ENTRIES = [
     ModelEntry("MiniMaxH3Transformer3DModel", MINIMAX_H3, _MINIMAX_H3, {"ti2av": _minimax_h3}, anything=True,
+               no_batch_split="its `timestep` holds the distinct noise levels of the packed rows, not one per "
+                              "sample, so its leading dimension says nothing about the batch.",
                note="packed [text, video, audio] rows with per-row modality tags and timestep indices "
                     "(a clean conditioning frame); token refiner marked LocalAttention()"),
 ]

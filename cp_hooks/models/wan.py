@@ -10,6 +10,12 @@ the usual (B,) timestep is left whole (skip_other_dims). SkyReels-V2's diffusion
 timestep per frame and expands it to tokens inside `forward` (a (B, 6, S, D) modulation for every block and
 a (B, S, D) one for the output norm), so its plan splits the blocks' `temb` and gathers at `norm_out`,
 whose output is modulated by the full-length embedding; `proj_out` then runs on the whole sequence.
+
+VACE (WanVACETransformer3DModel): the control video's tokens are zero-padded in `forward` to the video's
+length (the pipeline passes as many control frames as latent frames, reference images prepended to both),
+so they are split after that padding, at the first VACE block, together with that block's copy of the video
+tokens (it adds them); the main blocks split the video at `blocks.0`. The VACE blocks' hints come out split
+and are added to split video tokens. Later VACE blocks also receive the whole video but do not use it.
 """
 
 import torch
@@ -27,6 +33,15 @@ WAN = {
     "": {"timestep": ContextParallelInput(split_dim=1, expected_dims=2, skip_other_dims=True)},
     "rope": _ROPE,
     "blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},
+    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+}
+
+_TOKENS = ContextParallelInput(split_dim=1, expected_dims=3)
+
+WAN_VACE = {
+    "rope": _ROPE,
+    "vace_blocks.0": {"hidden_states": _TOKENS, "control_hidden_states": _TOKENS},
+    "blocks.0": {"hidden_states": _TOKENS},
     "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
 }
 
@@ -69,6 +84,19 @@ def _skyreels_df(config, g, frames=3, height=8, width=12):
     return inputs
 
 
+# Two VACE blocks: the first with its input projection, the second without.
+_VACE = {**_WAN, "vace_layers": [0, 1], "vace_in_channels": 12}
+
+
+def _vace(config, g, frames=2, height=8, width=12, scale=None):
+    # The pipeline concatenates [inactive latents, reactive latents, mask] (16 + 16 + 64 channels at full size).
+    inputs = _wan(config, g, frames, height, width, text=9)
+    inputs["control_hidden_states"] = randn(g, 1, config["vace_in_channels"], frames, height, width)
+    if scale is not None:
+        inputs["control_hidden_states_scale"] = torch.tensor(scale)
+    return inputs
+
+
 ENTRIES = [
     ModelEntry("WanTransformer3DModel", WAN, _WAN,
                {"t2v": _wan, "i2v": lambda c, g: _wan(c, g, text=512, image=257), "ti2v": lambda c, g: _wan(c, g, per_token_timestep=True)},
@@ -78,4 +106,7 @@ ENTRIES = [
     ModelEntry("SkyReelsV2Transformer3DModel", SKYREELS_V2, _WAN,
                {"t2v": _wan, "i2v": lambda c, g: _wan(c, g, text=512, image=257), "diffusion_forcing": _skyreels_df},
                case_configs={"i2v": _I2V}, note="diffusion forcing (per-frame timesteps)"),
+    ModelEntry("WanVACETransformer3DModel", WAN_VACE, _VACE,
+               {"control": _vace, "reference": lambda c, g: _vace(c, g, frames=3, scale=[1.0, 0.5])},
+               note="control video split after its padding, at the first VACE block; per-layer control scales"),
 ]
