@@ -11,7 +11,10 @@ def resolve_modules(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
     """The (full name, module) pairs that `name` denotes in `model`.
 
     `""` is the model itself; `*` matches every child of a container (`ModuleList`, `Sequential`,
-    `ModuleDict`) at that position, e.g. "blocks.*.attn".
+    `ModuleDict`) at that position, e.g. "blocks.*.attn"; a negative index counts from the end of a
+    `ModuleList` / `Sequential`, e.g. "blocks.-1" is the last block whatever the model's depth (the place to
+    gather in a model whose `forward` slices the whole sequence after its last block). The returned full
+    name is the real one ("blocks.39").
 
     Raises:
         ValueError: a name part that does not exist, with the closest existing module names.
@@ -29,6 +32,11 @@ def resolve_modules(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
                         f"'{prefix or '<model>'}' is a {type(module).__name__}."
                     )
                 found.extend((_join(prefix, child_name), child) for child_name, child in module.named_children())
+            elif _is_negative_index(part) and isinstance(module, (nn.ModuleList, nn.Sequential)):
+                index = len(module) + int(part)
+                if index < 0:
+                    raise ValueError(f"Plan name {name!r}: '{prefix or '<model>'}' has only {len(module)} children.")
+                found.append((_join(prefix, str(index)), module[index]))
             else:
                 child = module._modules.get(part)
                 if child is None:
@@ -38,6 +46,10 @@ def resolve_modules(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
     if not matches:
         raise ValueError(f"Plan name {name!r} matches no module of {type(model).__name__} (an empty container?).")
     return matches
+
+
+def _is_negative_index(part: str) -> bool:
+    return part.startswith("-") and part[1:].isdigit()
 
 
 def _join(prefix: str, part: str) -> str:

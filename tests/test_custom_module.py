@@ -228,3 +228,62 @@ def gathered_inputs_parity(ring, ulysses):
 def test_plan_can_gather_a_module_input(pool):
     pool(2).run(gathered_inputs_parity, 1, 2)
     pool(2).run(gathered_inputs_parity, 2, 1)
+
+
+class NestedPositions(nn.Module):
+    """Tables for the whole grid, returned the way some models do: ((cos, sin), {"query": t, "key": t})."""
+
+    def __init__(self, length):
+        super().__init__()
+        self.length = length
+
+    def forward(self, dim):
+        pos = torch.arange(self.length, dtype=torch.float32)[:, None] * torch.linspace(0.1, 1.0, dim)[None]
+        return (pos.cos(), pos.sin()), {"query": pos * 0.01, "key": pos * -0.01}
+
+
+class NestedDiT(nn.Module):
+    def __init__(self, dim=16, heads=4, length=12):
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Linear(8, dim)
+        self.rope = NestedPositions(length)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.head = nn.Linear(dim, 8)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        b, s, d = x.shape
+        (cos, sin), tables = self.rope(d)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k = q * cos + tables["query"], k * sin + tables["key"]
+        heads = lambda t: t.view(b, -1, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))
+        return self.head(out.transpose(1, 2).reshape(b, -1, d))
+
+
+def nested_specs_parity(ring, ulysses):
+    """Specs nested like the value: a tuple of (cos, sin) tuples and a dict of tables, split at the output."""
+    torch.manual_seed(0)
+    model = NestedDiT().eval()
+    tokens = torch.randn(2, 12, 8, generator=torch.Generator().manual_seed(1))
+    reference = model(tokens)
+    table = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)
+    plan = {
+        "": {"tokens": ContextParallelInput(split_dim=1, expected_dims=3)},
+        "rope": {0: (table, table), 1: {"query": table, "key": table}},
+        "head": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+    enable_parallelism(model, make_config(ring, ulysses), plan=plan)
+    try:
+        out = model(tokens)
+    finally:
+        disable_parallelism(model)
+    err = rel_err(out, reference)
+    assert err <= FP32_TOL, err
+    return err
+
+
+def test_nested_specs(pool):
+    pool(2).run(nested_specs_parity, 1, 2)
+    pool(2).run(nested_specs_parity, 2, 1)

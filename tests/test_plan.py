@@ -41,6 +41,15 @@ def test_wildcard_resolution():
         resolve_modules(model, "head.*")
 
 
+def test_negative_index_names_the_last_block():
+    model = Net()
+    [(name, module)] = resolve_modules(model, "blocks.-1.attn")
+    assert name == "blocks.1.attn" and module is model.blocks[1].attn
+    assert resolve_modules(model, "blocks.-2")[0][0] == "blocks.0"
+    with pytest.raises(ValueError, match="has only 2 children"):
+        resolve_modules(model, "blocks.-3")
+
+
 def test_missing_module_names_closest():
     with pytest.raises(ValueError, match="no module 'blocks.0.atn'.*'blocks.0.attn'"):
         resolve_modules(Net(), "blocks.*.atn")

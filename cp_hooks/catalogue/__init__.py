@@ -17,6 +17,7 @@ a mode is listed as supported exactly when it is tested. Adding a model family i
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -26,9 +27,6 @@ import torch
 import torch.nn as nn
 
 from .modes import HYBRID_MODES, MODES_2, Mode
-
-# Classes tried and found impossible to express as a plan: class name -> the precise reason.
-UNSUPPORTED: dict[str, str] = {}
 
 InputBuilder = Callable[[dict, torch.Generator], dict]
 
@@ -49,6 +47,14 @@ class ModelEntry:
         modes: the two-rank modes it is verified in.
         hybrid_modes: the four-rank (ring x Ulysses) modes it is verified in; empty when too slow.
         unsupported: configurations the plan cannot serve (`UnsupportedConfig`), refused on every rank.
+        no_batch_split: why the class's batch cannot be split over cfg groups (`cfg_degree > 1` is then
+            refused); empty when it can (`cp_hooks.cfg` reads batched inputs from their shapes).
+        redraw: `fnmatch` patterns of parameter names drawn again (normal, std 0.2) after the model is built:
+            weights the class zero-initialises (gates, modulation, output layers) would otherwise hide the
+            layers behind them from the comparison.
+        prepare: `prepare(model, generator)` after the model is built and redrawn, for anything else a pipeline
+            does to the model (a processor it installs, weights it always loads); randomness only from
+            `generator`.
         note: one line for the README table.
 
     Example:
@@ -65,6 +71,9 @@ class ModelEntry:
     modes: tuple[Mode, ...] = MODES_2
     hybrid_modes: tuple[Mode, ...] = HYBRID_MODES
     unsupported: tuple = ()
+    no_batch_split: str = ""
+    redraw: tuple[str, ...] = ()
+    prepare: Callable[[nn.Module, torch.Generator], None] | None = None
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -102,9 +111,23 @@ class ModelEntry:
         config = self.final_config(case, overrides)
         torch.manual_seed(seed)
         model = (model_class or self.model_class())(**config).eval()
+        self._redraw_and_prepare(model, torch.Generator().manual_seed(seed + 2))
         # diffusers models carry their full config (defaults included); a plain nn.Module gets the one given.
         inputs = self.cases[case](dict(getattr(model, "config", config)), torch.Generator().manual_seed(seed + 1))
         return model, inputs
+
+    def _redraw_and_prepare(self, model: nn.Module, generator: torch.Generator) -> None:
+        if self.redraw:
+            _redraw(model, self.redraw, generator)
+        if self.prepare is not None:
+            self.prepare(model, generator)
+
+
+def _redraw(model: nn.Module, patterns: tuple[str, ...], generator: torch.Generator) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+                param.copy_(torch.randn(param.shape, generator=generator, dtype=param.dtype) * 0.2)
 
 
 def family_modules() -> list[str]:
@@ -116,22 +139,42 @@ def family_modules() -> list[str]:
             if not info.name.startswith("_")]
 
 
+_loaded: dict[str, ModelEntry] | None = None
+_unsupported: dict[str, str] = {}
+
+
 def _load() -> dict[str, ModelEntry]:
     entries: dict[str, ModelEntry] = {}
+    unsupported: dict[str, str] = {}
     for name in family_modules():
         module = importlib.import_module(name)
-        for entry in module.ENTRIES:
-            if entry.class_name in entries or entry.class_name in UNSUPPORTED:
-                raise ValueError(f"{entry.class_name} is declared twice (again in {name}).")
-            entries[entry.class_name] = entry
-        for class_name in getattr(module, "UNSUPPORTED", {}):
-            if class_name in entries or class_name in UNSUPPORTED:
+        declared = [(e.class_name, e) for e in module.ENTRIES] + list(getattr(module, "UNSUPPORTED", {}).items())
+        for class_name, value in declared:  # a ModelEntry, or the reason the class cannot be served
+            if class_name in entries or class_name in unsupported:
                 raise ValueError(f"{class_name} is declared twice (again in {name}).")
-        UNSUPPORTED.update(getattr(module, "UNSUPPORTED", {}))
+            (entries if isinstance(value, ModelEntry) else unsupported)[class_name] = value
+    _unsupported.update(unsupported)
     return dict(sorted(entries.items(), key=lambda item: item[0].lower()))
 
 
-ENTRIES: dict[str, ModelEntry] = _load()
+def _entries() -> dict[str, ModelEntry]:
+    # Loaded on first use, not at import: a family file imports this package for `ModelEntry`, so importing
+    # one first (`import cp_hooks.models.wan`) must not load the families while it is half-initialised.
+    global _loaded
+    if _loaded is None:
+        _loaded = _load()
+    return _loaded
+
+
+def __getattr__(name: str):
+    # `ENTRIES` (class name -> ModelEntry, alphabetical) and `UNSUPPORTED` (class name -> the reason it cannot
+    # be served), read from every family file on first access.
+    if name == "ENTRIES":
+        return _entries()
+    if name == "UNSUPPORTED":
+        _entries()
+        return _unsupported
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_entry(class_name: str) -> ModelEntry:
@@ -140,16 +183,18 @@ def get_entry(class_name: str) -> ModelEntry:
     Raises:
         KeyError: the class is not in the catalogue (the message lists the ones that are).
     """
-    if class_name not in ENTRIES:
-        raise KeyError(f"{class_name} is not in the catalogue; known classes: {', '.join(sorted(ENTRIES))}.")
-    return ENTRIES[class_name]
+    entries = _entries()
+    if class_name not in entries:
+        raise KeyError(f"{class_name} is not in the catalogue; known classes: {', '.join(sorted(entries))}.")
+    return entries[class_name]
 
 
 def entry_for_class(model_class: type) -> ModelEntry | None:
     """The entry of `model_class` or of its nearest base class in the catalogue, else None."""
+    entries = _entries()
     for cls in model_class.__mro__:
-        if cls.__name__ in ENTRIES:
-            return ENTRIES[cls.__name__]
+        if cls.__name__ in entries:
+            return entries[cls.__name__]
     return None
 
 
@@ -161,7 +206,7 @@ def register_builtin_plans() -> None:
         import diffusers
     except ImportError:  # the built-in plans are for diffusers classes
         return
-    for entry in ENTRIES.values():
+    for entry in _entries().values():
         model_class = getattr(diffusers, entry.class_name, None)
         if model_class is not None:
-            register_plan(model_class, entry.plan, unsupported=entry.unsupported)
+            register_plan(model_class, entry.plan, unsupported=entry.unsupported, no_batch_split=entry.no_batch_split)
