@@ -1,0 +1,83 @@
+"""The hook on an enabled model that routes its attention calls, whatever sets them up after enable.
+
+Before each forward it routes attention processors set since the last forward (`ProcessorRouting.sync`: one
+identity comparison per attention module when nothing changed) and decides how SDPA calls made outside
+diffusers' dispatch are routed: through the cheap SDPA guard, or through the SDPA router mode where the guard
+would not see them (`sdpa.py`). docs/architecture.md, "Attention routing".
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from ..hooks import ModelHook
+from ..runtime import ContextParallelRuntime
+from . import sdpa
+from .diffusers_attention import ProcessorRouting, all_dispatch_routed
+
+
+class AttentionRoutingHook(ModelHook):
+    """Routes the model's attention: diffusers processors (also ones set after enable) and SDPA calls.
+
+    Built before any collective; `install(runtime)` marks the processors and takes the SDPA guard, `remove()`
+    undoes both. The guard routes every `F.scaled_dot_product_attention` call of the forward; the router mode
+    is used where the guard is not enough (see `needs_router`).
+    """
+
+    # Runs as plain Python under torch.compile too: processors set after compiling are routed before the
+    # (re)traced forward reads them, and a traced sync would guard on every attention module.
+    eager = True
+
+    def __init__(self, model: nn.Module) -> None:
+        self.runtime: ContextParallelRuntime | None = None
+        self.processors = ProcessorRouting(model)
+        self._submodules = list(model.modules())  # their classes' code is checked for SDPA bound by name
+        self.use_router = False
+        self._guarded = False
+        self._active: list = []  # a stack: an enabled model may run inside another's forward
+
+    def install(self, runtime: ContextParallelRuntime) -> None:
+        """Mark the processors as context-parallel and take the SDPA guard (after the config's setup)."""
+        self.runtime = runtime
+        self.processors.install(runtime)
+        self.use_router = self.needs_router()
+        sdpa.acquire_guard()
+        self._guarded = True
+
+    def remove(self) -> None:
+        """Undo `install` exactly (safe to call when it did not run, or ran partly)."""
+        self.processors.restore()
+        if self._guarded:
+            sdpa.release_guard()
+            self._guarded = False
+
+    def needs_router(self) -> bool:
+        """Whether SDPA calls need the torch-function mode, for the processors the model holds now.
+
+        Yes when the model has no diffusers processor or one that does not go through diffusers' dispatch
+        (kept from before the guard: such models are tested with the router), or when the code of a submodule
+        or processor holds torch's SDPA under its own name, which the guard does not see.
+        """
+        processors = [p for p in self.processors.processors if p is not None]
+        if not all_dispatch_routed(processors):
+            return True
+        return sdpa.sdpa_bound_elsewhere(self._submodules + processors) is not None
+
+    def enter(self, module) -> None:
+        if self.processors.sync():  # a processor was set since the last forward
+            self.use_router = self.needs_router()
+        # The guard routes calls through the attribute F.scaled_dot_product_attention; the mode, where used,
+        # the others (a call the guard routed reaches the mode only inside cp_hooks' kernels: local).
+        sdpa.push(self.runtime)
+        if self.use_router:
+            mode = sdpa.SDPARouter(self.runtime)
+            mode.__enter__()
+            self._active.append(mode)
+        else:
+            self._active.append(None)
+
+    def exit(self, module) -> None:
+        mode = self._active.pop()
+        if mode is not None:
+            mode.__exit__(None, None, None)
+        sdpa.pop()
