@@ -324,7 +324,7 @@ def _sum_over_group(grads: dict[str, torch.Tensor | None], leaves: dict[str, tor
         return grads
     names = list(grads)
     device = next(iter(leaves.values())).device
-    group = config.runtime.flat_group  # the context-parallel group, as reduce_gradients uses
+    group = config.runtime.world_group  # every rank that ran a part, as reduce_gradients uses
     anywhere = torch.tensor([grads[n] is not None for n in names], dtype=torch.int32, device=device)
     dist.all_reduce(anywhere, op=dist.ReduceOp.MAX, group=group)
     present = [n for n, flag in zip(names, anywhere.tolist()) if flag]
@@ -399,7 +399,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="Ulysses degree (default: the world size divided by the ring degree)")
     parser.add_argument("--rotate-method", choices=("allgather", "alltoall"), default="allgather")
     parser.add_argument("--anything", action="store_true",
-                        help="allow uneven sequence shards and head counts (ulysses_anything / ring_anything)")
+                        help="allow uneven sequence shards and head counts (ulysses_anything / ring_anything); "
+                        "on by default for catalogue entries whose real token counts do not divide")
     parser.add_argument("--config", default=None, help="JSON (or a path to a JSON file) of config fields that "
                         "override the catalogue's tiny config")
     parser.add_argument("--case", default=None, help="one input case (default: every case of the model)")
@@ -500,7 +501,7 @@ def _check_cases(args, entry: ModelEntry, model_class: type, plan: dict | None, 
     ulysses = args.ulysses or max(world // ring, 1)
     mode = Mode(ring, ulysses, args.rotate_method)
     overrides = _load_overrides(args.config)
-    anything = args.anything
+    anything = args.anything or entry.anything  # the catalogue's uneven inputs need the flags
     cases = [args.case] if args.case else list(entry.cases)
     say(f"{model_class.__name__}: {mode.name} on {world} processes"
         f"{' with the anything flags' if anything else ''}{', outputs and gradients' if args.backward else ''}; "

@@ -17,6 +17,8 @@ from .runtime import ContextParallelRuntime
 
 _ROTATE_METHODS = ("allgather", "alltoall")
 MESH_DIM_NAMES = ("ring", "ulysses")
+# The default mesh: classifier-free-guidance groups outermost, Ulysses innermost (contiguous ranks, one node).
+DEFAULT_MESH_DIM_NAMES = ("cfg", "ring", "ulysses")
 
 LAUNCH_HINT = (
     "Launch with `accelerate launch --num_processes N script.py` (add `--multi_gpu` to start N CPU processes "
@@ -43,11 +45,16 @@ class ContextParallelConfig:
             current one, so a rank holds at most its own shard plus two in flight.
         ulysses_anything: allow sequence lengths and head counts that `ulysses_degree` does not divide.
         ring_anything: allow sequence lengths that `ring_degree` does not divide.
-        mesh: a `DeviceMesh` with dimensions named "ring" and "ulysses" (others may exist, e.g. "dp");
-            built by `setup()` when omitted.
+        cfg_degree: groups of ranks that each take an equal part of the batch (`None` means 1): with batched
+            classifier-free guidance (conditional and unconditional inputs stacked in one batch), each group
+            runs one of them, with context parallelism inside the group; the output is whole on every rank.
+            The world (or mesh) has `cfg_degree * ring_degree * ulysses_degree` ranks; "cfg" is the outer
+            mesh dimension. cp_hooks-only (diffusers' config has no such field).
+        mesh: a `DeviceMesh` with dimensions named "ring" and "ulysses" (and "cfg" when `cfg_degree > 1`;
+            others may exist, e.g. "dp"); built by `setup()` when omitted.
 
     Raises:
-        ValueError: on degrees below 1, both degrees 1, an unknown `rotate_method`, or an anything flag
+        ValueError: on degrees below 1, all degrees 1, an unknown `rotate_method`, or an anything flag
             whose degree is 1.
 
     Example:
@@ -63,6 +70,7 @@ class ContextParallelConfig:
     ulysses_anything: bool = False
     ring_anything: bool = False
     mesh: "dist.device_mesh.DeviceMesh | None" = None
+    cfg_degree: int | None = None
 
     # Bound by setup(); not part of the user-facing fields.
     _runtime: ContextParallelRuntime | None = field(default=None, init=False, repr=False, compare=False)
@@ -72,16 +80,17 @@ class ContextParallelConfig:
             self._fill_degrees_from_mesh(self.mesh)
         self.ring_degree = 1 if self.ring_degree is None else self.ring_degree
         self.ulysses_degree = 1 if self.ulysses_degree is None else self.ulysses_degree
-        for name in ("ring_degree", "ulysses_degree"):
+        self.cfg_degree = 1 if self.cfg_degree is None else self.cfg_degree
+        for name in ("ring_degree", "ulysses_degree", "cfg_degree"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
             if value < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {value}. Use 1 to leave that dimension unused.")
-        if self.ring_degree == 1 and self.ulysses_degree == 1:
+        if self.ring_degree == 1 and self.ulysses_degree == 1 and self.cfg_degree == 1:
             raise ValueError(
-                "Both `ring_degree` and `ulysses_degree` are 1, so there is nothing to parallelize. Set one of "
-                "them to the number of processes, e.g. ContextParallelConfig(ulysses_degree=2)."
+                "`ring_degree`, `ulysses_degree` and `cfg_degree` are all 1, so there is nothing to parallelize. "
+                "Set one of them to the number of processes, e.g. ContextParallelConfig(ulysses_degree=2)."
             )
         if self.rotate_method not in _ROTATE_METHODS:
             raise ValueError(
@@ -108,7 +117,14 @@ class ContextParallelConfig:
                 f"{tuple(names)}. Build it with e.g. init_device_mesh(device_type, (dp, ring, ulysses), "
                 "mesh_dim_names=('dp', 'ring', 'ulysses'))."
             )
-        for dim_name, attr in (("ring", "ring_degree"), ("ulysses", "ulysses_degree")):
+        if "cfg" not in names and self.cfg_degree not in (None, 1):
+            raise ValueError(
+                f"`cfg_degree`={self.cfg_degree} needs a mesh dimension named 'cfg'; the mesh has {tuple(names)}. "
+                "Build it with e.g. init_device_mesh(device_type, (cfg, ring, ulysses), "
+                "mesh_dim_names=('cfg', 'ring', 'ulysses'))."
+            )
+        dims = (("cfg", "cfg_degree"),) if "cfg" in names else ()
+        for dim_name, attr in dims + (("ring", "ring_degree"), ("ulysses", "ulysses_degree")):
             size = mesh[dim_name].size()
             given = getattr(self, attr)
             if given is not None and given != size:
@@ -120,6 +136,11 @@ class ContextParallelConfig:
     def world_size(self) -> int:
         """Ranks in the context-parallel group: `ring_degree * ulysses_degree`."""
         return self.ring_degree * self.ulysses_degree
+
+    @property
+    def total_ranks(self) -> int:
+        """Ranks the config uses: `cfg_degree * ring_degree * ulysses_degree`."""
+        return self.cfg_degree * self.world_size
 
     @property
     def anything(self) -> bool:
@@ -180,17 +201,21 @@ class ContextParallelConfig:
         mesh = mesh if mesh is not None else self.mesh
         world = dist.get_world_size()
         if mesh is None:
-            if self.world_size != world:
+            if self.total_ranks != world:
+                cfg = f"cfg_degree ({self.cfg_degree}) * " if self.cfg_degree > 1 else ""
                 raise ValueError(
-                    f"ring_degree ({self.ring_degree}) * ulysses_degree ({self.ulysses_degree}) = {self.world_size} "
-                    f"!= world size ({world}). Launch {self.world_size} processes, change the degrees so that their "
-                    "product is the world size, or pass a mesh with extra dimensions (e.g. 'dp') as `mesh=`."
+                    f"{cfg}ring_degree ({self.ring_degree}) * ulysses_degree ({self.ulysses_degree}) = "
+                    f"{self.total_ranks} != world size ({world}). Launch {self.total_ranks} processes, change the "
+                    "degrees so that their product is the world size, or pass a mesh with extra dimensions "
+                    "(e.g. 'dp') as `mesh=`."
                 )
             from torch.distributed.device_mesh import init_device_mesh
 
-            mesh = init_device_mesh(
-                _device_type_of_process_group(), (self.ring_degree, self.ulysses_degree), mesh_dim_names=MESH_DIM_NAMES
-            )
+            # Ulysses innermost: on several machines its all-to-alls stay within a node (contiguous local
+            # ranks); the ring and the cfg groups span nodes.
+            mesh = init_device_mesh(_device_type_of_process_group(), (self.cfg_degree, self.ring_degree,
+                                                                      self.ulysses_degree),
+                                    mesh_dim_names=DEFAULT_MESH_DIM_NAMES)
         else:
             self._fill_degrees_from_mesh(mesh)
         self._runtime = ContextParallelRuntime.bind(self, mesh)

@@ -48,7 +48,7 @@ def _fingerprint(text: str) -> int:
 
 def check_consistent(description: str, runtime: ContextParallelRuntime, device: torch.device) -> None:
     """Raise the same ValueError on every rank if the ranks' input descriptions differ."""
-    group = runtime.flat_group
+    group = runtime.world_group  # every rank gets the same inputs, the cfg groups too
     world = dist.get_world_size(group)
     fingerprints = [row[0] for row in comm.exchange_sizes([_fingerprint(description)], group, device,
                                                          payload="consistency")]

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 _REGISTRY_ATTR = "_cp_hook_registry"
@@ -28,7 +29,14 @@ _DEEPCOPY_ATTR = "__deepcopy__"
 
 
 class ModelHook:
-    """Base class of a hook. Override any of the three methods; each default does nothing."""
+    """Base class of a hook. Override any of the three methods; each default does nothing.
+
+    A hook with `eager = True` is never traced by torch.compile: its calls run as plain Python also when the
+    model is compiled (torch.compile(model), model.compile()). For work that must see the model as it is at
+    each call (attributes changed since the last one), which a compiled graph would freeze.
+    """
+
+    eager = False
 
     def pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """Return the (possibly changed) positional and keyword arguments of the forward."""
@@ -53,19 +61,30 @@ class _Installed:
         # enter/exit are plain calls, not a context-manager object kept between the two hooks: dynamo
         # traces calls, but cannot carry a generator-based context manager from one hook's frame to another.
         has_context = type(hook).exit is not ModelHook.exit
+        # Forwards of this module whose `enter` ran and whose `exit` has not: torch runs an always_call hook
+        # also when an earlier pre-hook raised, before this hook's `enter`, and that `exit` must not run.
+        self.entered = 0
+        pre, post = self._pre, self._post
+        if hook.eager:
+            # Hooks on a compiled model are called from nn.Module.__call__, outside the forward's graph: a
+            # disabled one runs eagerly there, without a graph break in the forward.
+            pre, post = torch.compiler.disable(pre), torch.compiler.disable(post)
         self.handles = [
-            module.register_forward_pre_hook(self._pre, with_kwargs=True),
+            module.register_forward_pre_hook(pre, with_kwargs=True),
             # prepend: forward hooks run in registration order, ours must run in reverse.
-            module.register_forward_hook(self._post, with_kwargs=True, prepend=True, always_call=has_context),
+            module.register_forward_hook(post, with_kwargs=True, prepend=True, always_call=has_context),
         ]
 
     def _pre(self, module, args, kwargs):
         args, kwargs = self.hook.pre_forward(module, args, kwargs)
         self.hook.enter(module)
+        self.entered += 1
         return args, kwargs
 
     def _post(self, module, args, kwargs, output):
-        self.hook.exit(module)
+        if self.entered:
+            self.entered -= 1
+            self.hook.exit(module)
         if output is None:  # the forward raised (an always_call hook): only `exit` had to run
             return None
         return self.hook.post_forward(module, output)

@@ -14,10 +14,15 @@ import torch.nn as nn
 from .config import ContextParallelConfig
 from .foreign import as_cp_hooks_config, refuse_diffusers_parallelism
 from .runtime import ContextParallelRuntime
+from .cfg import CfgBatchHook
+from .cfg_sequential import SequentialCfg, supports_sequential
 from .consistency import ConsistencyHook
 from .hooks import HookRegistry
-from .integration import caches, diffusers_attention
-from .integration.sdpa import LocalAttentionHook, SDPARouterHook
+from .integration import caches
+from .integration.attention_hook import AttentionRoutingHook
+from .integration.offload import execution_device
+from .integration.planned_modules import PlannedModulesHook
+from .integration.sdpa import LocalAttentionHook
 from .pipelines import is_pipeline, parallel_components
 from .plan import LocalAttention, get_plan, refuse_unsupported
 from .resolve import resolve_modules
@@ -34,7 +39,8 @@ class _ParallelState:
     runtime: ContextParallelRuntime
     plan: dict
     hooks: list = field(default_factory=list)  # (module, hook name)
-    processor_undo: list = field(default_factory=list)
+    attention: AttentionRoutingHook | None = None
+    sequential_cfg: SequentialCfg | None = None
 
 
 def is_parallelized(model) -> bool:
@@ -85,7 +91,7 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
             "disable_parallelism(model) first to change the config or plan."
         )
     if plan is None:
-        refuse_unsupported(model)  # configurations the built-in plan declares it cannot serve
+        refuse_unsupported(model, config.cfg_degree)  # configurations the built-in plan declares it cannot serve
     plan = get_plan(model, plan)
     # (module, hook name, hook): built first, so that plan errors come before any collective.
     # First on the model, so that its post_forward runs last, on the gathered output.
@@ -95,6 +101,10 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
     if strict:
         # First on the model: the inputs are compared before anything is split.
         hooks.append((model, f"{_HOOK_PREFIX}consistency", ConsistencyHook()))
+    if config.cfg_degree > 1:
+        # Outside the plan's hooks: the plan splits and gathers the tokens of this group's part of the batch.
+        hooks.append((model, f"{_HOOK_PREFIX}cfg_batch", CfgBatchHook()))
+    plan_hooks = []
     for name, spec in plan.items():
         for full_name, module in resolve_modules(model, name):
             if isinstance(spec, LocalAttention):
@@ -103,24 +113,35 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
                 hook = SplitHook(module, full_name, spec)
             else:
                 hook = GatherHook(full_name, spec)
-            hooks.append((module, f"{_HOOK_PREFIX}{type(hook).__name__}[{name}]", hook))
-    if not diffusers_attention.all_dispatch_routed(model):
-        # On the model itself, so that SDPA calls anywhere in its forward see the router. Skipped when every
-        # attention goes through diffusers' dispatch: the router would only add per-op overhead.
-        hooks.append((model, f"{_HOOK_PREFIX}sdpa_router", SDPARouterHook()))
+            plan_hooks.append((module, f"{_HOOK_PREFIX}{type(hook).__name__}[{name}]", hook))
+    if config.world_size > 1:  # cfg_degree alone: each group runs the whole sequence, nothing to split
+        hooks += plan_hooks
+        # Second on the model, before its first collective: a planned module replaced since enable is refused.
+        hooks.insert(1, (model, f"{_HOOK_PREFIX}planned_modules",
+                         PlannedModulesHook(model, [module for module, _, _ in plan_hooks])))
+    # On the model itself, so that attention calls anywhere in its forward are routed, and processors set after
+    # enable are routed before the forward that uses them.
+    attention = AttentionRoutingHook(model) if config.world_size > 1 else None
+    if attention is not None:
+        hooks.append((model, f"{_HOOK_PREFIX}attention_routing", attention))
     # Cache skip metrics (First Block Cache) computed inside this model are reduced over the group.
     hooks.append((model, f"{_HOOK_PREFIX}cache_metrics", caches.CacheMetricsHook()))
 
     runtime = config.setup().runtime
     _check_model_device(model, runtime)
 
-    state = _ParallelState(config=config, runtime=runtime, plan=plan)
+    state = _ParallelState(config=config, runtime=runtime, plan=plan, attention=attention)
     try:
         for module, hook_name, hook in hooks:
             if hasattr(hook, "runtime"):
                 hook.runtime = runtime
             _add_hook(state, module, hook_name, hook)
-        state.processor_undo = diffusers_attention.install(model, runtime)
+        if attention is not None:
+            attention.install(runtime)
+        if runtime.cfg_degree == 2 and supports_sequential(model):
+            # Pipelines that call the model twice per step (cond, uncond) run the two calls on the two groups.
+            state.sequential_cfg = SequentialCfg(model, runtime)
+            state.sequential_cfg.install(model)
         caches.acquire(model)
     except BaseException:
         _remove_everything(model, state)
@@ -185,19 +206,25 @@ def _add_hook(state: _ParallelState, module: nn.Module, name: str, hook) -> None
 
 def _remove_everything(model: nn.Module, state: _ParallelState) -> None:
     caches.release(model)
-    diffusers_attention.restore(state.processor_undo)
-    state.processor_undo = []
+    if state.sequential_cfg is not None:
+        state.sequential_cfg.remove(model)
+        state.sequential_cfg = None
+    if state.attention is not None:
+        state.attention.remove()
     for module, name in reversed(state.hooks):
         HookRegistry.of(module, create=False).remove(name)
     state.hooks = []
 
 
 def _check_model_device(model: nn.Module, runtime: ContextParallelRuntime) -> None:
-    param = next(model.parameters(), None)
-    if param is not None and param.device.type != runtime.device_type:
+    # The device the model computes on: with offloading (diffusers' group offloading, accelerate's hooks) its
+    # weights rest elsewhere, and only the execution device has to match the mesh.
+    device = execution_device(model)
+    if device is not None and device.type != runtime.device_type:
         raise ValueError(
-            f"The model is on {param.device} but the context-parallel mesh communicates on '{runtime.device_type}'. "
-            "Move the model to the process group's device first (e.g. model.to(f'cuda:{local_rank}') with nccl), "
-            "or initialise the process group with a backend for the model's device."
+            f"The model is on {device} (the device it computes on) but the context-parallel mesh communicates on "
+            f"'{runtime.device_type}'. "
+            "Move the model to the process group's device first (e.g. model.to(f'cuda:{local_rank}') with nccl, or "
+            "offload with onload / execution device cuda:{local_rank}), or initialise the process group with a "
+            "backend for the model's device."
         )
-

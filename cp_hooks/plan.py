@@ -112,14 +112,18 @@ Plan = dict[str, ModulePlan]
 
 _REGISTRY: dict[type, Plan] = {}
 _UNSUPPORTED: dict[type, tuple[UnsupportedConfig, ...]] = {}
+_NO_BATCH_SPLIT: dict[type, str] = {}  # class -> why its batch cannot be split over cfg groups
 
 
 def _convert_spec(spec: Any, where: str):
-    """Accept our specs, diffusers' specs (same fields), lists/tuples of them, and None placeholders."""
+    """Accept our specs, diffusers' specs (same fields), None placeholders, and lists/tuples/dicts of them,
+    nested as deep as the value they describe (a tuple of (cos, sin) tuples, a dict of tables)."""
     if spec is None or isinstance(spec, (ContextParallelInput, ContextParallelOutput, LocalAttention)):
         return spec
     if isinstance(spec, (list, tuple)):
         return type(spec)(_convert_spec(s, where) for s in spec)
+    if isinstance(spec, dict) and where.count("[") > 1:  # inside an input entry: a dict value's specs by key
+        return {k: _convert_spec(s, f"{where}[{k!r}]") for k, s in spec.items()}
     kind = type(spec).__name__
     if kind == "ContextParallelInput" and hasattr(spec, "split_dim"):
         return ContextParallelInput(spec.split_dim, spec.expected_dims, bool(spec.split_output))
@@ -166,9 +170,16 @@ def normalize_plan(plan: Any) -> Plan:
     return result
 
 
+def _leaves(spec) -> list:
+    if isinstance(spec, (list, tuple)):
+        return [leaf for s in spec for leaf in _leaves(s)]
+    if isinstance(spec, dict):
+        return [leaf for s in spec.values() for leaf in _leaves(s)]
+    return [spec]
+
+
 def _check_input_key(module_name: str, key, spec) -> None:
-    specs = spec if isinstance(spec, (list, tuple)) else [spec]
-    for s in specs:
+    for s in _leaves(spec):
         if s is None:
             continue
         if isinstance(s, ContextParallelOutput) and isinstance(key, str):
@@ -187,7 +198,8 @@ def _check_input_key(module_name: str, key, spec) -> None:
             )
 
 
-def register_plan(model_class: type, plan: Plan, unsupported: tuple[UnsupportedConfig, ...] = ()) -> None:
+def register_plan(model_class: type, plan: Plan, unsupported: tuple[UnsupportedConfig, ...] = (),
+                  no_batch_split: str = "") -> None:
     """Register `plan` as the built-in plan for `model_class` (and its subclasses).
 
     Args:
@@ -195,6 +207,9 @@ def register_plan(model_class: type, plan: Plan, unsupported: tuple[UnsupportedC
         plan: the plan (see module docstring).
         unsupported: configurations of the class this plan cannot serve (see `UnsupportedConfig`);
             `enable_parallelism` refuses them when it uses this registered plan.
+        no_batch_split: when set, the reason why this class's batch cannot be split over cfg groups
+            (`cfg_degree > 1` is then refused): an input whose leading dimension equals the batch size but
+            is not one row per sample (see `cp_hooks.cfg`).
 
     Raises:
         TypeError: `model_class` is not an `nn.Module` subclass, or the plan is malformed.
@@ -208,6 +223,10 @@ def register_plan(model_class: type, plan: Plan, unsupported: tuple[UnsupportedC
         raise TypeError("register_plan(unsupported=...) takes UnsupportedConfig entries.")
     _REGISTRY[model_class] = normalize_plan(plan)
     _UNSUPPORTED[model_class] = tuple(unsupported)
+    if no_batch_split:
+        _NO_BATCH_SPLIT[model_class] = no_batch_split
+    else:
+        _NO_BATCH_SPLIT.pop(model_class, None)
 
 
 def registered_plan(model_class: type) -> Plan | None:
@@ -245,7 +264,7 @@ def get_plan(model: nn.Module, plan: Plan | None = None) -> Plan:
     )
 
 
-def refuse_unsupported(model: nn.Module) -> None:
+def refuse_unsupported(model: nn.Module, cfg_degree: int = 1) -> None:
     """Raise ValueError if `model` is configured in a way its registered plan declares it cannot serve.
 
     Reads only the model's own attributes (no communication), so every rank raises the same error.
@@ -254,6 +273,11 @@ def refuse_unsupported(model: nn.Module) -> None:
     from .resolve import resolve_modules
 
     cls = next((c for c in type(model).__mro__ if c in _REGISTRY), None)
+    if cfg_degree > 1 and cls in _NO_BATCH_SPLIT:
+        raise ValueError(
+            f"{type(model).__name__} cannot split its batch over cfg groups (cfg_degree={cfg_degree}): "
+            f"{_NO_BATCH_SPLIT[cls]} Use cfg_degree=1 with this model."
+        )
     for u in _UNSUPPORTED.get(cls, ()):
         for name, module in resolve_modules(model, u.module):
             value = module

@@ -19,9 +19,14 @@ class ContextParallelRuntime:
     Attributes:
         ring_degree, ulysses_degree, rotate_method, convert_to_fp32, ulysses_anything, ring_anything: the
             config's fields at setup time.
-        mesh: the device mesh with "ring" and "ulysses" dimensions (others may exist).
+        mesh: the device mesh with "ring" and "ulysses" dimensions (others may exist, "cfg" among them).
         ring_group, ulysses_group, flat_group: process groups of the ring, of Ulysses, and of both
             (the context-parallel group; ulysses is the inner, contiguous-rank dimension).
+        cfg_degree, cfg_group, cfg_rank: the batch groups (`ContextParallelConfig.cfg_degree`): the group of
+            the ranks that hold the same tokens of different parts of the batch (None when the degree is 1),
+            and this rank's part.
+        world_group: every rank that runs the model together (cfg x ring x ulysses); the group over which
+            parameter gradients and cache metrics are summed. The flat group when `cfg_degree` is 1.
         rank, ring_rank, ulysses_rank: this process's rank in the flat group (it holds shard `rank`), in
             the ring and in its Ulysses group.
         device_type: "cpu" for gloo, "cuda" for nccl.
@@ -48,11 +53,21 @@ class ContextParallelRuntime:
     op_key: int = -1
     flat_group_key: int = -1
     split_lengths: SplitLengths = field(default_factory=SplitLengths)
+    cfg_degree: int = 1
+    cfg_group: object = None
+    cfg_rank: int = 0
+    cfg_group_key: int = -1
+    world_group: object = None
 
     @property
     def world_size(self) -> int:
         """Ranks in the context-parallel group: `ring_degree * ulysses_degree`."""
         return self.ring_degree * self.ulysses_degree
+
+    @property
+    def total_ranks(self) -> int:
+        """Ranks that run the model together: `cfg_degree * ring_degree * ulysses_degree`."""
+        return self.cfg_degree * self.world_size
 
     @property
     def anything(self) -> bool:
@@ -68,6 +83,9 @@ class ContextParallelRuntime:
         names = ("ring", "ulysses")
         ring_rank, ulysses_rank = mesh["ring"].get_local_rank(), mesh["ulysses"].get_local_rank()
         flat_group = mesh[names]._flatten().get_group()
+        has_cfg = "cfg" in (mesh.mesh_dim_names or ()) and mesh["cfg"].size() > 1
+        cfg_group = mesh["cfg"].get_group() if has_cfg else None
+        world_group = mesh[("cfg",) + names]._flatten().get_group() if has_cfg else flat_group
         runtime = cls(
             ring_degree=config.ring_degree, ulysses_degree=config.ulysses_degree, rotate_method=config.rotate_method,
             convert_to_fp32=config.convert_to_fp32, ulysses_anything=config.ulysses_anything,
@@ -75,6 +93,9 @@ class ContextParallelRuntime:
             ulysses_group=mesh["ulysses"].get_group(), flat_group=flat_group,
             rank=ring_rank * config.ulysses_degree + ulysses_rank, ring_rank=ring_rank, ulysses_rank=ulysses_rank,
             device_type=mesh.device_type, flat_group_key=comm.group_key(flat_group),
+            cfg_degree=mesh["cfg"].size() if has_cfg else 1, cfg_group=cfg_group,
+            cfg_rank=mesh["cfg"].get_local_rank() if has_cfg else 0,
+            cfg_group_key=comm.group_key(cfg_group) if has_cfg else -1, world_group=world_group,
         )
         object.__setattr__(runtime, "op_key", register_runtime(runtime))
         return runtime

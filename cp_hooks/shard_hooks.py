@@ -104,14 +104,26 @@ class SplitHook(ModelHook):
             return None
         if isinstance(spec, ContextParallelOutput):
             return gather_for_plan(value, spec, self.runtime, what)
-        if isinstance(spec, (list, tuple)):
-            if not isinstance(value, (list, tuple)) or len(value) != len(spec):
-                raise ValueError(f"{what}: the plan has {len(spec)} specs but the value is {type(value).__name__}"
-                                 f"{'' if not isinstance(value, (list, tuple)) else f' of length {len(value)}'}.")
-            parts = [v if s is None or v is None else split_for_plan(v, s, self.runtime, f"{what}[{i}]")
-                     for i, (v, s) in enumerate(zip(value, spec))]
-            return type(value)(parts)
-        return split_for_plan(value, spec, self.runtime, what)
+        return _apply_spec(value, spec, self.runtime, what)
+
+
+def _apply_spec(value, spec, runtime: ContextParallelRuntime, what: str):
+    """Split (or gather) `value` as `spec` says, recursing into lists, tuples and dicts of specs."""
+    if value is None or spec is None:
+        return value
+    if isinstance(spec, ContextParallelOutput):
+        return gather_for_plan(value, spec, runtime, what)
+    if isinstance(spec, (list, tuple)):
+        if not isinstance(value, (list, tuple)) or len(value) != len(spec):
+            raise ValueError(f"{what}: the plan has {len(spec)} specs but the value is {type(value).__name__}"
+                             f"{'' if not isinstance(value, (list, tuple)) else f' of length {len(value)}'}.")
+        return type(value)(_apply_spec(v, s, runtime, f"{what}[{i}]") for i, (v, s) in enumerate(zip(value, spec)))
+    if isinstance(spec, dict):
+        if not isinstance(value, dict) or not set(spec) <= set(value):
+            raise ValueError(f"{what}: the plan has specs for keys {sorted(spec)} but the value is "
+                             f"{type(value).__name__}{f' with keys {sorted(value)}' if isinstance(value, dict) else ''}.")
+        return {k: _apply_spec(v, spec.get(k), runtime, f"{what}[{k!r}]") for k, v in value.items()}
+    return split_for_plan(value, spec, runtime, what)
 
 
 class GatherHook(ModelHook):
@@ -153,7 +165,8 @@ class ReplicatedOutputHook(ModelHook):
         return args, kwargs
 
     def post_forward(self, module, output):
-        return _map_tensors(output, lambda t: share_replicated_gradient(t, self.runtime.world_size))
+        # Every rank of every cfg group back-propagates the same loss from the same whole output.
+        return _map_tensors(output, lambda t: share_replicated_gradient(t, self.runtime.total_ranks))
 
 
 def _map_tensors(value, fn):

@@ -45,7 +45,7 @@ def reduce_gradients(model: nn.Module, config: ContextParallelConfig, *, bucket_
         >>> optimizer.step()
     """
     runtime = _runtime(model, config)
-    group = runtime.flat_group
+    group = runtime.world_group  # the context-parallel group, and the cfg groups that split the batch
     params = [p for p in model.parameters() if p.requires_grad]
     device = _flag_device(runtime)
     # Every rank must issue the same all-reduces: first agree on the parameter count, then on which exist.

@@ -26,6 +26,9 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     """Options every script takes: degrees of the mesh, ring rotation, anything modes, dtype, seed."""
     g = p.add_argument_group("parallelism")
     g.add_argument("--dp", type=int, default=1, help="data-parallel groups; each gets its own prompt / batch")
+    g.add_argument("--cfg-degree", type=int, default=1,
+                   help="classifier-free-guidance groups: the conditional and unconditional passes run at the "
+                        "same time on 2 groups (each with ring x ulysses ranks)")
     g.add_argument("--ring", type=int, default=1, help="ring degree")
     g.add_argument("--ulysses", type=int, default=None,
                    help="Ulysses degree (default: world size / (dp * ring))")
@@ -39,7 +42,7 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
 
 @dataclass
 class Parallel:
-    """The process's place in the (dp, ring, ulysses) mesh."""
+    """The process's place in the (dp, cfg, ring, ulysses) mesh."""
 
     device: torch.device
     config: ContextParallelConfig
@@ -56,12 +59,12 @@ class Parallel:
 
     @property
     def is_group_main(self) -> bool:
-        """Rank 0 of this data-parallel group's context-parallel ranks: saves the group's results."""
-        return self.config.rank == 0
+        """Rank 0 of this data-parallel group (its first cfg group's first context-parallel rank): saves."""
+        return self.config.rank == 0 and self.config.runtime.cfg_rank == 0
 
 
 def setup_parallel(args) -> Parallel:
-    """Start the process group (nccl on GPUs, gloo on CPU) and build the (dp, ring, ulysses) mesh.
+    """Start the process group (nccl on GPUs, gloo on CPU) and build the (dp, cfg, ring, ulysses) mesh.
 
     Raises:
         SystemExit: degrees whose product is not the world size (the message gives the product).
@@ -72,19 +75,22 @@ def setup_parallel(args) -> Parallel:
         # Ranks on one machine share its cores: without this each would start one thread per core.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     world, rank = dist.get_world_size(), dist.get_rank()
-    ulysses = args.ulysses or world // (args.dp * args.ring)
-    if args.dp * args.ring * ulysses != world:
-        raise SystemExit(f"dp ({args.dp}) * ring ({args.ring}) * ulysses ({ulysses}) = {args.dp * args.ring * ulysses}"
-                         f" != world size ({world}); launch that many processes or change the degrees.")
+    cfg = getattr(args, "cfg_degree", 1)
+    ulysses = args.ulysses or world // (args.dp * cfg * args.ring)
+    if args.dp * cfg * args.ring * ulysses != world:
+        raise SystemExit(f"dp ({args.dp}) * cfg ({cfg}) * ring ({args.ring}) * ulysses ({ulysses}) = "
+                         f"{args.dp * cfg * args.ring * ulysses} != world size ({world}); launch that many processes "
+                         "or change the degrees.")
     flags = dict(rotate_method=args.rotate_method, ulysses_anything=args.anything and ulysses > 1,
                  ring_anything=args.anything and args.ring > 1)
     if args.dp == 1:
-        config = ContextParallelConfig(ring_degree=args.ring, ulysses_degree=ulysses, **flags)
+        config = ContextParallelConfig(ring_degree=args.ring, ulysses_degree=ulysses, cfg_degree=cfg, **flags)
         return Parallel(device, config.setup(), rank, world, 0, 1, None)
-    # An extra outer "dp" dimension: each dp group is a full context-parallel group of ring * ulysses ranks.
+    # An extra outer "dp" dimension: each dp group is a full (cfg x ring x ulysses) group.
     from torch.distributed.device_mesh import init_device_mesh
 
-    mesh = init_device_mesh(device.type, (args.dp, args.ring, ulysses), mesh_dim_names=("dp", "ring", "ulysses"))
+    mesh = init_device_mesh(device.type, (args.dp, cfg, args.ring, ulysses),
+                            mesh_dim_names=("dp", "cfg", "ring", "ulysses"))
     config = ContextParallelConfig(mesh=mesh, **flags).setup()
     return Parallel(device, config, rank, world, mesh["dp"].get_local_rank(), args.dp, mesh["dp"].get_group())
 

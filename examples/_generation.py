@@ -28,6 +28,9 @@ def generation_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--steps", type=int, default=4, help="denoising steps")
     p.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
+    p.add_argument("--true-cfg-scale", type=float, default=None,
+                   help="Flux / QwenImage: classifier-free guidance with the negative prompt (two passes per step; "
+                        "with --cfg-degree 2 they run at the same time)")
     p.add_argument("--max-sequence-length", type=int, default=None,
                    help="text tokens (default: 32 for the tiny pipelines, the pipeline's own otherwise)")
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
@@ -77,12 +80,16 @@ def generate_and_check(pipe, par: Parallel, args, call_kwargs: dict, output_attr
         call_kwargs["negative_prompt"] = args.negative_prompt
     if args.guidance_scale is not None:
         call_kwargs["guidance_scale"] = args.guidance_scale
+    if args.true_cfg_scale is not None:
+        call_kwargs["true_cfg_scale"] = args.true_cfg_scale
+        call_kwargs.setdefault("negative_prompt", "blurry, low quality")
     if args.max_sequence_length is not None:
         call_kwargs["max_sequence_length"] = args.max_sequence_length
     check = args.check if args.check is not None else not args.model
 
     config = par.config
-    print0(f"{describe}, {par.world} ranks on {par.device.type}: dp {par.dp_size} x ring {config.ring_degree} x "
+    cfg = f"cfg {config.cfg_degree} x " if config.cfg_degree > 1 else ""
+    print0(f"{describe}, {par.world} ranks on {par.device.type}: dp {par.dp_size} x {cfg}ring {config.ring_degree} x "
            f"ulysses {config.ulysses_degree}, rotate {config.rotate_method}, {args.dtype}, {args.steps} steps")
     if check:
         reference, reference_latents, single_s = run_pipeline(pipe, call_kwargs, output_attr, args.seed, par.device)
@@ -97,7 +104,7 @@ def generate_and_check(pipe, par: Parallel, args, call_kwargs: dict, output_attr
                          par.device)
     tol = TOLERANCE[DTYPES[args.dtype]]
     ok = True
-    cp_size = config.world_size
+    cp_size = config.total_ranks  # the ranks of one data-parallel group (cfg groups included)
     for group in range(par.dp_size):
         group_rows = rows[group * cp_size:(group + 1) * cp_size]
         group_err, group_latent, group_output = (max(r[i] for r in group_rows) for i in range(3))

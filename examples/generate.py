@@ -3,6 +3,7 @@
     accelerate launch --multi_gpu --num_processes 2 examples/generate.py            # CPU: 2 gloo ranks, tiny Flux
     torchrun --nproc_per_node 2 examples/generate.py --ring 2 --rotate-method alltoall
     torchrun --nproc_per_node 4 examples/generate.py --dp 2                         # 2 prompts x 2 CP ranks each
+    torchrun --nproc_per_node 4 examples/generate.py --cfg-degree 2 --true-cfg-scale 4   # CFG passes at once
     accelerate launch --num_processes 4 examples/generate.py --model black-forest-labs/FLUX.1-dev \\
         --dtype bfloat16 --height 1024 --width 1024 --steps 28 --ulysses 4 --prompt "a cat" --check
 

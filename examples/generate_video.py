@@ -2,6 +2,7 @@
 
     accelerate launch --multi_gpu --num_processes 2 examples/generate_video.py      # CPU: 2 gloo ranks, tiny Wan
     torchrun --nproc_per_node 2 examples/generate_video.py --ring 2 --output video.webp
+    torchrun --nproc_per_node 4 examples/generate_video.py --cfg-degree 2           # cond / uncond at once
     accelerate launch --num_processes 8 examples/generate_video.py --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers \\
         --dtype bfloat16 --height 480 --width 832 --frames 81 --steps 50 --ulysses 4 --ring 2 --output video.mp4
 

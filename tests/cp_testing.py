@@ -22,12 +22,14 @@ FP32_TOL = 1e-5  # max |cp - reference| / max(1, max |reference|), fp32 (docs/ar
 BF16_TOL = 3e-2  # same measure for bf16 inputs against the fp64 reference; bf16 SDPA alone is ~1e-2
 
 
-def make_config(ring: int = 1, ulysses: int = 1, **kwargs) -> ContextParallelConfig:
+def make_config(ring: int = 1, ulysses: int = 1, cfg: int = 1, **kwargs) -> ContextParallelConfig:
     """A set-up config; meshes are cached per shape so that process groups are not created per test."""
-    key = (ring, ulysses)
+    key = (ring, ulysses) if cfg == 1 else (cfg, ring, ulysses)
     if key not in _MESHES:
-        _MESHES[key] = init_device_mesh("cpu", key, mesh_dim_names=("ring", "ulysses"))
-    return ContextParallelConfig(ring_degree=ring, ulysses_degree=ulysses, **kwargs).setup(_MESHES[key])
+        names = ("ring", "ulysses") if cfg == 1 else ("cfg", "ring", "ulysses")
+        _MESHES[key] = init_device_mesh("cpu", key, mesh_dim_names=names)
+    config = ContextParallelConfig(ring_degree=ring, ulysses_degree=ulysses, cfg_degree=cfg, **kwargs)
+    return config.setup(_MESHES[key])
 
 
 def shard(x: torch.Tensor, dim: int = 1) -> torch.Tensor:

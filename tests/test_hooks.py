@@ -125,3 +125,23 @@ def test_context_exits_on_exception_and_module_stays_usable():
     assert log == ["enter", "exit"]
     assert model(torch.randn(2, 3)).shape == (2, 3)
     assert log == ["enter", "exit", "enter", "exit"]
+
+
+class Refuse(ModelHook):
+    def pre_forward(self, module, args, kwargs):
+        raise ValueError("refused before the forward")
+
+
+def test_exit_runs_only_after_its_own_enter():
+    # A pre-hook that raises stops the hooks after it before their `enter`; torch still runs their always_call
+    # post-hooks, and an unmatched `exit` would unbalance state such as the LocalAttention depth.
+    model, log = Tiny(), []
+    HookRegistry.of(model).add("first", Context(log))
+    HookRegistry.of(model).add("refuse", Refuse())
+    HookRegistry.of(model).add("after", Context(log))
+    with pytest.raises(ValueError, match="refused"):
+        model(torch.randn(2, 3))
+    assert log == ["enter", "exit"]  # the first hook's pair only
+    HookRegistry.of(model).remove("refuse")
+    model(torch.randn(2, 3))
+    assert log == ["enter", "exit", "enter", "enter", "exit", "exit"]

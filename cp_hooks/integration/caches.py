@@ -89,14 +89,15 @@ def _fbc_hook_class():
 
 
 def global_relative_change(current: torch.Tensor, previous: torch.Tensor, runtime) -> float:
-    """`mean|current - previous| / mean|previous|` over the tokens of every rank of `runtime.flat_group`."""
+    """`mean|current - previous| / mean|previous|` over the tokens of every rank of `runtime.world_group`
+    (the context-parallel group, and every cfg group when the batch is split)."""
     acc = torch.float32 if current.device.type == "mps" else torch.float64
     sums = torch.stack([
         (current - previous).abs().sum(dtype=acc),
         previous.abs().sum(dtype=acc),
         torch.tensor(float(current.numel()), dtype=acc, device=current.device),
     ])
-    dist.all_reduce(sums, group=runtime.flat_group)
+    dist.all_reduce(sums, group=runtime.world_group)
     numerator, denominator, count = sums.tolist()
     if count == 0:
         return float("nan")
@@ -106,7 +107,7 @@ def global_relative_change(current: torch.Tensor, previous: torch.Tensor, runtim
 @torch.compiler.disable
 def _should_compute_remaining_blocks(self, hidden_states_residual: torch.Tensor) -> bool:
     runtime = current_runtime()
-    if runtime is None or runtime.world_size == 1:
+    if runtime is None or runtime.total_ranks == 1:
         return _original(self, hidden_states_residual)
     shared_state = self.state_manager.get_state()
     if shared_state.head_block_residual is None:  # the same on every rank: the states advance in lockstep

@@ -1,0 +1,125 @@
+"""Batch (classifier-free-guidance) parallelism: `cfg_degree` beside ring and Ulysses, against one process.
+
+Every catalogue model and case whose pipeline-shaped batch the degree divides (batched guidance stacks the
+conditional and unconditional inputs, so those are the models' real CFG batches) runs with cfg_degree=2
+alone (2 ranks); four batched-guidance models also with cfg_degree=2 x Ulysses 2 or ring 2 (4 ranks),
+forward; one model also backward.
+The same plans as without cfg, no per-model code. Tolerance: FP32_TOL relative.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from cp_hooks import ContextParallelConfig, disable_parallelism, enable_parallelism
+from cp_hooks.catalogue import ENTRIES, get_entry
+from cp_hooks.checker import compare_parallel, compare_parallel_backward
+from cp_testing import FP32_TOL, make_config
+
+
+def _batched_cases(entry) -> list[str]:
+    cases = []
+    for case in entry.cases:
+        _, inputs = entry.build(case)
+        hidden = inputs.get("hidden_states")
+        if isinstance(hidden, torch.Tensor) and hidden.shape[0] % 2 == 0:
+            cases.append(case)
+    return cases
+
+
+# With context parallelism inside the groups: models of the batched-guidance pipelines named in the README
+# (cfg alone runs every catalogue model with an even batch; the split of the batch is the same code).
+WITH_CP = ("PixArtTransformer2DModel", "LTXVideoTransformer3DModel", "HunyuanVideoTransformer3DModel",
+           "CogView3PlusTransformer2DModel")
+
+
+def verify_cfg(ring: int, ulysses: int) -> list[str]:
+    """Every catalogue case with an even batch under cfg_degree=2 (x the given context parallelism)."""
+    lines, failures = [], []
+    for name, entry in ENTRIES.items():
+        if ring * ulysses > 1 and name not in WITH_CP:
+            continue
+        if entry.no_batch_split:
+            continue  # refused with its reason (test_a_class_that_cannot_split_its_batch_is_refused)
+        for case in _batched_cases(entry):
+            model, inputs = entry.build(case)
+            kwargs = dict(ulysses_anything=ulysses > 1 and entry.anything, ring_anything=ring > 1 and entry.anything)
+            config = make_config(ring, ulysses, cfg=2, **kwargs)
+            try:
+                diffs = compare_parallel(model, inputs, config, tol=FP32_TOL)
+            except Exception as e:  # noqa: BLE001  (report every model, not only the first)
+                failures.append(f"{name} {case}: {type(e).__name__}: {str(e)[:200]}")
+                continue
+            for d in diffs:
+                line = f"{name} {case} output {d.index}: rel {d.rel:.2e}"
+                lines.append(line)
+                if not d.passed:
+                    failures.append(line)
+    assert lines, "no catalogue case has an even batch: the test would prove nothing"
+    assert not failures, f"rank {dist.get_rank()}: off by more than {FP32_TOL}:\n" + "\n".join(failures)
+    return lines
+
+
+def test_cfg_alone(pool):
+    lines = pool(2).run(verify_cfg, 1, 1, timeout=600)[0]
+    assert any(line.startswith("PixArtTransformer2DModel") for line in lines)
+
+
+@pytest.mark.parametrize("ring,ulysses", [(1, 2), (2, 1)])
+def test_cfg_with_context_parallelism(pool, ring, ulysses):
+    lines = pool(4).run(verify_cfg, ring, ulysses, timeout=600)[0]
+    assert {line.split()[0] for line in lines} == set(WITH_CP)
+
+
+def verify_cfg_gradients() -> str:
+    """Gradients with the batch split over cfg and the tokens over Ulysses: every parameter and input."""
+    model, inputs = get_entry("PixArtTransformer2DModel").build()
+    diffs = compare_parallel_backward(model, inputs, make_config(1, 2, cfg=2), tol=FP32_TOL)
+    bad = [f"{d.kind} {d.name}: rel {d.rel:.2e}" for d in diffs if not d.passed]
+    assert not bad and any(d.kind == "parameter" for d in diffs), bad
+    return "ok"
+
+
+def test_cfg_gradients(pool):
+    pool(4).run(verify_cfg_gradients, timeout=300)
+
+
+def refuse_odd_batch() -> str:
+    """A batch of 3 with cfg_degree=2: the same ValueError on every rank, before any collective."""
+    model, inputs = get_entry("FluxTransformer2DModel").build()
+    inputs = {k: (v.repeat(3, *[1] * (v.dim() - 1)) if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == 1
+                  else v) for k, v in inputs.items()}
+    enable_parallelism(model, make_config(1, 1, cfg=2))
+    try:
+        with pytest.raises(ValueError, match="the batch has 3 samples"):
+            model(**inputs)
+    finally:
+        disable_parallelism(model)
+    return "refused"
+
+
+def test_batch_the_degree_does_not_divide_is_refused(pool):
+    pool(2).run(refuse_odd_batch)
+
+
+def refuse_declared() -> str:
+    model, _ = get_entry("MiniMaxH3Transformer3DModel").build()
+    with pytest.raises(ValueError, match="cannot split its batch over cfg groups"):
+        enable_parallelism(model, make_config(1, 1, cfg=2))
+    return "refused"
+
+
+def test_a_class_that_cannot_split_its_batch_is_refused(pool):
+    pool(2).run(refuse_declared)
+
+
+def test_config_fields():
+    config = ContextParallelConfig(cfg_degree=2, ulysses_degree=2)
+    assert (config.cfg_degree, config.world_size, config.total_ranks) == (2, 2, 4)
+    assert ContextParallelConfig(cfg_degree=2).world_size == 1
+    with pytest.raises(ValueError, match="all 1"):
+        ContextParallelConfig(cfg_degree=1)
+    with pytest.raises(ValueError, match=">= 1"):
+        ContextParallelConfig(cfg_degree=0, ulysses_degree=2)

@@ -1,0 +1,109 @@
+"""Sequential guidance over two cfg groups, whole pipelines against one process (cp_hooks.cfg_sequential).
+
+Wan (guidance_scale > 1) and Flux (true_cfg_scale > 1 with a negative prompt) call the transformer twice per
+step, in cache_context("cond") and ("uncond"). With cfg_degree=2 the first step learns which arguments
+differ, and every later step computes the two calls at once on the two groups. The latents must equal one
+process's (fp32: FP32_TOL relative), and the transformer must really have run fewer forwards per rank.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+from cp_hooks import disable_parallelism, enable_parallelism
+from cp_testing import FP32_TOL, make_config, rel_err
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+
+STEPS = 4
+
+
+def _count_forwards(module) -> list:
+    calls = []
+    module.register_forward_pre_hook(lambda m, args: calls.append(1))
+    return calls
+
+
+def _wan(pipe):
+    return pipe("a red cube", negative_prompt="blur", height=32, width=32, num_frames=5, num_inference_steps=STEPS,
+                guidance_scale=2.0, max_sequence_length=16, generator=torch.Generator().manual_seed(0),
+                output_type="latent").frames
+
+
+def _flux(pipe):
+    return pipe("a red cube", negative_prompt="blur", true_cfg_scale=2.0, height=32, width=32,
+                num_inference_steps=STEPS, max_sequence_length=16, generator=torch.Generator().manual_seed(0),
+                output_type="latent").images
+
+
+def sequential_parity(kind: str, ring: int, ulysses: int) -> tuple[float, int, int]:
+    """(relative difference, forwards alone, forwards per rank with cfg) for one tiny pipeline."""
+    import _tiny
+
+    pipe = _tiny.tiny_wan_pipeline(seed=0) if kind == "wan" else _tiny.tiny_flux_pipeline(seed=0)
+    generate = _wan if kind == "wan" else _flux
+    calls = _count_forwards(pipe.transformer)
+    with torch.no_grad():
+        reference = generate(pipe)
+    alone = len(calls)
+    calls.clear()
+    original_class = type(pipe.transformer)
+    enable_parallelism(pipe, make_config(ring, ulysses, cfg=2))
+    try:
+        with torch.no_grad():
+            parallel = generate(pipe)
+    finally:
+        disable_parallelism(pipe)
+    assert type(pipe.transformer) is original_class  # the paired-call subclass is undone
+    assert "cache_context" not in pipe.transformer.__dict__
+    return rel_err(parallel, reference), alone, len(calls)
+
+
+@pytest.mark.parametrize("kind", ["wan", "flux"])
+def test_sequential_guidance_two_ranks(pool, kind):
+    rel, alone, parallel = pool(2).run(sequential_parity, kind, 1, 1, timeout=600)[0]
+    assert rel <= FP32_TOL, rel
+    assert alone == 2 * STEPS and parallel == STEPS + 1, (alone, parallel)  # learns on step 1, then one each
+
+
+def test_sequential_guidance_with_ulysses(pool):
+    results = pool(4).run(sequential_parity, "wan", 1, 2, timeout=600)
+    assert all(rel <= FP32_TOL for rel, _, _ in results), results
+
+
+def mispredicted_call() -> list[float]:
+    """A second step whose unconditional call changes more than the first step's did: computed, not reused."""
+    from cp_hooks.catalogue import get_entry
+
+    model, inputs = get_entry("FluxTransformer2DModel").build()
+    negative = dict(inputs, encoder_hidden_states=inputs["encoder_hidden_states"] * -1)
+    other = dict(negative, pooled_projections=inputs["pooled_projections"] + 1)  # not seen in step 1
+
+    def step(model, cond, uncond):
+        with torch.no_grad():
+            with model.cache_context("cond"):
+                a = model(**cond)[0]
+            with model.cache_context("uncond"):
+                b = model(**uncond)[0]
+        return a, b
+
+    expected = [step(model, inputs, negative), step(model, inputs, other)]
+    enable_parallelism(model, make_config(1, 1, cfg=2))
+    try:
+        got = [step(model, inputs, negative)]
+        with pytest.warns(RuntimeWarning, match="did not match"):
+            got.append(step(model, inputs, other))
+        got.append(step(model, inputs, negative))  # learns again, then predicts
+    finally:
+        disable_parallelism(model)
+    expected.append(expected[0])
+    return [rel_err(g, e) for gs, es in zip(got, expected) for g, e in zip(gs, es)]
+
+
+def test_a_misprediction_is_computed_again(pool):
+    for rels in pool(2).run(mispredicted_call):
+        assert max(rels) <= FP32_TOL, rels
