@@ -1,0 +1,88 @@
+"""diffusers' step caches other than First Block Cache, under context parallelism, against one process.
+
+TaylorSeer, MagCache and Pyramid Attention Broadcast decide from the step index or timestep (never from a
+hidden-state metric), so every rank makes the same decision; their cached and predicted tensors are each
+rank's own shard. A tiny Wan pipeline runs with each cache alone and with Ulysses 2 / ring 2; the latents must
+agree (fp32: FP32_TOL relative), and the single-process run must really skip attention (fewer SDPA calls than
+without the cache), so that the comparison covers the cached path. (First Block Cache: tests/test_caches.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from cp_hooks import disable_parallelism, enable_parallelism
+from cp_testing import FP32_TOL, make_config, rel_err
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+
+STEPS = 6
+
+
+class _CountSDPA(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _config(name: str):
+    from diffusers.hooks import MagCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
+
+    if name == "taylorseer":
+        # Wan's blocks by name: the default patterns name the ModuleList "blocks", whose forward never runs.
+        return TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=1, max_order=1,
+                                     taylor_factors_dtype=torch.float32, cache_identifiers=[r"blocks\.\d+"])
+    if name == "magcache":
+        return MagCacheConfig(threshold=0.5, max_skip_steps=2, retention_ratio=0.0, num_inference_steps=STEPS,
+                              mag_ratios=[1.0] + [0.9] * (STEPS - 1))
+    return PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=2,
+                                           spatial_attention_timestep_skip_range=(-1, 1001),
+                                           current_timestep_callback=lambda: 500)
+
+
+def _generate(pipe):
+    return pipe("a red cube", negative_prompt="blur", height=32, width=32, num_frames=5, num_inference_steps=STEPS,
+                guidance_scale=1.0, max_sequence_length=16, generator=torch.Generator().manual_seed(0),
+                output_type="latent").frames
+
+
+def cache_parity(name: str, ring: int, ulysses: int) -> tuple[float, int, int]:
+    """(relative difference, SDPA calls alone without cache, with cache) for one cache."""
+    import _tiny
+
+    pipe = _tiny.tiny_wan_pipeline(seed=0)
+    with torch.no_grad(), _CountSDPA() as plain:
+        _generate(pipe)
+    pipe.transformer.enable_cache(_config(name))
+    with torch.no_grad(), _CountSDPA() as cached:
+        reference = _generate(pipe)
+    pipe.transformer.disable_cache()
+    pipe.transformer.enable_cache(_config(name))  # fresh cache state for the parallel run
+    enable_parallelism(pipe, make_config(ring, ulysses))
+    try:
+        with torch.no_grad():
+            parallel = _generate(pipe)
+    finally:
+        disable_parallelism(pipe)
+        pipe.transformer.disable_cache()
+    return rel_err(parallel, reference), plain.calls, cached.calls
+
+
+@pytest.mark.parametrize("name", ["taylorseer", "magcache", "pab"])
+def test_step_cache_matches_one_process(pool, name):
+    pytest.importorskip("diffusers")
+    for ring, ulysses in ((1, 2), (2, 1)):
+        rel, plain, cached = pool(2).run(cache_parity, name, ring, ulysses, timeout=300)[0]
+        assert cached < plain, f"{name} did not skip any attention ({cached} of {plain} SDPA calls)"
+        assert rel <= FP32_TOL, (name, ring, ulysses, rel)
