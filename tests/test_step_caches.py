@@ -1,4 +1,4 @@
-"""diffusers' step caches other than First Block Cache, under context parallelism, against one process.
+"""diffusers' step caches other than First Block Cache, under context parallelism, against one process; SeaCache refused.
 
 TaylorSeer, MagCache and Pyramid Attention Broadcast decide from the step index or timestep (never from a
 hidden-state metric), so every rank makes the same decision; their cached and predicted tensors are each
@@ -86,3 +86,35 @@ def test_step_cache_matches_one_process(pool, name):
         rel, plain, cached = pool(2).run(cache_parity, name, ring, ulysses, timeout=300)[0]
         assert cached < plain, f"{name} did not skip any attention ({cached} of {plain} SDPA calls)"
         assert rel <= FP32_TOL, (name, ring, ulysses, rel)
+
+
+def refuse_sea_cache(cache_first: bool) -> str:
+    """SeaCache on an enabled model: the same ValueError on every rank, in either order; fine again after."""
+    from diffusers.hooks import SeaCacheConfig
+
+    from cp_hooks.catalogue import get_entry
+
+    model, inputs = get_entry("WanTransformer3DModel").build()
+    if cache_first:
+        model.enable_cache(SeaCacheConfig())
+    enable_parallelism(model, make_config(1, 2))
+    if not cache_first:
+        model.enable_cache(SeaCacheConfig())
+    try:
+        # As Wan's pipeline calls it: the step's place in the schedule (SeaCache fails open without it).
+        context = dict(step_index=0, num_inference_steps=4, timestep=inputs["timestep"], sigma=0.5)
+        with torch.no_grad(), model.cache_context("cond", **context), pytest.raises(ValueError, match="SeaCache does"):
+            model(**inputs)
+    finally:
+        disable_parallelism(model)
+        model.disable_cache()
+    from diffusers.hooks.sea_cache import SeaCacheSharedState
+
+    assert not getattr(SeaCacheSharedState.resolve_gate, "_cp_hooks_refusal", False)  # diffusers' own again
+    return "refused"
+
+
+@pytest.mark.parametrize("cache_first", [True, False])
+def test_sea_cache_is_refused(pool, cache_first):
+    pytest.importorskip("diffusers")
+    pool(2).run(refuse_sea_cache, cache_first)

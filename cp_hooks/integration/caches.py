@@ -30,7 +30,9 @@ and restored when the last one is disabled.
 Other diffusers caches, checked against diffusers 0.42: TaylorSeer, FasterCache and Pyramid Attention Broadcast
 decide from the step index / timestep only, identical on every rank; MagCache decides from its precomputed
 `mag_ratios` and the step index (its hidden-state ratio is only computed and logged in calibration mode).
-SeaCache does decide from a hidden-state metric and is not covered here.
+SeaCache decides from a hidden-state metric too, but filters the hidden states with an FFT over the whole
+latent grid first, which no rank holds: an enabled model refuses it with a ValueError in its forward (in either
+order of enabling), rather than decide differently from one process.
 """
 
 from __future__ import annotations
@@ -119,11 +121,55 @@ def _should_compute_remaining_blocks(self, hidden_states_residual: torch.Tensor)
 _should_compute_remaining_blocks._cp_hooks_global_metric = True
 
 
+def _sea_cache_hook_class():
+    # Every SeaCache hook (root or leader block) decides through its shared state's `resolve_gate`.
+    try:
+        from diffusers.hooks.sea_cache import SeaCacheSharedState
+    except Exception:  # no diffusers, or a version without SeaCache
+        return None
+    return SeaCacheSharedState if hasattr(SeaCacheSharedState, "resolve_gate") else None
+
+
+_sea_original = None  # diffusers' SeaCacheSharedState.resolve_gate while ours is installed
+
+
+def _refuse_sea_cache(self, *args, **kwargs):
+    if current_runtime() is not None:
+        raise ValueError(
+            "SeaCache does not work with context parallelism: its skip metric filters the hidden states with an "
+            "FFT over the whole latent grid, and each rank holds only its shard, so the ranks would decide "
+            "differently from one process. Use First Block Cache, TaylorSeer, MagCache or Pyramid Attention "
+            "Broadcast (exact under cp_hooks), or model.disable_cache()."
+        )
+    return _sea_original(self, *args, **kwargs)
+
+
+_refuse_sea_cache._cp_hooks_refusal = True
+
+
+def _patch_sea_cache() -> None:
+    global _sea_original
+    cls = _sea_cache_hook_class()
+    if cls is None or _sea_original is not None or getattr(cls.__dict__.get("resolve_gate"), "_cp_hooks_refusal", False):
+        return
+    _sea_original = cls.__dict__["resolve_gate"]
+    cls.resolve_gate = _refuse_sea_cache
+
+
+def _unpatch_sea_cache() -> None:
+    global _sea_original
+    cls = _sea_cache_hook_class()
+    if cls is not None and _sea_original is not None and cls.__dict__.get("resolve_gate") is _refuse_sea_cache:
+        cls.resolve_gate = _sea_original
+    _sea_original = None
+
+
 def acquire(model) -> None:
     """Reduce cache metrics over the group inside `model`'s forwards (call after adding `CacheMetricsHook`)."""
     global _original
     with _lock:
         _enabled_models.add(model)
+        _patch_sea_cache()
         cls = _fbc_hook_class()
         if cls is None or _original is not None:
             return
@@ -139,7 +185,10 @@ def release(model) -> None:
     global _original
     with _lock:
         _enabled_models.discard(model)
-        if len(_enabled_models) or _original is None:
+        if len(_enabled_models):
+            return
+        _unpatch_sea_cache()
+        if _original is None:
             return
         cls = _fbc_hook_class()
         if cls is not None and cls.__dict__.get("_should_compute_remaining_blocks") is _should_compute_remaining_blocks:
