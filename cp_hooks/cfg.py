@@ -77,7 +77,8 @@ class CfgBatchHook(ModelHook):
                 "Pass a batch the degree divides (with classifier-free guidance: conditional and unconditional "
                 "inputs stacked, or num_images_per_prompt a multiple of the degree), call the model in "
                 "cache_context('cond') / ('uncond') pairs with cfg_degree=2 (sequential guidance, "
-                "cp_hooks.cfg_sequential), or set cfg_degree=1."
+                "cp_hooks.cfg_sequential; with torch.compile, compile the repeated blocks, not the whole model), "
+                "or set cfg_degree=1."
             )
         self._batch = batch
         split = _Splitter(batch, self.runtime.cfg_rank, degree)

@@ -17,7 +17,8 @@ batch of one. With `cfg_degree=2` (docs/architecture.md, "Batch groups"):
 
 Arguments are snapshotted when a call is made (containers copied, tensors referenced with their version
 counter), so a pipeline that mutates a dict or a tensor in place between the two calls is seen to differ.
-Only inference (no autograd) and keyword-argument calls take part; anything else runs normally. The calls
+Only inference (no autograd) and keyword-argument calls take part; anything else runs normally, and so does a
+call that `torch.compile(model)` traces (compile the repeated blocks instead: `compile_repeated_blocks`). The calls
 are found by the labels of `cache_context`, which cp_hooks wraps on the model while it is enabled; the
 model's class is swapped for a subclass whose `__call__` can return the kept output without running
 `forward` (module hooks cannot skip a forward). Both are undone by `disable_parallelism`.
@@ -196,11 +197,13 @@ def _paired_subclass(cls: type) -> type:
     if cls not in _SUBCLASSES:
         def __call__(self, *args, **kwargs):
             state = self.__dict__.get(_STATE_ATTR)
-            if state is None:
+            # Traced by torch.compile(model): a plain call (the pairing compares tensors, which a graph cannot
+            # branch on); compile the repeated blocks instead to keep it (docs/architecture.md, "Batch groups").
+            if state is None or torch.compiler.is_compiling():
                 return cls.__call__(self, *args, **kwargs)
             return state.call(self, args, kwargs)
 
-        _SUBCLASSES[cls] = type(cls.__name__, (cls,), {"__call__": torch.compiler.disable(__call__),
+        _SUBCLASSES[cls] = type(cls.__name__, (cls,), {"__call__": __call__,
                                                         "__module__": cls.__module__,
                                                         "__qualname__": cls.__qualname__})
     return _SUBCLASSES[cls]

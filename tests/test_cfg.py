@@ -123,3 +123,28 @@ def test_config_fields():
         ContextParallelConfig(cfg_degree=1)
     with pytest.raises(ValueError, match=">= 1"):
         ContextParallelConfig(cfg_degree=0, ulysses_degree=2)
+
+
+def compiled_batched_guidance() -> float:
+    """torch.compile(fullgraph=True) of a model with cfg_degree=2 (its class swapped for the pairing): traced as a
+    plain call, the batch split over the groups, equal to one process."""
+    model, inputs = get_entry("FluxTransformer2DModel").build()
+    inputs = {k: torch.cat([v, v * 0.5]) if isinstance(v, torch.Tensor) and k not in ("img_ids", "txt_ids") else v
+              for k, v in inputs.items()}  # conditional and unconditional stacked
+    with torch.no_grad():
+        reference = model(**inputs)[0]
+    enable_parallelism(model, make_config(1, 1, cfg=2))
+    try:
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        with torch.no_grad():
+            out = compiled(**inputs)[0]
+    finally:
+        disable_parallelism(model)
+        torch._dynamo.reset()
+    err = (out - reference).abs().max().item() / max(1.0, reference.abs().max().item())
+    assert err <= FP32_TOL, err
+    return err
+
+
+def test_cfg_under_whole_model_compile(pool):
+    pool(2).run(compiled_batched_guidance, timeout=300)
