@@ -50,3 +50,17 @@ def peak_live_bytes(fn, calls: int = 3) -> int:
     The benchmark's allocator-exact measure (`benchmarks/measure.py`); see there why the least of several.
     """
     return measure.peak_memory(fn, torch.device("cpu"), calls=calls)[1]
+
+
+def catalogue_runs(class_name: str, world: int):
+    """(case, mode, model, inputs, config) for every case of a catalogue entry in every mode of `world` ranks it
+    is verified in (two-rank modes, or the hybrid modes at four), with the entry's anything flags."""
+    from cp_hooks.catalogue import get_entry
+
+    entry = get_entry(class_name)
+    for case in entry.cases:
+        model, inputs = entry.build(case)
+        for mode in entry.modes if world == 2 else entry.hybrid_modes:
+            kwargs = mode.config_kwargs(entry.anything)
+            yield case, mode, model, inputs, make_config(kwargs.pop("ring_degree"), kwargs.pop("ulysses_degree"),
+                                                         **kwargs)

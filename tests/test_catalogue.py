@@ -17,26 +17,20 @@ import torch.distributed as dist
 
 from cp_hooks.catalogue import ENTRIES, get_entry
 from cp_hooks.checker import compare_parallel
-from cp_testing import FP32_TOL, make_config
+from cp_testing import FP32_TOL, catalogue_runs, make_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def verify_entry(class_name: str, world: int) -> list[str]:
     """Every case of the entry in every mode of `world` ranks; returns one line per (case, mode, output)."""
-    entry = get_entry(class_name)
-    modes = entry.modes if world == 2 else entry.hybrid_modes
     lines, failures = [], []
-    for case in entry.cases:
-        model, inputs = entry.build(case)
-        for mode in modes:
-            kwargs = mode.config_kwargs(entry.anything)
-            config = make_config(kwargs.pop("ring_degree"), kwargs.pop("ulysses_degree"), **kwargs)
-            for d in compare_parallel(model, inputs, config, tol=FP32_TOL):
-                line = f"{class_name} {case} {mode.name} output {d.index}: rel {d.rel:.2e}"
-                lines.append(line)
-                if not d.passed:
-                    failures.append(line)
+    for case, mode, model, inputs, config in catalogue_runs(class_name, world):
+        for d in compare_parallel(model, inputs, config, tol=FP32_TOL):
+            line = f"{class_name} {case} {mode.name} output {d.index}: rel {d.rel:.2e}"
+            lines.append(line)
+            if not d.passed:
+                failures.append(line)
     assert not failures, f"rank {dist.get_rank()}: errors above {FP32_TOL}:\n" + "\n".join(failures)
     return lines
 

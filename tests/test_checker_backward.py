@@ -16,32 +16,23 @@ import torch.distributed as dist
 
 from cp_hooks.catalogue import ENTRIES, get_entry
 from cp_hooks.checker import GradientDiff, _gradient_diff, compare_parallel_backward
-from cp_testing import FP32_TOL, make_config
-
-def _config(mode, anything: bool):
-    kwargs = mode.config_kwargs(anything)
-    return make_config(kwargs.pop("ring_degree"), kwargs.pop("ulysses_degree"), **kwargs)
-
+from cp_testing import FP32_TOL, catalogue_runs, make_config
 
 def verify_gradients(class_name: str, world: int) -> list[str]:
     """Every case of the entry in every mode of `world` ranks it is verified in (the same modes as the forward
     tests); returns one line per (case, mode) with the worst gradients."""
-    entry = get_entry(class_name)
-    modes = entry.modes if world == 2 else entry.hybrid_modes
     lines, failures = [], []
-    for case in entry.cases:
-        model, inputs = entry.build(case)
-        for mode in modes:
-            diffs = compare_parallel_backward(model, inputs, _config(mode, entry.anything), tol=FP32_TOL)
-            params = [d for d in diffs if d.kind == "parameter"]
-            assert params, f"{class_name} {case}: no parameter received a gradient; the check would prove nothing"
-            worst = {kind: max((d for d in diffs if d.kind == kind), key=lambda d: d.rel, default=None)
-                     for kind in ("parameter", "input")}
-            lines.append(f"{class_name} {case} {mode.name}: " + ", ".join(
-                f"worst {kind} {d.name} rel {d.rel:.2e}" for kind, d in worst.items() if d is not None))
-            failures += [f"{class_name} {case} {mode.name} {d.kind} {d.name}: "
-                         + (f"no gradient {d.missing}" if d.missing else f"rel {d.rel:.2e}")
-                         for d in diffs if not d.passed]
+    for case, mode, model, inputs, config in catalogue_runs(class_name, world):
+        diffs = compare_parallel_backward(model, inputs, config, tol=FP32_TOL)
+        params = [d for d in diffs if d.kind == "parameter"]
+        assert params, f"{class_name} {case}: no parameter received a gradient; the check would prove nothing"
+        worst = {kind: max((d for d in diffs if d.kind == kind), key=lambda d: d.rel, default=None)
+                 for kind in ("parameter", "input")}
+        lines.append(f"{class_name} {case} {mode.name}: " + ", ".join(
+            f"worst {kind} {d.name} rel {d.rel:.2e}" for kind, d in worst.items() if d is not None))
+        failures += [f"{class_name} {case} {mode.name} {d.kind} {d.name}: "
+                     + (f"no gradient {d.missing}" if d.missing else f"rel {d.rel:.2e}")
+                     for d in diffs if not d.passed]
     assert not failures, f"rank {dist.get_rank()}: gradients off by more than {FP32_TOL}:\n" + "\n".join(failures)
     return lines
 

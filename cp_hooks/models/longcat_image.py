@@ -14,19 +14,10 @@ import torch
 
 from ..catalogue import ModelEntry
 from ..catalogue._inputs import randn
-from ..plan import ContextParallelInput, ContextParallelOutput
+from .flux import FLUX
 
-_IDS = ContextParallelInput(split_dim=0, expected_dims=2)
-
-LONGCAT_IMAGE = {
-    "": {
-        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-        "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-        "img_ids": _IDS,
-        "txt_ids": _IDS,
-    },
-    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-}
+# Flux.1's plan: text, image and their (S, 3) ids split at the model's input, gathered at proj_out.
+LONGCAT_IMAGE = FLUX
 
 _LONGCAT = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
                 num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
