@@ -87,7 +87,9 @@ class ContextParallelConfig:
                 raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
             if value < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {value}. Use 1 to leave that dimension unused.")
-        if self.ring_degree == 1 and self.ulysses_degree == 1 and self.cfg_degree == 1:
+        if self.ring_degree == 1 and self.ulysses_degree == 1 and self.cfg_degree == 1 and self.mesh is None:
+            # A mesh whose dimensions are all 1 is a deliberate one-rank run (the same script on one GPU, or a
+            # CUDA-graph check of the context-parallel path); degrees that are all 1 by default are a mistake.
             raise ValueError(
                 "`ring_degree`, `ulysses_degree` and `cfg_degree` are all 1, so there is nothing to parallelize. "
                 "Set one of them to the number of processes, e.g. ContextParallelConfig(ulysses_degree=2)."

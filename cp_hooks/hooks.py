@@ -9,7 +9,8 @@ library's wrapper never drops a cp_hooks hook. It is also what `torch.compile` t
 break (docs/architecture.md, "Hooks").
 
 Order on one module: `pre_forward` in registration order, `post_forward` in reverse order (the first hook
-added sees the final output). A hook's `enter()` runs after its `pre_forward` and its `exit()` before its
+added sees the final output). Consecutive hooks share one pair of torch hooks (re-registered when a cp_hooks
+hook is added or removed, so they come after torch hooks that other code registered on that module since). A hook's `enter()` runs after its `pre_forward` and its `exit()` before its
 `post_forward` — also when the forward raises (torch's `always_call`), so the module stays usable.
 
 A module with cp_hooks hooks refuses `copy.deepcopy`: the copy would carry hooks bound to the original's
@@ -53,19 +54,45 @@ class ModelHook:
         """Called after the forward, before `post_forward` — also when the forward raises."""
 
 
-class _Installed:
-    """The torch hook handles of one `ModelHook`."""
+class _Entry:
+    """One `ModelHook` on a module, with the forwards whose `enter` ran and whose `exit` has not: torch runs an
+    always_call hook also when an earlier pre-hook raised, before this hook's `enter`, and that `exit` must not
+    run."""
 
-    def __init__(self, module: nn.Module, hook: ModelHook) -> None:
+    def __init__(self, hook: ModelHook) -> None:
         self.hook = hook
+        self.entered = 0
+
+    def pre(self, module, args, kwargs):
+        args, kwargs = self.hook.pre_forward(module, args, kwargs)
         # enter/exit are plain calls, not a context-manager object kept between the two hooks: dynamo
         # traces calls, but cannot carry a generator-based context manager from one hook's frame to another.
-        has_context = type(hook).exit is not ModelHook.exit
-        # Forwards of this module whose `enter` ran and whose `exit` has not: torch runs an always_call hook
-        # also when an earlier pre-hook raised, before this hook's `enter`, and that `exit` must not run.
-        self.entered = 0
+        self.hook.enter(module)
+        self.entered += 1
+        return args, kwargs
+
+    def post(self, module, output):
+        if self.entered:
+            self.entered -= 1
+            self.hook.exit(module)
+        if output is None:  # the forward raised (an always_call hook): only `exit` had to run
+            return None
+        return self.hook.post_forward(module, output)
+
+
+class _Segment:
+    """Consecutive hooks of one module, all eager or all traced, run by one pair of torch hooks.
+
+    One pair per run of hooks rather than per hook: where torch.compile meets a module's hooks as frames of
+    their own (the top-level module of `torch.compile(model)`), each pair is one more compile of the same hook
+    code, and dynamo's recompile limit (8 per code object) counts them.
+    """
+
+    def __init__(self, module: nn.Module, entries: list[_Entry], eager: bool) -> None:
+        self.entries = entries
+        has_context = any(type(e.hook).exit is not ModelHook.exit for e in entries)
         pre, post = self._pre, self._post
-        if hook.eager:
+        if eager:
             # Hooks on a compiled model are called from nn.Module.__call__, outside the forward's graph: a
             # disabled one runs eagerly there, without a graph break in the forward.
             pre, post = torch.compiler.disable(pre), torch.compiler.disable(post)
@@ -76,18 +103,14 @@ class _Installed:
         ]
 
     def _pre(self, module, args, kwargs):
-        args, kwargs = self.hook.pre_forward(module, args, kwargs)
-        self.hook.enter(module)
-        self.entered += 1
+        for entry in self.entries:
+            args, kwargs = entry.pre(module, args, kwargs)
         return args, kwargs
 
     def _post(self, module, args, kwargs, output):
-        if self.entered:
-            self.entered -= 1
-            self.hook.exit(module)
-        if output is None:  # the forward raised (an always_call hook): only `exit` had to run
-            return None
-        return self.hook.post_forward(module, output)
+        for entry in reversed(self.entries):
+            output = entry.post(module, output)
+        return output
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -99,7 +122,8 @@ class HookRegistry:
 
     def __init__(self, module: nn.Module) -> None:
         self._module = module
-        self._hooks: "OrderedDict[str, _Installed]" = OrderedDict()
+        self._hooks: "OrderedDict[str, _Entry]" = OrderedDict()
+        self._segments: list[_Segment] = []
 
     @classmethod
     def of(cls, module: nn.Module, create: bool = True) -> "HookRegistry | None":
@@ -120,24 +144,39 @@ class HookRegistry:
 
     def get(self, name: str) -> ModelHook | None:
         """The hook registered under `name`, or None."""
-        installed = self._hooks.get(name)
-        return None if installed is None else installed.hook
+        entry = self._hooks.get(name)
+        return None if entry is None else entry.hook
 
     def add(self, name: str, hook: ModelHook) -> None:
         """Append `hook` under `name`. Raises ValueError if the name is taken."""
         if name in self._hooks:
             raise ValueError(f"A hook named {name!r} is already registered on {type(self._module).__name__}.")
-        self._hooks[name] = _Installed(self._module, hook)
+        self._hooks[name] = _Entry(hook)
+        self._reinstall()
 
     def remove(self, name: str) -> ModelHook:
         """Remove and return the hook `name`; after the last one the module is exactly as before."""
-        installed = self._hooks.pop(name)
-        installed.remove()
+        entry = self._hooks.pop(name)
+        self._reinstall()
         if not self._hooks:
             del self._module.__dict__[_REGISTRY_ATTR]
             if getattr(self._module.__dict__.get(_DEEPCOPY_ATTR), "_cp_hooks_refusal", False):
                 del self._module.__dict__[_DEEPCOPY_ATTR]
-        return installed.hook
+        return entry.hook
+
+    def _reinstall(self) -> None:
+        """Torch hooks for the current hooks: one pair per run of consecutive eager or traced hooks."""
+        for segment in self._segments:
+            segment.remove()
+        self._segments = []
+        run: list[_Entry] = []
+        for entry in self._hooks.values():
+            if run and entry.hook.eager != run[0].hook.eager:
+                self._segments.append(_Segment(self._module, run, run[0].hook.eager))
+                run = []
+            run.append(entry)
+        if run:
+            self._segments.append(_Segment(self._module, run, run[0].hook.eager))
 
 
 def _refuse_deepcopy(module: nn.Module):

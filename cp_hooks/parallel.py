@@ -20,7 +20,7 @@ from .consistency import ConsistencyHook
 from .hooks import HookRegistry
 from .integration import caches
 from .integration.attention_hook import AttentionRoutingHook
-from .integration.offload import execution_device
+from .integration.offload import InputDeviceHook, execution_device
 from .integration.planned_modules import PlannedModulesHook
 from .integration.sdpa import LocalAttentionHook
 from .pipelines import is_pipeline, parallel_components
@@ -93,17 +93,10 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
     if plan is None:
         refuse_unsupported(model, config.cfg_degree)  # configurations the built-in plan declares it cannot serve
     plan = get_plan(model, plan)
-    # (module, hook name, hook): built first, so that plan errors come before any collective.
-    # First on the model, so that its post_forward runs last, on the gathered output.
-    # Hooks are built (and their plan entries checked) before setup's first collective; they receive the
-    # runtime that setup binds right after.
-    hooks = [(model, f"{_HOOK_PREFIX}replicated_output", ReplicatedOutputHook())]
-    if strict:
-        # First on the model: the inputs are compared before anything is split.
-        hooks.append((model, f"{_HOOK_PREFIX}consistency", ConsistencyHook()))
-    if config.cfg_degree > 1:
-        # Outside the plan's hooks: the plan splits and gathers the tokens of this group's part of the batch.
-        hooks.append((model, f"{_HOOK_PREFIX}cfg_batch", CfgBatchHook()))
+    # (module, hook name, hook): built first, so that plan errors come before any collective; they receive
+    # the runtime that setup binds right after. On the model, the eager checks come first (plain Python also
+    # under torch.compile), then the traced hooks, so that each kind is one pair of torch hooks there
+    # (cp_hooks.hooks, _Segment).
     plan_hooks = []
     for name, spec in plan.items():
         for full_name, module in resolve_modules(model, name):
@@ -114,16 +107,31 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
             else:
                 hook = GatherHook(full_name, spec)
             plan_hooks.append((module, f"{_HOOK_PREFIX}{type(hook).__name__}[{name}]", hook))
-    if config.world_size > 1:  # cfg_degree alone: each group runs the whole sequence, nothing to split
-        hooks += plan_hooks
-        # Second on the model, before its first collective: a planned module replaced since enable is refused.
-        hooks.insert(1, (model, f"{_HOOK_PREFIX}planned_modules",
-                         PlannedModulesHook(model, [module for module, _, _ in plan_hooks])))
+    # cfg_degree alone: each group runs the whole sequence, nothing to split. A mesh whose dimensions are all 1
+    # runs the whole context-parallel path with nothing to exchange (a one-GPU check of compile and kernels).
+    splits_sequence = config.world_size > 1 or config.cfg_degree == 1
+    hooks = []
+    if splits_sequence:
+        # Before anything communicates: no planned module was replaced since enable.
+        hooks.append((model, f"{_HOOK_PREFIX}planned_modules",
+                      PlannedModulesHook(model, [module for module, _, _ in plan_hooks])))
     # On the model itself, so that attention calls anywhere in its forward are routed, and processors set after
     # enable are routed before the forward that uses them.
-    attention = AttentionRoutingHook(model) if config.world_size > 1 else None
+    attention = AttentionRoutingHook(model) if splits_sequence else None
     if attention is not None:
         hooks.append((model, f"{_HOOK_PREFIX}attention_routing", attention))
+    # Before anything communicates: the inputs are on the mesh's device.
+    hooks.append((model, f"{_HOOK_PREFIX}input_device", InputDeviceHook()))
+    # So that its post_forward runs last of the traced hooks, on the gathered output.
+    hooks.append((model, f"{_HOOK_PREFIX}replicated_output", ReplicatedOutputHook()))
+    if strict:
+        # The inputs are compared before anything is split.
+        hooks.append((model, f"{_HOOK_PREFIX}consistency", ConsistencyHook()))
+    if config.cfg_degree > 1:
+        # Outside the plan's hooks: the plan splits and gathers the tokens of this group's part of the batch.
+        hooks.append((model, f"{_HOOK_PREFIX}cfg_batch", CfgBatchHook()))
+    if splits_sequence:
+        hooks += plan_hooks
     # Cache skip metrics (First Block Cache) computed inside this model are reduced over the group.
     hooks.append((model, f"{_HOOK_PREFIX}cache_metrics", caches.CacheMetricsHook()))
 
@@ -218,8 +226,12 @@ def _remove_everything(model: nn.Module, state: _ParallelState) -> None:
 
 def _check_model_device(model: nn.Module, runtime: ContextParallelRuntime) -> None:
     # The device the model computes on: with offloading (diffusers' group offloading, accelerate's hooks) its
-    # weights rest elsewhere, and only the execution device has to match the mesh.
+    # weights rest elsewhere, and only the execution device has to match the mesh. A model still on the CPU
+    # with a GPU mesh is accepted: offloading added after enable, or `.to(device)`, decides where it computes;
+    # `InputDeviceHook` refuses a forward whose inputs are not on the mesh's device.
     device = execution_device(model)
+    if device is not None and device.type == "cpu" and runtime.device_type != "cpu":
+        return
     if device is not None and device.type != runtime.device_type:
         raise ValueError(
             f"The model is on {device} (the device it computes on) but the context-parallel mesh communicates on "

@@ -220,8 +220,8 @@ def test_device_check_reads_the_offloading_hooks():
     plain = _model_with()
     assert execution_device(plain) == CPU
     _check_model_device(plain, cpu)
-    with pytest.raises(ValueError, match="model is on cpu"):
-        _check_model_device(plain, cuda)
+    # Weights still on the CPU with a GPU mesh: offloading or .to() may follow enable; the forward checks.
+    _check_model_device(plain, cuda)
     # accelerate's cpu_offload leaves the weights on `meta`: the execution device decides.
     meta = _model_with("_hf_hook", SimpleNamespace(execution_device=CPU)).to("meta")
     _check_model_device(meta, cpu)
@@ -229,6 +229,20 @@ def test_device_check_reads_the_offloading_hooks():
         _check_model_device(_model_with().to("meta"), cpu)
     assert execution_device(nn.Module()) is None
     _check_model_device(nn.Module(), cuda)
+
+
+def test_forward_refuses_inputs_off_the_mesh_device():
+    """The input check runs before anything communicates: CPU inputs with a GPU mesh (and the reverse)."""
+    from cp_hooks.integration.offload import InputDeviceHook
+
+    hook = InputDeviceHook(SimpleNamespace(device_type="cuda"))
+    with pytest.raises(ValueError, match="inputs are on cpu but the context-parallel mesh communicates on 'cuda'"):
+        hook.pre_forward(None, (torch.ones(2),), {})
+    with pytest.raises(ValueError, match="inputs are on cpu"):
+        hook.pre_forward(None, (), {"timestep": torch.tensor([1]), "hidden_states": torch.ones(2)})
+    cpu_hook = InputDeviceHook(SimpleNamespace(device_type="cpu"))
+    args, kwargs = (torch.ones(2),), {"mask": torch.ones(2, dtype=torch.bool)}
+    assert cpu_hook.pre_forward(None, args, kwargs) == (args, kwargs)
 
 
 def test_device_check_with_diffusers_group_offloading():

@@ -9,13 +9,17 @@ mesh's, so it reads that device from the offloading hooks:
 * accelerate's hooks (`cpu_offload`, `cpu_offload_with_hook`, the pipelines' model CPU offload, a device map):
   a module's `_hf_hook` (or the hooks of a `SequentialHook`) with an `execution_device`.
 
-Without any of them, it is the device of the first parameter.
+Without any of them, it is the device of the first parameter. A model whose weights are still on the CPU is
+accepted on a GPU mesh (offloading or `.to()` may come after enable); `InputDeviceHook` then checks, at each
+forward and before any collective, that the inputs are on the mesh's device.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from ..hooks import ModelHook
 
 _GROUP_OFFLOADING = "group_offloading"  # diffusers.hooks.group_offloading._GROUP_OFFLOADING
 
@@ -54,3 +58,35 @@ def execution_device(model: nn.Module) -> torch.device | None:
             return device
     param = next(model.parameters(), None)
     return None if param is None else param.device
+
+
+def _first_tensor(args, kwargs) -> torch.Tensor | None:
+    for value in list(args) + list(kwargs.values()):
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value
+    return None
+
+
+class InputDeviceHook(ModelHook):
+    """On the model, before anything that communicates: the inputs are on the device the mesh communicates on.
+
+    Every rank runs the same script, so every rank raises, and none enters a collective with tensors the
+    backend cannot send (CPU tensors to nccl, GPU tensors to gloo).
+    """
+
+    # Traced (not `eager`): a device test is static under torch.compile (a guard), and an eager hook would break
+    # the graph where dynamo inlines the model's call (cfg_sequential's traced call).
+
+    def __init__(self, runtime=None) -> None:
+        self.runtime = runtime
+
+    def pre_forward(self, module, args, kwargs):
+        tensor = _first_tensor(args, kwargs)
+        if tensor is not None and tensor.device.type != self.runtime.device_type:
+            raise ValueError(
+                f"The model's inputs are on {tensor.device} but the context-parallel mesh communicates on "
+                f"'{self.runtime.device_type}'. Put the model and its inputs on the process group's device (e.g. "
+                "cuda:{local_rank} with nccl; with offloading, its onload / execution device), or initialise the "
+                "process group with a backend for that device."
+            )
+        return args, kwargs
