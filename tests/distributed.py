@@ -1,4 +1,4 @@
-"""Run a test function in N gloo processes on this machine.
+"""Run a test function in N gloo processes on this machine (or N nccl processes, one GPU each).
 
 A pool of N worker processes is started once per world size (loopback rendezvous on a free port) and
 reused by every test: spawning costs seconds, a task costs milliseconds. `pool.run(fn, *args)` runs the
@@ -27,14 +27,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, tasks, results, pg_timeout_s: float) -> None:
+def _worker(rank: int, world: int, port: int, tasks, results, pg_timeout_s: float, backend: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=pg_timeout_s))
+    device_id = None
+    if backend == "nccl":
+        device_id = torch.device("cuda", rank)
+        torch.cuda.set_device(device_id)
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=pg_timeout_s),
+                            device_id=device_id)
     while True:
         task = tasks.get()
         if task is None:
@@ -48,10 +53,11 @@ def _worker(rank: int, world: int, port: int, tasks, results, pg_timeout_s: floa
 
 
 class DistributedPool:
-    """N persistent gloo ranks that run module-level functions on request."""
+    """N persistent ranks (gloo, or nccl with one GPU each) that run module-level functions on request."""
 
-    def __init__(self, world: int, pg_timeout_s: float = 60.0) -> None:
+    def __init__(self, world: int, pg_timeout_s: float = 60.0, backend: str = "gloo") -> None:
         self.world = world
+        self.backend = backend
         self.pg_timeout_s = pg_timeout_s
         self._procs = []
 
@@ -61,7 +67,8 @@ class DistributedPool:
         self._tasks = [ctx.Queue() for _ in range(self.world)]
         self._results = ctx.Queue()
         self._procs = [
-            ctx.Process(target=_worker, args=(r, self.world, port, self._tasks[r], self._results, self.pg_timeout_s),
+            ctx.Process(target=_worker, args=(r, self.world, port, self._tasks[r], self._results, self.pg_timeout_s,
+                                                self.backend),
                         daemon=True)
             for r in range(self.world)
         ]

@@ -90,6 +90,20 @@ def test_compile_repeated_blocks(pool, ring, ulysses, rotate):
     pool(2).run(compiled_parity, ring, ulysses, rotate, False, True, timeout=300)
 
 
+def test_degree_one_mesh(pool):
+    """A mesh whose dimensions are all 1 runs the whole context-parallel path with nothing to exchange: the
+    one-GPU tests' functions (tests/test_cuda_one_rank.py), here on one CPU rank with aot_eager."""
+    from test_cuda_one_rank import on_cpu
+
+    for regional in (False, True):
+        [(result, _)] = pool(1).run(on_cpu, "compiled_parity", None, "float32", True, regional, timeout=300)
+        errors = [v for k, v in result.items() if k in ("forward", "gradients") or k.startswith("step")]
+        assert all(e <= FP32_TOL for e in errors), result
+        assert result["attention calls routed"] > 0 and result["graph breaks"] == 0, result
+    [errors] = pool(1).run(on_cpu, "dynamic_two_resolutions", timeout=300)
+    assert max(errors) <= FP32_TOL, errors
+
+
 def dynamic_resolutions(ring, ulysses):
     """dynamic=True: one graph serves two resolutions, each equal to its single-process output."""
     torch._dynamo.reset()
