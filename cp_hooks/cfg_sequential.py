@@ -193,15 +193,34 @@ def _copy_structure(value):
     return value  # tensors and tuples are rebuilt by _map_tensors
 
 
+def _dynamo_active() -> bool:
+    """Whether torch.compile's frame evaluation is on here (a skipped frame under a compiled call).
+
+    Reads dynamo's current callback (a private torch API, present since torch 2.0); where it is missing, False.
+    """
+    try:
+        from torch._C._dynamo.eval_frame import get_eval_frame_callback
+    except ImportError:  # pragma: no cover - other torch builds
+        return False
+    return get_eval_frame_callback() not in (None, False)
+
+
 def _paired_subclass(cls: type) -> type:
     if cls not in _SUBCLASSES:
         def __call__(self, *args, **kwargs):
             state = self.__dict__.get(_STATE_ATTR)
-            # Traced by torch.compile(model): a plain call (the pairing compares tensors, which a graph cannot
-            # branch on); compile the repeated blocks instead to keep it (docs/architecture.md, "Batch groups").
-            if state is None or torch.compiler.is_compiling():
+            # Under torch.compile(model) (or inlined into a caller's graph): a plain call, since the pairing
+            # compares tensors, which a graph cannot branch on; compile_repeated_blocks keeps the pairing
+            # (docs/architecture.md, "Batch groups").
+            if state is None or torch.compiler.is_compiling() or _dynamo_active():
                 return cls.__call__(self, *args, **kwargs)
             return state.call(self, args, kwargs)
+
+        # torch.compile(model) starts at the model's __call__: skip this frame only (recursive=False), so that
+        # dynamo picks up the frames below it as for any module, the model's own hooks as frames of their own
+        # and its forward as one graph. Tracing this frame would inline nn.Module.__call__ with the model's
+        # hooks, and the eager (compiler-disabled) ones would break the graph.
+        __call__ = torch.compiler.disable(__call__, recursive=False)
 
         _SUBCLASSES[cls] = type(cls.__name__, (cls,), {"__call__": __call__,
                                                         "__module__": cls.__module__,

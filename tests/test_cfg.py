@@ -125,7 +125,7 @@ def test_config_fields():
         ContextParallelConfig(cfg_degree=0, ulysses_degree=2)
 
 
-def compiled_batched_guidance() -> float:
+def compiled_batched_guidance(ulysses: int = 1) -> float:
     """torch.compile(fullgraph=True) of a model with cfg_degree=2 (its class swapped for the pairing): traced as a
     plain call, the batch split over the groups, equal to one process."""
     model, inputs = get_entry("FluxTransformer2DModel").build()
@@ -133,7 +133,7 @@ def compiled_batched_guidance() -> float:
               for k, v in inputs.items()}  # conditional and unconditional stacked
     with torch.no_grad():
         reference = model(**inputs)[0]
-    enable_parallelism(model, make_config(1, 1, cfg=2))
+    enable_parallelism(model, make_config(1, ulysses, cfg=2))
     try:
         compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
         with torch.no_grad():
@@ -148,3 +148,4 @@ def compiled_batched_guidance() -> float:
 
 def test_cfg_under_whole_model_compile(pool):
     pool(2).run(compiled_batched_guidance, timeout=300)
+    pool(4).run(compiled_batched_guidance, 2, timeout=300)  # cfg 2 x Ulysses 2: the eager hooks inside the call
