@@ -1,8 +1,9 @@
 """diffusers' step caches other than First Block Cache, under context parallelism, against one process; SeaCache refused.
 
-TaylorSeer, MagCache and Pyramid Attention Broadcast decide from the step index or timestep (never from a
-hidden-state metric), so every rank makes the same decision; their cached and predicted tensors are each
-rank's own shard. A tiny Wan pipeline runs with each cache alone and with Ulysses 2 / ring 2; the latents must
+TaylorSeer, MagCache, Pyramid Attention Broadcast and FasterCache (guidance-distilled use) decide from the step
+index or timestep (never from a hidden-state metric), so every rank makes the same decision; their cached and
+predicted tensors are each rank's own shard. A tiny Wan pipeline runs with each cache alone and with Ulysses 2 /
+ring 2, the cache enabled before or after cp_hooks; the latents must
 agree (fp32: FP32_TOL relative), and the single-process run must really skip attention (fewer SDPA calls than
 without the cache), so that the comparison covers the cached path. (First Block Cache: tests/test_caches.py.)
 """
@@ -36,8 +37,9 @@ class _CountSDPA(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def _config(name: str):
-    from diffusers.hooks import MagCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
+def _config(name: str, pipe):
+    from diffusers.hooks import (FasterCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig,
+                                 TaylorSeerCacheConfig)
 
     if name == "taylorseer":
         # Wan's blocks by name: the default patterns name the ModuleList "blocks", whose forward never runs.
@@ -46,6 +48,13 @@ def _config(name: str):
     if name == "magcache":
         return MagCacheConfig(threshold=0.5, max_skip_steps=2, retention_ratio=0.0, num_inference_steps=STEPS,
                               mag_ratios=[1.0] + [0.9] * (STEPS - 1))
+    if name == "fastercache":
+        # Guidance-distilled use: Wan's pipeline calls the transformer once per branch, while FasterCache's
+        # unconditional-branch skip needs both branches stacked in one batch. Attention outputs of the skipped
+        # steps are extrapolated from the last two computed ones (the first steps, above 700, compute both).
+        return FasterCacheConfig(spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 700),
+                                 current_timestep_callback=lambda: pipe.current_timestep, is_guidance_distilled=True,
+                                 spatial_attention_block_identifiers=(r"^blocks.*attn",))
     return PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=2,
                                            spatial_attention_timestep_skip_range=(-1, 1001),
                                            current_timestep_callback=lambda: 500)
@@ -57,19 +66,24 @@ def _generate(pipe):
                 output_type="latent").frames
 
 
-def cache_parity(name: str, ring: int, ulysses: int) -> tuple[float, int, int]:
-    """(relative difference, SDPA calls alone without cache, with cache) for one cache."""
+def cache_parity(name: str, ring: int, ulysses: int, cache_first: bool) -> tuple[float, int, int]:
+    """(relative difference, SDPA calls alone without cache, with cache) for one cache, enabled before or after
+    context parallelism."""
     import _tiny
 
     pipe = _tiny.tiny_wan_pipeline(seed=0)
     with torch.no_grad(), _CountSDPA() as plain:
         _generate(pipe)
-    pipe.transformer.enable_cache(_config(name))
+    pipe.transformer.enable_cache(_config(name, pipe))
     with torch.no_grad(), _CountSDPA() as cached:
         reference = _generate(pipe)
     pipe.transformer.disable_cache()
-    pipe.transformer.enable_cache(_config(name))  # fresh cache state for the parallel run
-    enable_parallelism(pipe, make_config(ring, ulysses))
+    if cache_first:
+        pipe.transformer.enable_cache(_config(name, pipe))  # fresh cache state for the parallel run
+        enable_parallelism(pipe, make_config(ring, ulysses))
+    else:
+        enable_parallelism(pipe, make_config(ring, ulysses))
+        pipe.transformer.enable_cache(_config(name, pipe))
     try:
         with torch.no_grad():
             parallel = _generate(pipe)
@@ -79,13 +93,13 @@ def cache_parity(name: str, ring: int, ulysses: int) -> tuple[float, int, int]:
     return rel_err(parallel, reference), plain.calls, cached.calls
 
 
-@pytest.mark.parametrize("name", ["taylorseer", "magcache", "pab"])
+@pytest.mark.parametrize("name", ["taylorseer", "magcache", "pab", "fastercache"])
 def test_step_cache_matches_one_process(pool, name):
     pytest.importorskip("diffusers")
-    for ring, ulysses in ((1, 2), (2, 1)):
-        rel, plain, cached = pool(2).run(cache_parity, name, ring, ulysses, timeout=300)[0]
+    for ring, ulysses, cache_first in ((1, 2, True), (2, 1, True), (1, 2, False), (2, 1, False)):
+        rel, plain, cached = pool(2).run(cache_parity, name, ring, ulysses, cache_first, timeout=300)[0]
         assert cached < plain, f"{name} did not skip any attention ({cached} of {plain} SDPA calls)"
-        assert rel <= FP32_TOL, (name, ring, ulysses, rel)
+        assert rel <= FP32_TOL, (name, ring, ulysses, cache_first, rel)
 
 
 def refuse_sea_cache(cache_first: bool) -> str:
