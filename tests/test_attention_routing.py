@@ -166,8 +166,35 @@ def sdpa_outside_processors(ring: int, ulysses: int) -> dict:
     return errors
 
 
-@pytest.mark.parametrize("fn", [processors_after_enable, sdpa_outside_processors],
-                         ids=["set_attn_processor_after_enable", "sdpa_outside_processors"])
+def modules_added_after_enable(ring: int, ulysses: int) -> dict:
+    """An attention module added after enable (a block appended to the model's ModuleList, as adapters that insert
+    layers do) is routed before the next forward: torch's module-registration hook makes the routing list the
+    model's attention modules again."""
+    import copy
+
+    errors = {}
+    model, inputs = tiny_models.tiny_flux()
+    extra, _ = tiny_models.tiny_flux(seed=5)  # a block with other weights
+    block = extra.transformer_blocks[0]
+    plain = copy.deepcopy(model)
+    plain.transformer_blocks.append(copy.deepcopy(block))
+    reference = _forward(plain, inputs)
+    for case in ("block appended after enable", "control: registration not seen"):
+        model, inputs = tiny_models.tiny_flux()
+        enable_parallelism(model, make_config(ring, ulysses))
+        try:
+            _forward(model, inputs)  # a forward before the change: the attention modules are listed
+            model.transformer_blocks.append(copy.deepcopy(block))
+            if case.startswith("control"):  # as if nothing had been registered: the new block attends locally
+                _routing_hook(model).processors._registrations = diffusers_attention._registrations[0]
+            errors[case] = rel_err(_forward(model, inputs), reference)
+        finally:
+            disable_parallelism(model)
+    return errors
+
+
+@pytest.mark.parametrize("fn", [processors_after_enable, sdpa_outside_processors, modules_added_after_enable],
+                         ids=["set_attn_processor_after_enable", "sdpa_outside_processors", "modules_added_after_enable"])
 def test_attention_set_or_called_outside_enable(pool, fn):
     for ring, ulysses in MODES:
         for errors in pool(2).run(fn, ring, ulysses, timeout=120):

@@ -31,7 +31,6 @@ class AttentionRoutingHook(ModelHook):
     def __init__(self, model: nn.Module) -> None:
         self.runtime: ContextParallelRuntime | None = None
         self.processors = ProcessorRouting(model)
-        self._submodules = list(model.modules())  # their classes' code is checked for SDPA bound by name
         self.use_router = False
         self._guarded = False
         self._active: list = []  # a stack: an enabled model may run inside another's forward
@@ -61,7 +60,8 @@ class AttentionRoutingHook(ModelHook):
         processors = [p for p in self.processors.processors if p is not None]
         if not all_dispatch_routed(processors):
             return True
-        return sdpa.sdpa_bound_elsewhere(self._submodules + processors) is not None
+        # The classes' code of every submodule (listed again when modules were added) and processor.
+        return sdpa.sdpa_bound_elsewhere(self.processors.modules + processors) is not None
 
     def enter(self, module) -> None:
         if self.processors.sync():  # a processor was set since the last forward

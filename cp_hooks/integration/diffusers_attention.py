@@ -9,7 +9,10 @@ module and undone by `ProcessorRouting.restore`.
 
 A processor set after `enable_parallelism` (`set_attn_processor`, IP-adapter loading, `fuse_qkv_projections`)
 would carry no handle and silently attend to its own shard only. `ProcessorRouting.sync`, called before every
-forward of the model, routes any processor it has not seen yet (docs/architecture.md, "Attention routing").
+forward of the model, routes any processor it has not seen yet (docs/architecture.md, "Attention routing"). The
+same holds for attention modules added to the model after enable (an adapter that inserts layers, a block
+appended to a ModuleList): torch's global module-registration hook counts registrations, and `sync` lists the
+model's attention modules again when the count moved.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 from dataclasses import dataclass
 
 import torch.nn as nn
+from torch.nn.modules.module import register_module_module_registration_hook
 
 from ..attention import routing
 from ..attention.api import context_parallel_attention
@@ -34,6 +38,22 @@ _ATTENTION_ARGS = {"query": _MISSING, "key": _MISSING, "value": _MISSING, "attn_
                    "is_causal": False, "scale": None, "enable_gqa": False}
 # What it may ignore: the backend and its options choose a local kernel, and cp_hooks runs its own.
 _IGNORED_ON_CP_PATH = frozenset({"attention_kwargs", "backend", "parallel_config"})
+
+
+_registrations = [0]  # submodules registered anywhere since the hook below was added
+_registration_handle = None
+
+
+def _count_registration(module, name, submodule):
+    _registrations[0] += 1
+
+
+def _registration_count() -> int:
+    """Module registrations so far (a cheap test of "was any module added since")."""
+    global _registration_handle
+    if _registration_handle is None:
+        _registration_handle = register_module_module_registration_hook(_count_registration)
+    return _registrations[0]
 
 
 @dataclass(frozen=True)
@@ -205,12 +225,19 @@ class ProcessorRouting:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        # Attention modules are listed once: processors change (set_attn_processor), modules do not. Their
-        # __dict__s are kept so that a steady forward compares processors without attribute lookups.
-        self._dicts = [m.__dict__ for m in model.modules() if getattr(m, "processor", None) is not None]
-        self._seen: list = [None] * len(self._dicts)  # the processor each module had at the last sync
+        self._model = model
         self._undo: dict = {}  # id(processor) -> (processor, previous _parallel_config, patched module or None)
         self._handle: CPHandle | None = None
+        self._list_modules()
+
+    def _list_modules(self) -> None:
+        # Attention modules are listed again only when a module was registered somewhere since: processors
+        # change often (set_attn_processor), modules rarely. Their __dict__s are kept so that a steady forward
+        # compares processors without attribute lookups.
+        self._registrations = _registration_count()
+        self.modules = list(self._model.modules())
+        self._dicts = [m.__dict__ for m in self.modules if getattr(m, "processor", None) is not None]
+        self._seen: list = [None] * len(self._dicts)  # the processor each module had at the last sync
 
     @property
     def processors(self) -> list:
@@ -226,8 +253,10 @@ class ProcessorRouting:
     def sync(self) -> bool:
         """Route processors set since the last call; True if any module's processor changed.
 
-        When nothing changed: one list built and compared by identity (a few microseconds for Flux's 57).
+        When nothing changed: one integer and one list compared (a few microseconds for Flux's 57 modules).
         """
+        if _registrations[0] != self._registrations:  # a module was added somewhere: maybe an attention module
+            self._list_modules()
         current = self.processors
         if current == self._seen:  # list equality tests identity first; processors compare by identity
             return False
