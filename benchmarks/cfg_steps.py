@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node 2 benchmarks/cfg_steps.py                # CPU: 2 gloo ranks, 1 thread each
     torchrun --nproc_per_node 2 benchmarks/cfg_steps.py --tokens 4096 --rounds 15
+    torchrun --nproc_per_node 2 benchmarks/run.py --suites cfg        # the same, into the results and goals
 
 One denoising step of guidance is timed two ways, each against every rank running the same step alone:
 
@@ -58,16 +59,10 @@ def _timed(fn) -> float:
     return worst.item()
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", type=int, default=1024, help="image tokens of the tiny Flux")
-    p.add_argument("--rounds", type=int, default=11)
-    p.add_argument("--threads", type=int, default=1, help="CPU threads per rank")
-    args = p.parse_args()
-    device = init_distributed()
-    torch.set_num_threads(args.threads)
-    world = dist.get_world_size()
-    w = workloads.flux(args.tokens, device, torch.float32)
+def bench_cfg(tokens: int, rounds: int, device, world: int) -> list[dict]:
+    """Records (suite "cfg") of the batched and, with 2 ranks, sequential guidance step: the per-round times of
+    one process and of `cfg_degree=world`, and their paired efficiency."""
+    w = workloads.flux(tokens, device, torch.float32)
     g = torch.Generator().manual_seed(2)
     negative = dict(encoder_hidden_states=torch.randn(w.inputs["encoder_hidden_states"].shape, generator=g),
                     pooled_projections=torch.randn(w.inputs["pooled_projections"].shape, generator=g))
@@ -89,34 +84,61 @@ def main() -> int:
             return cond, uncond
         return step
 
-    patterns = {"batched (batch 2)": batched}
+    patterns = {"cfg-batched": batched}
     if world == 2:  # sequential guidance pairs two calls: two groups
-        patterns["sequential (cond, uncond)"] = sequential
-    rows = []
+        patterns["cfg-sequential"] = sequential
+    records = []
     with torch.no_grad():
         for name, make in patterns.items():
             runs = {"single": make(single), "cfg": make(cfg_model)}
-            for run in runs.values():  # warm-up; the sequential cfg variant learns its substitutions here
-                run()
+            outputs = {k: run() for k, run in runs.items()}  # warm-up; sequential cfg learns its substitutions here
+            diff = max((a - b).abs().max().item() for a, b in zip(_tensors(outputs["cfg"]), _tensors(outputs["single"])))
             times = {k: [] for k in runs}
-            for r in range(args.rounds):
+            for r in range(rounds):
                 order = list(runs) if r % 2 == 0 else list(reversed(list(runs)))
                 for key in order:
                     times[key].append(_timed(runs[key]))
             efficiency = [s / (world * c) for s, c in zip(times["single"], times["cfg"])]
             median, low, high = paired.median_interval(efficiency)
-            rows.append((name, sorted(times["single"])[len(times["single"]) // 2],
-                         sorted(times["cfg"])[len(times["cfg"]) // 2], median, low, high))
+            records.append(dict(suite="cfg", workload=f"flux-{tokens}", variant=name, kind="cp_hooks", world=world,
+                                tokens=tokens, status="ok", description=w.description, max_abs_diff=diff,
+                                time_ms_rounds=[1e3 * t for t in times["cfg"]],
+                                single_time_ms_rounds=[1e3 * t for t in times["single"]],
+                                efficiency=median, efficiency_interval=[low, high]))
+    return records
+
+
+def _tensors(output):
+    if isinstance(output, torch.Tensor):
+        return [output]
+    return [t for item in output for t in _tensors(item)] if isinstance(output, (tuple, list)) else []
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=1024, help="image tokens of the tiny Flux")
+    p.add_argument("--rounds", type=int, default=11)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per rank")
+    args = p.parse_args()
+    device = init_distributed()
+    torch.set_num_threads(args.threads)
+    world = dist.get_world_size()
+    records = bench_cfg(args.tokens, args.rounds, device, world)
     if dist.get_rank() == 0:
         print(f"cfg_degree={world} on {world} {device.type} ranks, tiny Flux with {args.tokens} image tokens "
-              f"({w.description}), {args.rounds} paired rounds")
+              f"({records[0]['description']}), {args.rounds} paired rounds")
         print("| step | one process (ms) | cfg (ms) | efficiency t1 / (N t_cfg) [95% interval] | goal ≥ 0.97 |")
         print("|---|---:|---:|---:|---|")
-        for name, t1, tc, median, low, high in rows:
-            print(f"| {name} | {1e3 * t1:.1f} | {1e3 * tc:.1f} | {median:.3f} [{low:.3f}, {high:.3f}] | "
-                  f"{paired.verdict(median, high, GOAL)} |")
+        for r in records:
+            low, high = r["efficiency_interval"]
+            print(f"| {r['variant']} | {_median(r['single_time_ms_rounds']):.1f} | {_median(r['time_ms_rounds']):.1f} | "
+                  f"{r['efficiency']:.3f} [{low:.3f}, {high:.3f}] | {paired.verdict(r['efficiency'], high, GOAL)} |")
     shutdown_distributed()
     return 0
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 if __name__ == "__main__":

@@ -12,12 +12,14 @@ import glob
 import json
 import os
 import re
+import statistics
 
 from paired import median_interval, paired_ratios, verdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 GOAL_EFFICIENCY, GOAL_BYTES, GOAL_MEMORY, GOAL_OVERHEAD = 0.95, 0.01, 0.6, 0.02
+GOAL_CFG = 0.97  # cfg groups exchange only the outputs (issue #16)
 
 
 # ------------------------------------------------------------------------------------------------ json
@@ -46,8 +48,8 @@ def annotate(records: list[dict], meta: dict | None = None) -> list[dict]:
     single = {(r["workload"], r["variant"]): r for r in records
               if r.get("variant") in ("single", "single-compiled") and r.get("status") == "ok"}
     for r in records:
-        if r.get("suite") == "split":
-            continue  # its efficiency is the split suite's own (split_attention.py)
+        if r.get("suite") in ("split", "cfg"):
+            continue  # their efficiencies are their suites' own (split_attention.py, cfg_steps.py)
         for key in ("speedup", "efficiency", "single_time_ms", "single_peak_memory_bytes", "compile_s"):
             r.pop(key, None)  # recomputed below (older files stored them, and the rules may have changed)
         base = single.get((r.get("workload"), baseline_name(r)))
@@ -94,6 +96,9 @@ def _f(x, spec=".2f"):
 
 
 def one_line(r: dict) -> str:
+    if r.get("suite") == "cfg":
+        return (f"[{r['workload']}] {r['variant']}: {statistics.median(r['time_ms_rounds']):.1f} ms, one process "
+                f"{statistics.median(r['single_time_ms_rounds']):.1f} ms, efficiency {r['efficiency']:.3f}")
     if r.get("suite") == "split":
         return f"[split] {r['tokens']} tokens, {r['parts']} blocks: efficiency {r['efficiency']:.3f}"
     if r.get("status") != "ok":
@@ -184,6 +189,18 @@ def time_split_table(records: list[dict]) -> list[str]:
     return lines
 
 
+def cfg_table(records: list[dict]) -> list[str]:
+    rows = ["| step | image tokens | one process (ms) | cfg groups (ms) | efficiency t1 / (N t_cfg) [95% interval] | "
+            "max diff |", "|---|---:|---:|---:|---:|---:|"]
+    for r in records:
+        m, lo, hi = median_interval([t1 / (r["world"] * t) for t1, t in
+                                     zip(r["single_time_ms_rounds"], r["time_ms_rounds"])])
+        rows.append(f"| {r['variant']} | {r['tokens']} | {statistics.median(r['single_time_ms_rounds']):.1f} | "
+                    f"{statistics.median(r['time_ms_rounds']):.1f} | {m:.3f} [{lo:.3f}, {hi:.3f}] | "
+                    f"{_f(r.get('max_abs_diff'), '.1e')} |")
+    return rows
+
+
 def split_table(records: list[dict]) -> list[str]:
     lines = ["| tokens | blocks | one call, same kernel (ms) | one call, torch SDPA (ms) | one rank's ring compute (ms) | "
              "efficiency | efficiency vs torch SDPA |", "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -245,6 +262,13 @@ def goals(runs: list[tuple[str, dict]]) -> list[str]:
             rows.append(f"| {mode}: at least as fast as diffusers' Ulysses{what} (same launch; diffusers' time / "
                         "ours) | " + ", ".join(f"{w} {m:.3f} [{lo:.3f}, {hi:.3f}]" for w, m, lo, hi in versus)
                         + f" | {_worst(verdict(m, hi, 1.0) for _, m, _, hi in versus)} |")
+    guided = [r for r in cpu2 if r.get("suite") == "cfg" and r.get("status") == "ok"]
+    if guided:
+        effs = [(f"{r['workload']} {r['variant']}",) + median_interval(
+            [t1 / (r["world"] * t) for t1, t in zip(r["single_time_ms_rounds"], r["time_ms_rounds"])]) for r in guided]
+        rows.append(f"| classifier-free guidance over cfg groups (cfg_degree = N): efficiency t1 / (N t_cfg) ≥ "
+                    f"{GOAL_CFG} | " + ", ".join(f"{w} {m:.3f} [{lo:.3f}, {hi:.3f}]" for w, m, lo, hi in effs)
+                    + f" | {_worst(verdict(m, hi, GOAL_CFG) for _, m, _, hi in effs)} |")
     ours_compiled = [r for _, run in runs for r in run["records"] if r.get("kind") == "cp_hooks"
                      and r.get("compile_backend") and r.get("status") == "ok" and "graph_breaks" in r]
     if ours_compiled:
@@ -406,6 +430,13 @@ def generate(out_dir: str, readme: bool = False) -> str:
         if split_by_owner:
             lines += ["Where the time of one traced forward goes (the tracer slows Python code, so these shares "
                       "are of a slower forward than the timed one):", ""] + split_by_owner + [""]
+        guided = [r for r in run["records"] if r.get("suite") == "cfg" and r.get("status") == "ok"]
+        if guided and times:
+            lines += ["Classifier-free guidance over cfg groups (`cfg_degree` = ranks, no context parallelism inside "
+                      "a group): one denoising step's transformer calls, batched (conditional and unconditional "
+                      "stacked) or sequential (a `cond` then an `uncond` call, run at the same time by the two "
+                      "groups), against every rank running the same step alone, timed in paired rounds:", ""]
+            lines += cfg_table(guided) + [""]
         split = [r for r in run["records"] if r.get("suite") == "split"]
         if split:
             lines += ["Splitting attention into blocks (the compute of one ring rank, no communication):", ""]

@@ -5,6 +5,7 @@
     torchrun --nproc_per_node 4 benchmarks/run.py --suites attention --attn-lengths 16384 --tag cpu-4ranks-memory
     torchrun --nproc_per_node 1 benchmarks/run.py --suites split        # one GPU: cost of splitting attention
     torchrun --nproc_per_node 2 benchmarks/run.py --models flux-4k --compile   # + torch.compile'd variants
+    torchrun --nproc_per_node 2 benchmarks/run.py --suites cfg --tag cpu-2ranks-cfg   # classifier-free guidance
     bash benchmarks/run_all.sh                                          # everything in benchmarks/README.md
 
 For every workload (tiny-config Flux at 1k/4k/16k image tokens, a Wan video shape, bare attention at several
@@ -41,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import measure  # noqa: E402
 import report  # noqa: E402
 import workloads  # noqa: E402
+from cfg_steps import bench_cfg  # noqa: E402
 from split_attention import split_efficiency  # noqa: E402
 from variants import Mode, Runner, compiled_modes, cp_modes, diffusers_modes  # noqa: E402
 
@@ -53,11 +55,12 @@ DEFAULT_MODELS = "flux-1k,flux-4k,flux-16k,wan"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suites", default=None,
-                   help="comma list of models, attention, split (default: models,attention; split on one rank)")
+                   help="comma list of models, attention, split, cfg (default: models,attention; split on one rank)")
     p.add_argument("--models", default=DEFAULT_MODELS, help="comma list of flux-<N>k and wan")
     p.add_argument("--model", action="append", default=[], help="extra model: module:function or file.py:function")
     p.add_argument("--attn-lengths", default="1024,4096,16384", help="attention-only sequence lengths")
     p.add_argument("--split-lengths", default="4096,16384,32768", help="split suite lengths")
+    p.add_argument("--cfg-tokens", type=int, default=4096, help="image tokens of the cfg suite's Flux step")
     p.add_argument("--flux-layers", type=int, default=1, help="double- and single-stream blocks, each")
     p.add_argument("--wan-shape", default="16x32x32", help="latent frames x height x width")
     p.add_argument("--heads", type=int, default=4)
@@ -114,6 +117,9 @@ def main(argv=None) -> int:
         for length in (int(x) for x in args.attn_lengths.split(",") if x):
             add(bench_attention(workloads.attention(length, device, dtype, heads=args.heads, head_dim=args.head_dim),
                                 args, device, world))
+    if "cfg" in suites and world > 1:
+        rounds = max(args.repeats, 11)  # paired ratios of a 2-way split: enough rounds for an interval
+        add(bench_cfg(args.cfg_tokens, rounds, device, world))
     if "split" in suites and rank == 0:
         add(split_efficiency([int(x) for x in args.split_lengths.split(",")], [2, 4, 8], device, dtype,
                              heads=args.heads, head_dim=args.head_dim, repeats=max(args.repeats, 3)))

@@ -31,8 +31,8 @@ else
     # Each costs 30-120 s of compilation per rank on 2 cores; add flux-16k for the larger one (about 15 min more).
     launch 2 --repeats 9 --min-seconds 60 --compile flux-4k --tag cpu-2ranks
     launch 4 --suites attention --attn-lengths 4096,16384 --repeats 2 --tag cpu-4ranks-attention
-    # Classifier-free guidance over 2 cfg groups (batched and sequential), against one process: printed only.
-    timeout "${BENCH_TIMEOUT:-3600}" torchrun --nproc_per_node 2 benchmarks/cfg_steps.py --rounds 15 | tee "$out/cfg_steps.md"
+    # Classifier-free guidance over 2 cfg groups (batched and sequential) against one process, into the goals.
+    launch 2 --suites cfg --cfg-tokens 4096 --repeats 15 --tag cpu-2ranks-cfg
 fi
 python benchmarks/report.py --readme > /dev/null
 echo "wrote $out/results.md and the README sections"

@@ -23,7 +23,8 @@ def test_benchmark_runs_and_reports(tmp_path):
            os.path.join(ROOT, "benchmarks", "run.py"), "--models", "flux-256,wan", "--wan-shape", "2x8x8",
            "--attn-lengths", "128", "--overhead-tokens", "320", "--repeats", "1", "--min-seconds", "1000",
            "--max-rounds", "2", "--out", str(tmp_path),
-           "--tag", "smoke", "--compile", "flux-256", "--compile-backend", "eager"]
+           "--tag", "smoke", "--compile", "flux-256", "--compile-backend", "eager",
+           "--suites", "models,attention,cfg", "--cfg-tokens", "64"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -57,7 +58,13 @@ def test_benchmark_runs_and_reports(tmp_path):
             assert r["bytes_vs_formula"] == pytest.approx(1.0), variant
     assert by[("flux-256", "ulysses-compiled")]["speedup"] > 0  # against single-compiled
     assert ("wan-2x8x8", "single-compiled") not in by  # --compile named flux-256 only
+    # Classifier-free guidance over the two ranks as cfg groups, batched and sequential, equal to one process.
+    for variant in ("cfg-batched", "cfg-sequential"):
+        r = by[("flux-64", variant)]
+        assert r["status"] == "ok" and r["max_abs_diff"] <= 1e-5, variant
+        assert len(r["time_ms_rounds"]) == len(r["single_time_ms_rounds"]) >= 11
     report = (tmp_path / "results.md").read_text()
     assert "| flux-256 |" in report and "## Goals" in report
+    assert "classifier-free guidance over cfg groups" in report and "| cfg-sequential | 64 |" in report
     assert "Where the time of one traced forward goes" in report
     assert "What torch.compile made of each compiled variant" in report
