@@ -9,9 +9,10 @@ library's wrapper never drops a cp_hooks hook. It is also what `torch.compile` t
 break (docs/architecture.md, "Hooks").
 
 Order on one module: `pre_forward` in registration order, `post_forward` in reverse order (the first hook
-added sees the final output). Consecutive hooks share one pair of torch hooks (re-registered when a cp_hooks
-hook is added or removed, so they come after torch hooks that other code registered on that module since). A hook's `enter()` runs after its `pre_forward` and its `exit()` before its
-`post_forward` — also when the forward raises (torch's `always_call`), so the module stays usable.
+added sees the final output). Consecutive hooks that are all eager or all traced share one pair of torch
+hooks, re-registered when a cp_hooks hook is added or removed (so they then come after torch hooks that other
+code registered on that module meanwhile). A hook's `enter()` runs after its `pre_forward` and its `exit()`
+before its `post_forward` — also when the forward raises (torch's `always_call`), so the module stays usable.
 
 A module with cp_hooks hooks refuses `copy.deepcopy`: the copy would carry hooks bound to the original's
 process groups. Disable first, copy, then enable each.

@@ -74,8 +74,8 @@ class InputDeviceHook(ModelHook):
     backend cannot send (CPU tensors to nccl, GPU tensors to gloo).
     """
 
-    # Traced (not `eager`): a device test is static under torch.compile (a guard), and an eager hook would break
-    # the graph where dynamo inlines the model's call (cfg_sequential's traced call).
+    # Traced (not `eager`): a device test is static under torch.compile (a guard), and an eager hook breaks the
+    # graph where dynamo inlines the model's call (a model called inside another compiled module's forward).
 
     def __init__(self, runtime=None) -> None:
         self.runtime = runtime
