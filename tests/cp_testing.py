@@ -64,3 +64,20 @@ def catalogue_runs(class_name: str, world: int):
             kwargs = mode.config_kwargs(entry.anything)
             yield case, mode, model, inputs, make_config(kwargs.pop("ring_degree"), kwargs.pop("ulysses_degree"),
                                                          **kwargs)
+
+
+ORDERS = ("before enable", "after enable")
+
+
+def apply_around_enable(model, config, apply, order: str) -> None:
+    """`apply(model)` (an offloading, a cache, an adapter) before or after `enable_parallelism(model, config)`,
+    as `order` (one of ORDERS) says: what composes with cp_hooks must do so in either order."""
+    from cp_hooks import enable_parallelism
+
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if order == "before enable":
+        apply(model)
+    enable_parallelism(model, config)
+    if order == "after enable":
+        apply(model)

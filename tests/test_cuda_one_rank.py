@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import tiny_models
-from cp_testing import BF16_TOL, FP32_TOL, rel_err
+from cp_testing import BF16_TOL, FP32_TOL, ORDERS, apply_around_enable, rel_err
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -84,7 +84,7 @@ def _gpu_offloads() -> dict:
 def offload_parity() -> dict:
     """Weights resting on the CPU, compute on the GPU, cp_hooks enabled before or after: the offloaded
     model's single-process output."""
-    from cp_hooks import disable_parallelism, enable_parallelism
+    from cp_hooks import disable_parallelism
 
     _no_tf32()
     errors = {}
@@ -96,16 +96,10 @@ def offload_parity() -> dict:
         apply(model)
         with torch.no_grad():
             reference = model(**inputs)[0]
-        for order in ("before enable", "after enable"):
+        for order in ORDERS:
             model, _ = tiny_models.tiny_flux(height=16, width=16)
-            config = _one_rank_config()
-            if order == "before enable":
-                apply(model)
-                enable_parallelism(model, config)
-            else:
-                enable_parallelism(model, config)
-                apply(model)
             try:
+                apply_around_enable(model, _one_rank_config(), apply, order)
                 with torch.no_grad():
                     errors[f"{name}, {order}"] = rel_err(model(**inputs)[0], reference)
             except Exception as exc:  # every case reports, each with its own reason

@@ -25,7 +25,7 @@ import tiny_models
 from cp_hooks import disable_parallelism, enable_parallelism
 from cp_hooks.integration.offload import execution_device
 from cp_hooks.parallel import _check_model_device
-from cp_testing import FP32_TOL, make_config, rel_err
+from cp_testing import FP32_TOL, ORDERS, apply_around_enable, make_config, rel_err
 
 MODES = [(1, 2), (2, 1)]  # (ring, ulysses): Ulysses 2, ring 2
 CPU = torch.device("cpu")
@@ -133,14 +133,9 @@ def offload_parity(ring: int, ulysses: int) -> dict:
         model, inputs = tiny_models.tiny_flux()
         apply(model)
         reference = _forward(model, inputs)
-        for order in ("before enable", "after enable"):
+        for order in ORDERS:
             model, inputs = tiny_models.tiny_flux()
-            if order == "before enable":
-                apply(model)
-                enable_parallelism(model, config)
-            else:
-                enable_parallelism(model, config)
-                apply(model)
+            apply_around_enable(model, config, apply, order)
             try:
                 errors[f"{name}, {order}"] = rel_err(_forward(model, inputs), reference)
             finally:
