@@ -38,19 +38,31 @@ from .sharding import gather_tensor, split_tensor
 class _Paired(threading.local):
     def __init__(self) -> None:
         self.depth = 0
+        self.predicted = 0
 
 
 _paired = _Paired()
 
 
 @contextlib.contextmanager
-def paired_call():
-    """Inside: one call of a sequential-guidance pair (cp_hooks.cfg_sequential); the batch is not split."""
+def paired_call(predicted: bool = False):
+    """Inside: one call of a sequential-guidance pair (cp_hooks.cfg_sequential); the batch is not split.
+
+    `predicted`: the cfg groups compute different calls (group 0 the conditional one, group 1 the predicted
+    unconditional one), whose inputs may differ in shape (an unpadded negative prompt).
+    """
     _paired.depth += 1
+    _paired.predicted += int(predicted)
     try:
         yield
     finally:
         _paired.depth -= 1
+        _paired.predicted -= int(predicted)
+
+
+def groups_compute_different_calls() -> bool:
+    """True inside a predicted pair: only the ranks of one cfg group share the call's inputs."""
+    return _paired.predicted > 0
 
 
 class CfgBatchHook(ModelHook):

@@ -130,7 +130,7 @@ class SequentialCfg:
                 return plain(model, **kwargs)
         predicted = {**kwargs, **self.substitutions}
         mine = kwargs if self.runtime.cfg_rank == 0 else predicted
-        with paired_call():
+        with paired_call(predicted=True):
             output = plain(model, **mine)
         cond_output, uncond_output = _exchange(output, self.runtime)
         self.pending = (_Snapshot(predicted), uncond_output)

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from . import comm
+from .cfg import groups_compute_different_calls
 from .runtime import ContextParallelRuntime
 from .hooks import ModelHook
 
@@ -48,7 +49,9 @@ def _fingerprint(text: str) -> int:
 
 def check_consistent(description: str, runtime: ContextParallelRuntime, device: torch.device) -> None:
     """Raise the same ValueError on every rank if the ranks' input descriptions differ."""
-    group = runtime.world_group  # every rank gets the same inputs, the cfg groups too
+    # Every rank gets the same inputs, the cfg groups too; except in a predicted sequential-guidance pair, where
+    # each cfg group computes its own call (the negative prompt may have another length): there, its group.
+    group = runtime.flat_group if groups_compute_different_calls() else runtime.world_group
     world = dist.get_world_size(group)
     fingerprints = [row[0] for row in comm.exchange_sizes([_fingerprint(description)], group, device,
                                                          payload="consistency")]

@@ -1,4 +1,4 @@
-"""Tiny random diffusers pipelines (Flux, Wan) built offline from configs, for the examples and their tests.
+"""Tiny random diffusers pipelines (Flux, Wan, QwenImage) built offline from configs, for the examples and their tests.
 
 Nothing is downloaded: every model is built from its config with random weights (seeded, so every rank
 builds the same one), and the tokenizers are small word-level vocabularies made in code and wrapped in
@@ -20,29 +20,37 @@ _WORDS = (
 ).split()
 
 
-def word_tokenizer(specials: dict[str, int], bos: str | None, eos: str, model_max_length: int):
+def word_tokenizer(specials: dict[str, int], bos: str | None, eos: str | None, model_max_length: int,
+                   words: tuple[str, ...] = (), added: tuple[str, ...] = ()):
     """A word-level fast tokenizer: lowercase, split on whitespace and punctuation, `bos`/`eos` added.
 
     Args:
-        specials: special token -> id (they take the first ids, as in CLIP and T5 vocabularies).
+        specials: special token -> id (they take the first ids, as in CLIP and T5 vocabularies); each is one
+            token wherever it appears in the text (e.g. Qwen's `<|im_start|>`).
         bos: token put before every sequence, or None (T5 has none).
-        eos: token put after every sequence.
+        eos: token put after every sequence, or None (Qwen's chat template ends its own text).
         model_max_length: the length pipelines pad and truncate to by default.
+        words: vocabulary words after the shared ones (e.g. a prompt template's).
+        added: strings that are one token each, matched before the split (e.g. "\n", a token in Qwen; the
+            split drops whitespace otherwise); they take the ids after the words.
 
     Returns:
         a `transformers.PreTrainedTokenizerFast`.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = dict(specials)
-    for word in _WORDS:
+    for word in (*_WORDS, *words, *added):
         vocab.setdefault(word, len(vocab))
     unk = next(token for token in specials if "unk" in token)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    single = f"{bos} $A {eos}" if bos else f"$A {eos}"
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    if added:
+        tok.add_tokens([AddedToken(t, normalized=False) for t in added])
+    single = " ".join(t for t in (bos, "$A", eos) if t)
     tok.post_processor = processors.TemplateProcessing(
         single=single, special_tokens=[(t, specials[t]) for t in (bos, eos) if t]
     )
@@ -130,6 +138,75 @@ def tiny_wan_pipeline(seed: int = 0, layers: int = 2, heads: int = 4, head_dim: 
                            temperal_downsample=[False, True, True])
     pipe = WanPipeline(tokenizer=t5_tokenizer(), text_encoder=_t5_encoder(), vae=vae, transformer=transformer,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
+    for module in (transformer, vae, pipe.text_encoder):
+        module.eval()
+    return pipe
+
+
+# The words of QwenImagePipeline's prompt template ("Describe the image by detailing the color, shape, ...").
+_QWEN_TEMPLATE_WORDS = (
+    "system user assistant describe image detailing color shape size texture quantity text spatial relationships "
+    "objects background , :"
+).split()
+
+
+def qwen_tokenizer():
+    """Qwen-like: `<|im_start|>`, `<|im_end|>` and "\\n" are tokens, nothing added around a text.
+
+    QwenImagePipeline's template then gives 34 tokens before the prompt, as Qwen2.5-VL's tokenizer does (the
+    pipeline drops `prompt_template_encode_start_idx` = 34), and the prompt's words followed by 5 tokens
+    (`<|im_end|>` "\\n" `<|im_start|>` assistant "\\n") after it.
+    """
+    return word_tokenizer({"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "<unk>": 3, "<pad>": 4},
+                          bos=None, eos=None, model_max_length=32768, words=_QWEN_TEMPLATE_WORDS, added=("\n",))
+
+
+def _qwen25vl_encoder(vocab_size: int = 128, hidden_size: int = 32):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    head_dim = hidden_size // 2
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=None,
+            eos_token_id=2, pad_token_id=4,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                             "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]},
+        ),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=hidden_size,
+                           fullatt_block_indexes=[0]),
+        image_token_id=vocab_size, video_token_id=vocab_size + 1,  # no vision tokens in a text-only vocabulary
+        vision_start_token_id=vocab_size + 2, vision_end_token_id=vocab_size + 3,
+    )
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def tiny_qwenimage_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim: int = 16):
+    """A QwenImagePipeline with a tiny random transformer, QwenImage VAE and Qwen2.5-VL text encoder.
+
+    The VAE downsamples by 4 and the pipeline packs 2x2 latent patches, so an image of H x W pixels gives
+    (H/8) * (W/8) image tokens; a prompt of n words gives n + 5 text tokens (the template's end; see
+    `qwen_tokenizer`), fewer than `max_sequence_length`.
+
+    Args:
+        seed: weights seed; the same seed gives the same pipeline on every rank.
+        layers: transformer blocks.
+        heads, head_dim: attention heads of the transformer (Ulysses needs heads divisible by its degree;
+            head_dim a multiple of 16 for the rotary axes).
+    """
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
+                           QwenImageTransformer2DModel)
+
+    torch.manual_seed(seed)
+    rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=layers, attention_head_dim=head_dim,
+        num_attention_heads=heads, joint_attention_dim=32, axes_dims_rope=rope,
+    )
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+                             text_encoder=_qwen25vl_encoder(), tokenizer=qwen_tokenizer(), transformer=transformer)
     for module in (transformer, vae, pipe.text_encoder):
         module.eval()
     return pipe

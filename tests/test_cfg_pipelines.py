@@ -1,9 +1,13 @@
 """Sequential guidance over two cfg groups, whole pipelines against one process (cp_hooks.cfg_sequential).
 
-Wan (guidance_scale > 1) and Flux (true_cfg_scale > 1 with a negative prompt) call the transformer twice per
-step, in cache_context("cond") and ("uncond"). With cfg_degree=2 the first step learns which arguments
-differ, and every later step computes the two calls at once on the two groups. The latents must equal one
-process's (fp32: FP32_TOL relative), and the transformer must really have run fewer forwards per rank.
+Wan (guidance_scale > 1), Flux and QwenImage (true_cfg_scale > 1 with a negative prompt) call the transformer
+twice per step, in cache_context("cond") and ("uncond"). With cfg_degree=2 the first step learns which
+arguments differ, and every later step computes the two calls at once on the two groups. The latents must
+equal one process's (fp32: FP32_TOL relative), and the transformer must really have run fewer forwards per
+rank. QwenImage's two calls differ in their text's length (the prompt's 8 tokens, the negative prompt's 6),
+and each call builds a new `timestep / 1000` tensor, equal in value: the prediction compares values. In a
+predicted pair the two groups compute calls of different shapes, so the strict input check compares the ranks
+of one cfg group only (cp_hooks.consistency); the learning step still compares every rank.
 """
 
 from __future__ import annotations
@@ -40,12 +44,20 @@ def _flux(pipe):
                 output_type="latent").images
 
 
+def _qwenimage(pipe):
+    return pipe("a red cube", negative_prompt="blur", true_cfg_scale=2.0, height=32, width=32,
+                num_inference_steps=STEPS, max_sequence_length=16, generator=torch.Generator().manual_seed(0),
+                output_type="latent").images
+
+
 def sequential_parity(kind: str, ring: int, ulysses: int) -> tuple[float, int, int]:
     """(relative difference, forwards alone, forwards per rank with cfg) for one tiny pipeline."""
     import _tiny
 
-    pipe = _tiny.tiny_wan_pipeline(seed=0) if kind == "wan" else _tiny.tiny_flux_pipeline(seed=0)
-    generate = _wan if kind == "wan" else _flux
+    build, generate = {"wan": (_tiny.tiny_wan_pipeline, _wan), "flux": (_tiny.tiny_flux_pipeline, _flux),
+                       "qwenimage": (_tiny.tiny_qwenimage_pipeline, _qwenimage)}[kind]
+    pipe = build(seed=0)
+    pipe.set_progress_bar_config(disable=True)
     calls = _count_forwards(pipe.transformer)
     with torch.no_grad():
         reference = generate(pipe)
@@ -63,16 +75,23 @@ def sequential_parity(kind: str, ring: int, ulysses: int) -> tuple[float, int, i
     return rel_err(parallel, reference), alone, len(calls)
 
 
-@pytest.mark.parametrize("kind", ["wan", "flux"])
+def _run_parity(pool, world: int, kind: str, ring: int, ulysses: int) -> list:
+    return pool(world).run(sequential_parity, kind, ring, ulysses, timeout=600)
+
+
+@pytest.mark.parametrize("kind", ["wan", "flux", "qwenimage"])
 def test_sequential_guidance_two_ranks(pool, kind):
-    rel, alone, parallel = pool(2).run(sequential_parity, kind, 1, 1, timeout=600)[0]
+    rel, alone, parallel = _run_parity(pool, 2, kind, 1, 1)[0]
     assert rel <= FP32_TOL, rel
     assert alone == 2 * STEPS and parallel == STEPS + 1, (alone, parallel)  # learns on step 1, then one each
 
 
-def test_sequential_guidance_with_ulysses(pool):
-    results = pool(4).run(sequential_parity, "wan", 1, 2, timeout=600)
+@pytest.mark.parametrize("kind,ring,ulysses", [("wan", 1, 2), ("qwenimage", 1, 2), ("qwenimage", 2, 1)])
+def test_sequential_guidance_with_ulysses(pool, kind, ring, ulysses):
+    """cfg 2 x (ulysses 2 or ring 2) on 4 ranks: context parallelism inside each guidance group."""
+    results = _run_parity(pool, 4, kind, ring, ulysses)
     assert all(rel <= FP32_TOL for rel, _, _ in results), results
+    assert all(alone == 2 * STEPS and parallel == STEPS + 1 for _, alone, parallel in results), results
 
 
 def mispredicted_call() -> list[float]:
