@@ -18,7 +18,9 @@ step() {  # step NAME SECONDS COMMAND...: run, keep the log, report the exit sta
 }
 STEPS=${STEPS:-kernels one_rank compile}  # a subset reruns part of it
 [[ $STEPS == *kernels* ]] && step cuda_kernels 60 python3 -m pytest -q -rs tests/test_cuda_kernels.py
-[[ $STEPS == *one_rank* ]] && step cuda_one_rank ${ONE_RANK_SECONDS:-270} python3 -m pytest -v -s --durations=0 \
-    tests/test_cuda_one_rank.py
+# -s: the tests print their measurements before they assert, so a step cut by its timeout still says what
+# failed and why (pytest's own summary comes only at the end).
+[[ $STEPS == *one_rank* ]] && step cuda_one_rank ${ONE_RANK_SECONDS:-270} python3 -m pytest -v -s --tb=short \
+    --durations=0 tests/test_cuda_one_rank.py
 [[ $STEPS == *compile* ]] && step cuda_compile ${COMPILE_SECONDS:-200} torchrun --nproc_per_node 1 benchmarks/cuda_compile.py \
     --modes default,reduce-overhead --out "$OUT"

@@ -111,7 +111,7 @@ def offload_parity() -> dict:
 
 
 def test_offloading_on_cuda(pool):
-    [errors] = pool(1, "nccl").run(offload_parity, timeout=300)
+    [errors] = pool(1, "nccl").run(offload_parity, timeout=180)
     print(errors)
     bad = {k: v for k, v in errors.items() if isinstance(v, str) or not v <= FP32_TOL}
     assert not bad, bad
@@ -210,7 +210,7 @@ COMPILE_CASES = [
                          ids=[f"{m or 'default'}-{d}-{'fwd+bwd' if b else 'fwd'}{'-regional' if r else ''}"
                               for m, d, b, r in COMPILE_CASES])
 def test_compiled_on_cuda(pool, mode, dtype, backward, regional):
-    [(result, baseline)] = pool(1, "nccl").run(compiled_parity, mode, dtype, backward, regional, timeout=600)
+    [(result, baseline)] = pool(1, "nccl").run(compiled_parity, mode, dtype, backward, regional, timeout=300)
     print(mode, dtype, result, "one process, eager:", baseline)
     tol = TOLERANCE[getattr(torch, dtype)]
     for key, err in result.items():
@@ -246,7 +246,7 @@ def dynamic_two_resolutions() -> list[float]:
 
 
 def test_dynamic_shapes_on_cuda(pool):
-    [errors] = pool(1, "nccl").run(dynamic_two_resolutions, timeout=600)
+    [errors] = pool(1, "nccl").run(dynamic_two_resolutions, timeout=240)
     assert max(errors) <= FP32_TOL, errors
 
 
