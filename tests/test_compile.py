@@ -157,8 +157,12 @@ def catalogue_parity(class_name, case, ring, ulysses):
 
 
 # QwenImage: a key-padding mask on the joint text + image sequence, uneven text (anything flags).
-# PixArt: processors that call torch's SDPA directly (the SDPA router, a torch-function mode).
+# PixArt: processors that call torch's SDPA directly (routed by the SDPA guard).
+# HunyuanVideo: the token refiner's plain-SDPA processor beside dispatch-routed ones, and `unflatten` in its
+# processors (which dynamo cannot trace under the SDPA router's torch-function mode; the router under compile:
+# tests/test_attention_routing.py).
 @pytest.mark.parametrize("class_name,case,ring,ulysses", [("QwenImageTransformer2DModel", "t2i", 1, 2),
-                                                          ("PixArtTransformer2DModel", "t2i", 2, 1)])
+                                                          ("PixArtTransformer2DModel", "t2i", 2, 1),
+                                                          ("HunyuanVideoTransformer3DModel", "t2v", 1, 2)])
 def test_fullgraph_catalogue_models(pool, class_name, case, ring, ulysses):
     pool(2).run(catalogue_parity, class_name, case, ring, ulysses, timeout=300)

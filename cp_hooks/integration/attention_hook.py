@@ -13,7 +13,7 @@ import torch.nn as nn
 from ..hooks import ModelHook
 from ..runtime import ContextParallelRuntime
 from . import sdpa
-from .diffusers_attention import ProcessorRouting, all_dispatch_routed
+from .diffusers_attention import ProcessorRouting
 
 
 class AttentionRoutingHook(ModelHook):
@@ -53,13 +53,13 @@ class AttentionRoutingHook(ModelHook):
     def needs_router(self) -> bool:
         """Whether SDPA calls need the torch-function mode, for the processors the model holds now.
 
-        Yes when the model has no diffusers processor or one that does not go through diffusers' dispatch
-        (kept from before the guard: such models are tested with the router), or when the code of a submodule
-        or processor holds torch's SDPA under its own name, which the guard does not see.
+        Only when the code of a submodule or processor holds torch's SDPA under its own name, which the guard
+        does not see. Processors that call `F.scaled_dot_product_attention` themselves (not through diffusers'
+        dispatch) are routed by the guard: it replaces that attribute. (The mode sees every torch call of the
+        forward, a few microseconds each, and dynamo cannot trace some tensor methods under it with
+        fullgraph=True, e.g. HunyuanVideo's `unflatten`.)
         """
         processors = [p for p in self.processors.processors if p is not None]
-        if not all_dispatch_routed(processors):
-            return True
         # The classes' code of every submodule (listed again when modules were added) and processor.
         return sdpa.sdpa_bound_elsewhere(self.processors.modules + processors) is not None
 

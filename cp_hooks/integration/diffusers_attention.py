@@ -201,22 +201,6 @@ def _unpatch_module(module_name: str) -> None:
         del _patched_modules[module_name]
 
 
-def is_dispatch_routed(processor) -> bool:
-    """True if `processor` takes a parallel config and its module calls `dispatch_attention_fn`."""
-    return hasattr(processor, "_parallel_config") and callable(
-        getattr(sys.modules.get(_dispatch_module_name(processor)), _DISPATCH_NAME, None))
-
-
-def all_dispatch_routed(processors) -> bool:
-    """True if there are processors and every one goes through `dispatch_attention_fn`.
-
-    Then every diffusers attention call is routed here and the SDPA router (a torch-function mode that sees
-    every torch call of the forward, at a few microseconds each) is not needed.
-    """
-    processors = list(processors)
-    return bool(processors) and all(is_dispatch_routed(p) for p in processors)
-
-
 class ProcessorRouting:
     """Keeps every attention processor of one model marked as context-parallel, from enable to disable.
 
