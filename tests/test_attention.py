@@ -147,6 +147,39 @@ def test_mask_repeated_over_heads(pool):
     pool(2).run(heads_repeated_mask)
 
 
+def masks_read_by_value_compiled(ring, ulysses):
+    """Under torch.compile(fullgraph=True) the masks cp_hooks reads by value (repeated over heads; v[q] & v[k])
+    trace without a branch on tensor values: their form is checked when the graph runs (torch._assert_async),
+    so the results equal eager ones and a mask of another form still raises."""
+    torch._dynamo.reset()
+    config = make_config(ring, ulysses)
+    attend = torch.compile(lambda q, k, v, m: context_parallel_attention(q, k, v, m, config=config),
+                           fullgraph=True, backend="aot_eager", dynamic=False)
+    (q, k, v, _), keep = _inputs(2, 16, 4, 8, torch.float32, "padding")
+    lq, lk, lv = shard(q), shard(k), shard(v)
+    repeated = shard(keep[:, None, None, :].expand(2, 4, 1, 16), 3)
+    expected = context_parallel_attention(lq, lk, lv, shard(keep, 1), config=config)
+    assert rel_err(attend(lq, lk, lv, repeated), expected) <= FP32_TOL
+    per_head = repeated.clone()
+    per_head[:, 1] = True
+    with pytest.raises(RuntimeError, match="repeated over heads"):
+        attend(lq, lk, lv, per_head)
+    valid = shard(torch.arange(16)[None, :].expand(2, 16) % 5 != 0, 1)
+    symmetric = valid[:, None, :, None] & valid[:, None, None, :]
+    eager = context_parallel_attention(lq, lk, lv, symmetric, config=config)
+    assert rel_err(attend(lq, lk, lv, symmetric), eager) <= FP32_TOL
+    other = symmetric.clone()
+    other[:, :, 0, 1] = ~other[:, :, 0, 1]  # no longer v[q] & v[k]
+    with pytest.raises(RuntimeError, match=r"v\[q\] & v\[k\]"):
+        attend(lq, lk, lv, other)
+    return True
+
+
+@pytest.mark.parametrize("ring,ulysses", [(1, 2), (2, 1)])
+def test_masks_read_by_value_under_compile(pool, ring, ulysses):
+    pool(2).run(masks_read_by_value_compiled, ring, ulysses, timeout=300)
+
+
 def symmetric_padding_mask(ring, ulysses, rotate):
     """A `v[q] & v[k]` self-attention mask (HunyuanVideo 1.5's processor) is split into keys and queries.
 

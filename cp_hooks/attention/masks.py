@@ -9,6 +9,16 @@ from __future__ import annotations
 import torch
 
 
+def _holds(condition: torch.Tensor, message: str) -> bool:
+    """Whether a condition on a mask's values holds: its value in eager code. Under torch.compile a graph
+    cannot branch on tensor values, so the condition is assumed (the mask's shape admits only that reading)
+    and checked when the graph runs: `torch._assert_async` raises there, on every rank alike."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(condition, message)
+        return True
+    return bool(condition)
+
+
 def key_bias_from_mask(mask: torch.Tensor | None, batch: int, kv_len: int) -> torch.Tensor | None:
     """Convert a user mask for the local keys to an additive float32 bias of shape (b, kv_len).
 
@@ -34,7 +44,9 @@ def key_bias_from_mask(mask: torch.Tensor | None, batch: int, kv_len: int) -> to
         if mask.dim() == 4:
             if shape[0] not in (1, batch):
                 raise ValueError(f"attn_mask of shape {shape} has batch {shape[0]}; expected {expected}.")
-            if shape[1] > 1 and shape[2] == 1 and torch.equal(mask, mask[:, :1].expand(shape)):
+            if shape[1] > 1 and shape[2] == 1 and _holds(
+                    (mask == mask[:, :1]).all(),
+                    f"cp_hooks: an attn_mask of shape {shape} must be a key-padding mask repeated over heads"):
                 mask, shape = mask[:, :1], (shape[0], 1, 1, kv_len)  # a key-padding mask repeated over heads
             lead = shape[1:-1]
         if any(s != 1 for s in lead):
@@ -64,7 +76,9 @@ def split_symmetric_mask(mask: torch.Tensor, q_len: int, kv_len: int):
     if mask.dtype != torch.bool or mask.dim() != 4 or q_len != kv_len or tuple(mask.shape[-2:]) != (q_len, kv_len):
         return None
     valid = mask.diagonal(dim1=-2, dim2=-1)  # (B, h, S)
-    if not torch.equal(mask, valid[..., :, None] & valid[..., None, :]):
+    if not _holds((mask == (valid[..., :, None] & valid[..., None, :])).all(),
+                  f"cp_hooks: a boolean attn_mask of shape {tuple(mask.shape)} must be v[q] & v[k] (a token-validity "
+                  "vector on both sides); other masks that vary along queries are not supported"):
         return None
     return valid[..., None, :], valid[:, 0]
 
