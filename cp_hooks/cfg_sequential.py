@@ -27,6 +27,7 @@ model's class is swapped for a subclass whose `__call__` can return the kept out
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 
 import torch
@@ -89,6 +90,7 @@ class SequentialCfg:
         self.substitutions: dict | None = None  # argument name -> the unconditional call's value
         self.pending: tuple[_Snapshot, object] | None = None  # predicted "uncond" arguments, its output
         self.warned = False
+        self.defaults = _keyword_defaults(self.original_class.forward)
 
     # ---------------------------------------------------------------------------------------- install
     def install(self, model: nn.Module) -> None:
@@ -118,6 +120,9 @@ class SequentialCfg:
         label = self.label
         if args or label not in ("cond", "uncond") or torch.is_grad_enabled():
             return plain(model, *args, **kwargs)
+        # An argument left out is its default: a pipeline may pass `guidance=None` to one call and leave it out
+        # of the other (LongCat-Image), which must not read as a difference.
+        kwargs = {**self.defaults, **kwargs}
         if label == "cond":
             return self._cond(model, plain, kwargs)
         return self._uncond(model, plain, kwargs)
@@ -153,6 +158,16 @@ class SequentialCfg:
         self.cond = None
         with paired_call():
             return plain(model, **kwargs)
+
+
+def _keyword_defaults(forward) -> dict:
+    """The defaults of `forward`'s parameters that can be passed by keyword."""
+    try:
+        parameters = inspect.signature(forward).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        return {}
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in parameters if p.kind in kinds and p.default is not inspect.Parameter.empty}
 
 
 def _differences(cond: _Snapshot, uncond: dict) -> dict | None:

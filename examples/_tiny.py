@@ -1,4 +1,6 @@
-"""Tiny random diffusers pipelines (Flux, Wan, QwenImage) built offline from configs, for the examples and their tests.
+"""Tiny random diffusers pipelines built offline from configs, for the examples and their tests.
+
+Flux, Wan, QwenImage, CogView4, HunyuanVideo and LongCat-Image.
 
 Nothing is downloaded: every model is built from its config with random weights (seeded, so every rank
 builds the same one), and the tokenizers are small word-level vocabularies made in code and wrapped in
@@ -81,6 +83,16 @@ def _t5_encoder(vocab_size: int = 128, d_model: int = 32):
     )).eval()
 
 
+def _clip_encoder(hidden_size: int = 32):
+    """A tiny CLIPTextModel for `clip_tokenizer`; its pooled output has `hidden_size` features."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, pad_token_id=1, vocab_size=128, hidden_size=hidden_size, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, projection_dim=32, hidden_act="gelu",
+    )).eval()
+
+
 def tiny_flux_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim: int = 16):
     """A FluxPipeline with a tiny random transformer, VAE, CLIP and T5 text encoders, and word-level tokenizers.
 
@@ -93,7 +105,6 @@ def tiny_flux_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim:
         heads, head_dim: attention heads of the transformer (Ulysses needs heads divisible by its degree).
     """
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
@@ -102,10 +113,7 @@ def tiny_flux_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim:
         num_attention_heads=heads, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
         axes_dims_rope=rope,
     )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=0, eos_token_id=2, pad_token_id=1, vocab_size=128, hidden_size=32, intermediate_size=37,
-        num_attention_heads=4, num_hidden_layers=2, projection_dim=32, hidden_act="gelu",
-    ))
+    text_encoder = _clip_encoder()
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1, latent_channels=4,
         norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
@@ -207,6 +215,188 @@ def tiny_qwenimage_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head
                                  temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
     pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
                              text_encoder=_qwen25vl_encoder(), tokenizer=qwen_tokenizer(), transformer=transformer)
+    for module in (transformer, vae, pipe.text_encoder):
+        module.eval()
+    return pipe
+
+
+def glm_tokenizer():
+    """GLM-like: `[gMASK]` before every text (GLM-4 puts `[gMASK]<sop>`), no end token, pad 0."""
+    return word_tokenizer({"<pad>": 0, "<unk>": 1, "[gMASK]": 2, "<sop>": 3}, bos="[gMASK]", eos=None,
+                          model_max_length=1024)
+
+
+def _glm_encoder(vocab_size: int = 128, hidden_size: int = 32):
+    from transformers import GlmConfig, GlmModel
+
+    return GlmModel(GlmConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=hidden_size // 2, max_position_embeddings=512,
+        pad_token_id=0,
+    )).eval()
+
+
+def tiny_cogview4_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim: int = 8):
+    """A CogView4Pipeline with a tiny random transformer, VAE and GLM text encoder (`transformers.GlmModel`).
+
+    The VAE downsamples by 2 and the transformer patches 2x2, so an image of H x W pixels (multiples of 16) gives
+    (H/4) * (W/4) image tokens; the pipeline pads the text on the left to a multiple of 16 tokens, so a prompt
+    of up to 15 words gives 16 text tokens (the padding, `[gMASK]`, the words).
+
+    Args:
+        seed: weights seed; the same seed gives the same pipeline on every rank.
+        layers: transformer blocks.
+        heads, head_dim: attention heads of the transformer (Ulysses needs heads divisible by its degree;
+            head_dim a multiple of 4 for the 2-D rotary axes).
+    """
+    from diffusers import AutoencoderKL, CogView4Pipeline, CogView4Transformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    transformer = CogView4Transformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=layers, attention_head_dim=head_dim,
+        num_attention_heads=heads, text_embed_dim=32, time_embed_dim=16, condition_dim=8, pos_embed_max_size=32,
+        sample_size=16, rope_axes_dim=(16, 16),
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1, latent_channels=4,
+        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        use_quant_conv=False, use_post_quant_conv=False, scaling_factor=1.0,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(base_shift=0.25, max_shift=0.75, base_image_seq_len=256,
+                                                use_dynamic_shifting=True, time_shift_type="linear")
+    pipe = CogView4Pipeline(tokenizer=glm_tokenizer(), text_encoder=_glm_encoder(), vae=vae,
+                            transformer=transformer, scheduler=scheduler)
+    for module in (transformer, vae, pipe.text_encoder):
+        module.eval()
+    return pipe
+
+
+def _hunyuan_template_words() -> tuple[str, ...]:
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+    from tokenizers import pre_tokenizers
+
+    text = DEFAULT_PROMPT_TEMPLATE["template"].split("{}")[0]
+    for special in ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"):
+        text = text.replace(special, " ")
+    return tuple(dict.fromkeys(w.lower() for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text)))
+
+
+def llama_tokenizer():
+    """Llama-3-like: `<|begin_of_text|>` before every text, the header and `<|eot_id|>` tokens, "\\n\\n" one token.
+
+    The words of HunyuanVideoPipeline's prompt template are in the vocabulary, so the template has no unknown
+    token; its part before the prompt is 94 tokens here, not the 95 that the pipeline's default `crop_start`
+    counts with Llama 3's byte-level BPE tokenizer: use `hunyuan_video_prompt_template()`.
+    """
+    specials = {"<|begin_of_text|>": 0, "<pad>": 1, "<unk>": 2, "<|start_header_id|>": 3, "<|end_header_id|>": 4,
+                "<|eot_id|>": 5}
+    return word_tokenizer(specials, bos="<|begin_of_text|>", eos=None, model_max_length=512,
+                          words=_hunyuan_template_words(), added=("\n\n",))
+
+
+def hunyuan_video_prompt_template() -> dict:
+    """HunyuanVideoPipeline's default prompt template with the `crop_start` of `llama_tokenizer` (94).
+
+    `crop_start` is the number of tokens the pipeline drops from the start of the encoded text: everything
+    before the prompt (the start token included), counted here with the tokenizer itself.
+    """
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+
+    template = DEFAULT_PROMPT_TEMPLATE["template"]
+    crop_start = len(llama_tokenizer()(template.split("{}")[0]).input_ids)
+    return {"template": template, "crop_start": crop_start}
+
+
+def _llama_encoder(vocab_size: int = 256, hidden_size: int = 32):
+    from transformers import LlamaConfig, LlamaModel
+
+    return LlamaModel(LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=3,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=0, eos_token_id=5,
+        pad_token_id=1,
+    )).eval()
+
+
+def tiny_hunyuan_video_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim: int = 16):
+    """A HunyuanVideoPipeline with a tiny random transformer, HunyuanVideo VAE, Llama and CLIP text encoders.
+
+    The VAE downsamples 4x in space and 4x in time and the transformer patches 1x2x2, so `num_frames` x H x W
+    pixels (H, W multiples of 16) give ((num_frames-1)/4 + 1) * (H/8) * (W/8) video tokens; the text adds
+    `max_sequence_length` Llama tokens (right-padded, with their mask) and CLIP's pooled output. Pass
+    `prompt_template=hunyuan_video_prompt_template()` (the default template's `crop_start` counts Llama 3's
+    tokens, one more than `llama_tokenizer` gives).
+
+    Args:
+        seed: weights seed; the same seed gives the same pipeline on every rank.
+        layers: dual-stream and single-stream transformer blocks, each.
+        heads, head_dim: attention heads of the transformer (Ulysses needs heads divisible by its degree;
+            head_dim a multiple of 16 for the 3-D rotary axes).
+    """
+    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
+                           HunyuanVideoTransformer3DModel)
+
+    torch.manual_seed(seed)
+    rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=heads, attention_head_dim=head_dim, num_layers=layers,
+        num_single_layers=layers, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
+        text_embed_dim=32, pooled_projection_dim=32, rope_axes_dim=rope, guidance_embeds=True,
+    )
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4, down_block_types=("HunyuanVideoDownBlock3D",) * 3,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 3, block_out_channels=(8, 8, 8), layers_per_block=1,
+        norm_num_groups=4, spatial_compression_ratio=4, temporal_compression_ratio=4, mid_block_add_attention=False,
+    )
+    pipe = HunyuanVideoPipeline(
+        text_encoder=_llama_encoder(), tokenizer=llama_tokenizer(), transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=_clip_encoder(),
+        tokenizer_2=clip_tokenizer(),
+    )
+    for module in (transformer, vae, pipe.text_encoder, pipe.text_encoder_2):
+        module.eval()
+    return pipe
+
+
+def tiny_longcat_image_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim: int = 16,
+                                text_tokens: int = 16):
+    """A LongCatImagePipeline with a tiny random transformer, VAE and Qwen2.5-VL text encoder (no prompt rewrite).
+
+    The VAE downsamples by 2 and the pipeline packs 2x2 latent patches (16 latent channels, hard-coded by the
+    pipeline), so an image of H x W pixels gives (H/4) * (W/4) image tokens; the text is padded to
+    `text_tokens` (the pipeline's `tokenizer_max_length`, 512 in LongCat-Image, set smaller here), whatever the
+    prompt, and the chat template's prefix and suffix around it are dropped after the encoder.
+
+    Call it with `enable_prompt_rewrite=False`. It has no `text_processor` (a `Qwen2VLProcessor`), which serves
+    only the prompt rewrite (`enable_prompt_rewrite=True`, the default), in which the text encoder generates a
+    new prompt of up to 512 tokens; here a processor cannot even be built (without torchvision, transformers'
+    class check of its video processor fails).
+
+    Args:
+        seed: weights seed; the same seed gives the same pipeline on every rank.
+        layers: double-stream and single-stream transformer blocks, each.
+        heads, head_dim: attention heads of the transformer (Ulysses needs heads divisible by its degree;
+            head_dim a multiple of 16 for the rotary axes).
+        text_tokens: text tokens of every prompt.
+    """
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, LongCatImagePipeline,
+                           LongCatImageTransformer2DModel)
+
+    torch.manual_seed(seed)
+    rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
+    transformer = LongCatImageTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=layers, num_single_layers=layers, attention_head_dim=head_dim,
+        num_attention_heads=heads, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=rope,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1, latent_channels=16,
+        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    pipe = LongCatImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae,
+        text_encoder=_qwen25vl_encoder(), tokenizer=qwen_tokenizer(), text_processor=None, transformer=transformer,
+    )
+    pipe.tokenizer_max_length = text_tokens
     for module in (transformer, vae, pipe.text_encoder):
         module.eval()
     return pipe

@@ -1,13 +1,17 @@
 """Sequential guidance over two cfg groups, whole pipelines against one process (cp_hooks.cfg_sequential).
 
-Wan (guidance_scale > 1), Flux and QwenImage (true_cfg_scale > 1 with a negative prompt) call the transformer
-twice per step, in cache_context("cond") and ("uncond"). With cfg_degree=2 the first step learns which
-arguments differ, and every later step computes the two calls at once on the two groups. The latents must
-equal one process's (fp32: FP32_TOL relative), and the transformer must really have run fewer forwards per
-rank. QwenImage's two calls differ in their text's length (the prompt's 8 tokens, the negative prompt's 6),
-and each call builds a new `timestep / 1000` tensor, equal in value: the prediction compares values. In a
-predicted pair the two groups compute calls of different shapes, so the strict input check compares the ranks
-of one cfg group only (cp_hooks.consistency); the learning step still compares every rank.
+Wan, CogView4 and LongCat-Image (guidance_scale > 1), Flux, QwenImage and HunyuanVideo (true_cfg_scale > 1 with
+a negative prompt) call the transformer twice per step, in cache_context("cond") and ("uncond"). With cfg_degree=2 the
+first step learns which arguments differ, and every later step computes the two calls at once on the two
+groups. The latents must equal one process's (fp32: FP32_TOL relative), and the transformer must really have
+run fewer forwards per rank. QwenImage's two calls differ in their text's length (the prompt's 8 tokens, the
+negative prompt's 6), and each call builds a new `timestep / 1000` tensor, equal in value: the prediction
+compares values. In a predicted pair the two groups compute calls of different shapes, so the strict input
+check compares the ranks of one cfg group only (cp_hooks.consistency); the learning step still compares every
+rank. CogView4 pads both texts on the left to 16 tokens; HunyuanVideo's differ in their padding mask and CLIP's
+pooled vector as well.
+LongCat-Image's "cond" call passes `guidance=None` and its "uncond" call no `guidance` at all: an argument left
+out is its default, so the two are paired all the same.
 """
 
 from __future__ import annotations
@@ -50,12 +54,35 @@ def _qwenimage(pipe):
                 output_type="latent").images
 
 
+def _cogview4(pipe):
+    return pipe("a red cube", negative_prompt="blur", guidance_scale=2.0, height=32, width=32,
+                num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="latent").images
+
+
+def _hunyuan_video(pipe):  # the word-level tokenizer's crop of the template (see _tiny.llama_tokenizer)
+    import _tiny
+
+    return pipe("a red cube", negative_prompt="blur", true_cfg_scale=2.0, height=32, width=32, num_frames=5,
+                num_inference_steps=STEPS, max_sequence_length=16,
+                prompt_template=_tiny.hunyuan_video_prompt_template(), generator=torch.Generator().manual_seed(0),
+                output_type="latent").frames
+
+
+def _longcat_image(pipe):  # no prompt rewrite: see _tiny.tiny_longcat_image_pipeline
+    return pipe("a red cube", negative_prompt="blur", guidance_scale=2.0, height=32, width=32,
+                num_inference_steps=STEPS, enable_prompt_rewrite=False, generator=torch.Generator().manual_seed(0),
+                output_type="latent").images
+
+
 def sequential_parity(kind: str, ring: int, ulysses: int) -> tuple[float, int, int]:
     """(relative difference, forwards alone, forwards per rank with cfg) for one tiny pipeline."""
     import _tiny
 
     build, generate = {"wan": (_tiny.tiny_wan_pipeline, _wan), "flux": (_tiny.tiny_flux_pipeline, _flux),
-                       "qwenimage": (_tiny.tiny_qwenimage_pipeline, _qwenimage)}[kind]
+                       "qwenimage": (_tiny.tiny_qwenimage_pipeline, _qwenimage),
+                       "cogview4": (_tiny.tiny_cogview4_pipeline, _cogview4),
+                       "hunyuan_video": (_tiny.tiny_hunyuan_video_pipeline, _hunyuan_video),
+                       "longcat_image": (_tiny.tiny_longcat_image_pipeline, _longcat_image)}[kind]
     pipe = build(seed=0)
     pipe.set_progress_bar_config(disable=True)
     calls = _count_forwards(pipe.transformer)
@@ -79,7 +106,7 @@ def _run_parity(pool, world: int, kind: str, ring: int, ulysses: int) -> list:
     return pool(world).run(sequential_parity, kind, ring, ulysses, timeout=600)
 
 
-@pytest.mark.parametrize("kind", ["wan", "flux", "qwenimage"])
+@pytest.mark.parametrize("kind", ["wan", "flux", "qwenimage", "cogview4", "hunyuan_video", "longcat_image"])
 def test_sequential_guidance_two_ranks(pool, kind):
     rel, alone, parallel = _run_parity(pool, 2, kind, 1, 1)[0]
     assert rel <= FP32_TOL, rel
