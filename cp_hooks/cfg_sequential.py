@@ -155,6 +155,13 @@ class SequentialCfg:
             self.substitutions = None
         elif self.substitutions is None and self.cond is not None:
             self.substitutions = _differences(self.cond[1], kwargs)
+            if self.substitutions is None and not self.warned:
+                keys = sorted(set(self.cond[0]) ^ set(kwargs))
+                warnings.warn(
+                    f"cp_hooks cfg_degree=2: the conditional and unconditional calls of {type(model).__name__} take "
+                    f"different arguments ({', '.join(keys)} in one only), so they are not paired: both groups "
+                    "compute both calls (correct, without the speed-up).", RuntimeWarning)
+                self.warned = True
         self.cond = None
         with paired_call():
             return plain(model, **kwargs)

@@ -9,6 +9,8 @@ The same plans as without cfg, no per-model code. Tolerance: FP32_TOL relative.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -184,3 +186,46 @@ def unpadded_negative_prompt(ulysses: int) -> list[float]:
 def test_sequential_guidance_with_an_unpadded_negative_prompt(pool):
     pool(2).run(unpadded_negative_prompt, 1)
     pool(4).run(unpadded_negative_prompt, 2)
+
+
+def _flux_taking_any_keyword():
+    """A Flux whose forward also takes **kwargs (and ignores `note`): a keyword it has no default for."""
+    from diffusers import FluxTransformer2DModel
+
+    class FluxTakingAnyKeyword(FluxTransformer2DModel):
+        def forward(self, hidden_states, **kwargs):
+            kwargs.pop("note", None)
+            return super().forward(hidden_states, **kwargs)
+
+    model, inputs = get_entry("FluxTransformer2DModel").build()
+    model.__class__ = FluxTakingAnyKeyword
+    return model, inputs
+
+
+def unpaired_calls_warn() -> list[float]:
+    """Calls whose arguments differ by more than values (a keyword in one call only, with no default) are not
+    paired: a warning says so once, and both calls are computed, equal to one process."""
+    model, inputs = _flux_taking_any_keyword()
+    cond = dict(inputs, note="cond only")
+    uncond = dict(inputs, encoder_hidden_states=inputs["encoder_hidden_states"] * -1)
+    with torch.no_grad():
+        expected = (model(**cond)[0], model(**uncond)[0])
+    steps = []
+    enable_parallelism(model, make_config(1, 1, cfg=2))
+    try:
+        with torch.no_grad():
+            for step in range(2):
+                with model.cache_context("cond"):
+                    a = model(**cond)[0]
+                with pytest.warns(RuntimeWarning, match="not paired") if step == 0 else contextlib.nullcontext():
+                    with model.cache_context("uncond"):
+                        b = model(**uncond)[0]
+                steps.append((a, b))
+    finally:
+        disable_parallelism(model)
+    return [rel_err(g, e) for pair in steps for g, e in zip(pair, expected)]
+
+
+def test_calls_that_cannot_be_paired_warn(pool):
+    for errors in pool(2).run(unpaired_calls_warn):
+        assert max(errors) <= FP32_TOL, errors
