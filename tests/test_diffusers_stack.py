@@ -238,6 +238,9 @@ def test_forward_refuses_inputs_off_the_mesh_device():
     cpu_hook = InputDeviceHook(SimpleNamespace(device_type="cpu"))
     args, kwargs = (torch.ones(2),), {"mask": torch.ones(2, dtype=torch.bool)}
     assert cpu_hook.pre_forward(None, args, kwargs) == (args, kwargs)
+    # One input on the mesh's device is enough: a stray tensor elsewhere (here on meta) is not refused.
+    kwargs = {"guidance": torch.ones(1, device="meta"), "hidden_states": torch.ones(2)}
+    assert cpu_hook.pre_forward(None, (), kwargs) == ((), kwargs)
 
 
 def test_device_check_with_diffusers_group_offloading():

@@ -60,15 +60,13 @@ def execution_device(model: nn.Module) -> torch.device | None:
     return None if param is None else param.device
 
 
-def _first_tensor(args, kwargs) -> torch.Tensor | None:
-    for value in list(args) + list(kwargs.values()):
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return value
-    return None
+def _floating_tensors(args, kwargs) -> list[torch.Tensor]:
+    return [v for v in list(args) + list(kwargs.values()) if isinstance(v, torch.Tensor) and v.is_floating_point()]
 
 
 class InputDeviceHook(ModelHook):
-    """On the model, before anything that communicates: the inputs are on the device the mesh communicates on.
+    """On the model, before anything that communicates: the inputs are on the device the mesh communicates on
+    (at least one floating-point tensor input is).
 
     Every rank runs the same script, so every rank raises, and none enters a collective with tensors the
     backend cannot send (CPU tensors to nccl, GPU tensors to gloo).
@@ -81,10 +79,11 @@ class InputDeviceHook(ModelHook):
         self.runtime = runtime
 
     def pre_forward(self, module, args, kwargs):
-        tensor = _first_tensor(args, kwargs)
-        if tensor is not None and tensor.device.type != self.runtime.device_type:
+        # None of them on the mesh's device: a stray small tensor elsewhere (a CPU scalar) is not the mistake.
+        tensors = _floating_tensors(args, kwargs)
+        if tensors and all(t.device.type != self.runtime.device_type for t in tensors):
             raise ValueError(
-                f"The model's inputs are on {tensor.device} but the context-parallel mesh communicates on "
+                f"The model's inputs are on {tensors[0].device} but the context-parallel mesh communicates on "
                 f"'{self.runtime.device_type}'. Put the model and its inputs on the process group's device (e.g. "
                 "cuda:{local_rank} with nccl; with offloading, its onload / execution device), or initialise the "
                 "process group with a backend for that device."
