@@ -1,8 +1,9 @@
 """Sequential classifier-free guidance over two cfg groups: the two calls of a step run at the same time.
 
-Pipelines such as Wan, QwenImage, HunyuanVideo 1.5 and Flux with `true_cfg_scale` call the transformer twice
-per denoising step, inside `model.cache_context("cond")` and then `model.cache_context("uncond")`, with a
-batch of one. With `cfg_degree=2` (docs/architecture.md, "Batch groups"):
+Pipelines such as Wan, QwenImage, CogView4 and Flux with `true_cfg_scale` call the transformer twice per
+denoising step, inside `model.cache_context("cond")` and then `model.cache_context("uncond")`, with a batch of
+one; pipelines that run diffusers' ClassifierFreeGuidance guider (HunyuanVideo 1.5) label the same two calls
+"pred_cond" and "pred_uncond". With `cfg_degree=2` (docs/architecture.md, "Batch groups"):
 
 1. **Learning (the first step).** Both calls run normally, each cfg group computing the same call with
    context parallelism inside it. The keyword arguments that differ between the two calls are recorded
@@ -38,6 +39,9 @@ from .cfg import paired_call
 from .runtime import ContextParallelRuntime
 
 _STATE_ATTR = "_cp_hooks_sequential_cfg"
+# cache_context labels of the two calls of a step -> their role: the pipelines' own, and those of diffusers'
+# guiders (ClassifierFreeGuidance names its predictions "pred_cond" / "pred_uncond": HunyuanVideo 1.5).
+_LABELS = {"cond": "cond", "uncond": "uncond", "pred_cond": "cond", "pred_uncond": "uncond"}
 _SUBCLASSES: dict[type, type] = {}
 
 
@@ -118,8 +122,9 @@ class SequentialCfg:
     def call(self, model: nn.Module, args: tuple, kwargs: dict):
         plain = self.original_class.__call__
         label = self.label
-        if args or label not in ("cond", "uncond") or torch.is_grad_enabled():
+        if args or label not in _LABELS or torch.is_grad_enabled():
             return plain(model, *args, **kwargs)
+        label = _LABELS[label]
         # An argument left out is its default: a pipeline may pass `guidance=None` to one call and leave it out
         # of the other (LongCat-Image), which must not read as a difference.
         kwargs = {**self.defaults, **kwargs}

@@ -1,6 +1,6 @@
 """Tiny random diffusers pipelines built offline from configs, for the examples and their tests.
 
-Flux, Wan, QwenImage, CogView4, HunyuanVideo and LongCat-Image.
+Flux, Wan, QwenImage, CogView4, HunyuanVideo, LongCat-Image, SkyReels-V2 and Ovis-Image.
 
 Nothing is downloaded: every model is built from its config with random weights (seeded, so every rank
 builds the same one), and the tokenizers are small word-level vocabularies made in code and wrapped in
@@ -397,6 +397,122 @@ def tiny_longcat_image_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, 
         text_encoder=_qwen25vl_encoder(), tokenizer=qwen_tokenizer(), text_processor=None, transformer=transformer,
     )
     pipe.tokenizer_max_length = text_tokens
+    for module in (transformer, vae, pipe.text_encoder):
+        module.eval()
+    return pipe
+
+
+def tiny_skyreels_v2_pipeline(seed: int = 0, layers: int = 2, heads: int = 4, head_dim: int = 8):
+    """A SkyReelsV2Pipeline (text to video) with a tiny random transformer, Wan VAE and UMT5-like (T5) encoder.
+
+    As `tiny_wan_pipeline` (SkyReelsV2Transformer3DModel is Wan's with diffusion-forcing options left off): the
+    VAE downsamples 8x in space and 4x in time and the transformer patches 1x2x2, so `num_frames` x H x W pixels
+    give ((num_frames-1)/4 + 1) * (H/16) * (W/16) video tokens; the text is `max_sequence_length` T5 tokens
+    (the prompt's, then zeros). The scheduler is SkyReels-V2's: UniPC with flow sigmas (shift 8).
+
+    The pipeline cleans every prompt with `ftfy.fix_text`, unguarded (Wan's checks `is_ftfy_available()` first),
+    so without ftfy installed it raises NameError: the pipeline's module is then given a `fix_text` that leaves
+    the text as it is, which is what Wan does without ftfy.
+    """
+    import types
+
+    from diffusers import AutoencoderKLWan, SkyReelsV2Pipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
+    from diffusers.pipelines.skyreels_v2 import pipeline_skyreels_v2
+    from diffusers.utils import is_ftfy_available
+
+    if not is_ftfy_available() and not hasattr(pipeline_skyreels_v2, "ftfy"):
+        pipeline_skyreels_v2.ftfy = types.SimpleNamespace(fix_text=lambda text: text)
+    torch.manual_seed(seed)
+    transformer = SkyReelsV2Transformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=16,
+        out_channels=16, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0)
+    pipe = SkyReelsV2Pipeline(tokenizer=t5_tokenizer(), text_encoder=_t5_encoder(), vae=vae, transformer=transformer,
+                              scheduler=scheduler)
+    for module in (transformer, vae, pipe.text_encoder):
+        module.eval()
+    return pipe
+
+
+# Qwen3's chat template for one user message, as OvisImagePipeline applies it (add_generation_prompt=True,
+# enable_thinking=False: an empty thinking block after the assistant's header).
+_QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}{%- endif %}"
+)
+
+
+def qwen3_tokenizer():
+    """Qwen3-like: `qwen_tokenizer`'s tokens plus `<think>`, `</think>` and "\\n\\n", with Qwen3's chat template.
+
+    OvisImagePipeline's message (`<|im_start|>` user "\\n", its system prompt "Describe the image by detailing
+    the color, quantity, ...: ", then the prompt) has 29 tokens before the prompt here: use
+    `ovis_image_prompt_begin(tokenizer)` for the pipeline's `user_prompt_begin_id` (28 in the pipeline, counted
+    with Qwen3's byte-level BPE tokenizer). After the prompt come 10 tokens: `<|im_end|>` "\\n" `<|im_start|>`
+    assistant "\\n" `<think>` "\\n\\n" `</think>` "\\n\\n" and nothing else (the text is right-padded).
+    """
+    tok = word_tokenizer({"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "<unk>": 3, "<pad>": 4,
+                          "<think>": 5, "</think>": 6},
+                         bos=None, eos=None, model_max_length=32768, words=_QWEN_TEMPLATE_WORDS,
+                         added=("\n", "\n\n"))
+    tok.chat_template = _QWEN3_CHAT_TEMPLATE
+    return tok
+
+
+def ovis_image_prompt_begin(pipe) -> int:
+    """The number of tokens before the prompt in OvisImagePipeline's message, counted with its own tokenizer."""
+    message = pipe._get_messages("")[0]
+    prefix = message[:message.index(pipe.system_prompt) + len(pipe.system_prompt)]
+    return len(pipe.tokenizer(prefix, add_special_tokens=False).input_ids)
+
+
+def _qwen3_encoder(vocab_size: int = 128, hidden_size: int = 32):
+    from transformers import Qwen3Config, Qwen3Model
+
+    return Qwen3Model(Qwen3Config(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=hidden_size // 2, max_position_embeddings=512,
+        pad_token_id=4, bos_token_id=None, eos_token_id=2,
+    )).eval()
+
+
+def tiny_ovis_image_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim: int = 16):
+    """An OvisImagePipeline with a tiny random transformer, VAE and Qwen3 text encoder (`transformers.Qwen3Model`).
+
+    The VAE downsamples by 2 and the pipeline packs 2x2 latent patches (16 latent channels: the transformer's 64
+    input channels / 4), so an image of H x W pixels gives (H/4) * (W/4) image tokens; the text is
+    `max_sequence_length` tokens whatever the prompt (the message is right-padded, its tokens before the prompt
+    are dropped after the encoder and the padding's features zeroed). `user_prompt_begin_id` is set to the
+    count of `qwen3_tokenizer` (see `ovis_image_prompt_begin`).
+
+    Args:
+        seed: weights seed; the same seed gives the same pipeline on every rank.
+        layers: double-stream and single-stream transformer blocks, each.
+        heads, head_dim: attention heads of the transformer (Ulysses needs heads divisible by its degree;
+            head_dim a multiple of 16 for the rotary axes).
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, OvisImagePipeline, OvisImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
+    transformer = OvisImageTransformer2DModel(
+        patch_size=1, in_channels=64, out_channels=64, num_layers=layers, num_single_layers=layers,
+        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32, axes_dims_rope=rope,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1, latent_channels=16,
+        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    pipe = OvisImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae,
+                             text_encoder=_qwen3_encoder(), tokenizer=qwen3_tokenizer(), transformer=transformer)
+    pipe.user_prompt_begin_id = ovis_image_prompt_begin(pipe)
     for module in (transformer, vae, pipe.text_encoder):
         module.eval()
     return pipe

@@ -229,3 +229,39 @@ def unpaired_calls_warn() -> list[float]:
 def test_calls_that_cannot_be_paired_warn(pool):
     for errors in pool(2).run(unpaired_calls_warn):
         assert max(errors) <= FP32_TOL, errors
+
+
+def guider_labels(labels: tuple[str, str]) -> tuple[float, int]:
+    """Sequential guidance with the labels of a pipeline ("cond"/"uncond") or of diffusers' ClassifierFreeGuidance
+    guider ("pred_cond"/"pred_uncond", HunyuanVideo 1.5's pipeline): paired either way, equal to one process.
+    Returns (largest relative difference, forwards per rank over three steps)."""
+    model, inputs = get_entry("HunyuanVideo15Transformer3DModel").build()
+    negative = dict(inputs, encoder_hidden_states=inputs["encoder_hidden_states"] * -1)
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+
+    def steps():
+        outputs = []
+        with torch.no_grad():
+            for _ in range(3):
+                with model.cache_context(labels[0]):
+                    outputs.append(model(**inputs)[0])
+                with model.cache_context(labels[1]):
+                    outputs.append(model(**negative)[0])
+        return outputs
+
+    expected = steps()
+    calls.clear()
+    enable_parallelism(model, make_config(1, 1, cfg=2))
+    try:
+        got = steps()
+    finally:
+        disable_parallelism(model)
+    return max(rel_err(g, e) for g, e in zip(got, expected)), len(calls)
+
+
+@pytest.mark.parametrize("labels", [("cond", "uncond"), ("pred_cond", "pred_uncond")])
+def test_sequential_guidance_labels(pool, labels):
+    for err, forwards in pool(2).run(guider_labels, labels):
+        assert err <= FP32_TOL, err
+        assert forwards == 4, forwards  # learns on the first step (2 calls), then one call per step

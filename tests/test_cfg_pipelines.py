@@ -1,17 +1,20 @@
 """Sequential guidance over two cfg groups, whole pipelines against one process (cp_hooks.cfg_sequential).
 
-Wan, CogView4 and LongCat-Image (guidance_scale > 1), Flux, QwenImage and HunyuanVideo (true_cfg_scale > 1 with
-a negative prompt) call the transformer twice per step, in cache_context("cond") and ("uncond"). With cfg_degree=2 the
-first step learns which arguments differ, and every later step computes the two calls at once on the two
-groups. The latents must equal one process's (fp32: FP32_TOL relative), and the transformer must really have
-run fewer forwards per rank. QwenImage's two calls differ in their text's length (the prompt's 8 tokens, the
-negative prompt's 6), and each call builds a new `timestep / 1000` tensor, equal in value: the prediction
-compares values. In a predicted pair the two groups compute calls of different shapes, so the strict input
-check compares the ranks of one cfg group only (cp_hooks.consistency); the learning step still compares every
+Wan, CogView4, LongCat-Image, SkyReels-V2 and Ovis-Image (guidance_scale > 1), Flux, QwenImage and HunyuanVideo
+(true_cfg_scale > 1 with a negative prompt) call the transformer twice per step, in cache_context("cond") and
+("uncond"). With cfg_degree=2 the first step learns which arguments differ, and every later step computes the two
+calls at once on the two groups. The latents must equal one process's (fp32: FP32_TOL relative), and the transformer
+must really have run fewer forwards per rank. QwenImage's two calls differ in their text's length (the prompt's 8
+tokens, the negative prompt's 6), and each call builds a new `timestep / 1000` tensor, equal in value: the
+prediction compares values. In a predicted pair the two groups compute calls of different shapes, so the strict
+input check compares the ranks of one cfg group only (cp_hooks.consistency); the learning step still compares every
 rank. CogView4 pads both texts on the left to 16 tokens; HunyuanVideo's differ in their padding mask and CLIP's
 pooled vector as well.
 LongCat-Image's "cond" call passes `guidance=None` and its "uncond" call no `guidance` at all: an argument left
 out is its default, so the two are paired all the same.
+Ovis-Image pads both messages to the same length and gives each call its own `txt_ids` tensor, equal in value.
+HunyuanVideo 1.5 is not here: its pipeline runs the two calls through a guider, in cache_context("pred_cond")
+and ("pred_uncond") (the guider's identifiers), labels that cp_hooks.cfg_sequential does not pair.
 """
 
 from __future__ import annotations
@@ -40,6 +43,18 @@ def _wan(pipe):
     return pipe("a red cube", negative_prompt="blur", height=32, width=32, num_frames=5, num_inference_steps=STEPS,
                 guidance_scale=2.0, max_sequence_length=16, generator=torch.Generator().manual_seed(0),
                 output_type="latent").frames
+
+
+def _skyreels_v2(pipe):  # Wan's transformer, UniPC scheduler (see _tiny.tiny_skyreels_v2_pipeline)
+    return pipe("a red cube", negative_prompt="blur", height=32, width=32, num_frames=5, num_inference_steps=STEPS,
+                guidance_scale=2.0, max_sequence_length=16, generator=torch.Generator().manual_seed(0),
+                output_type="latent").frames
+
+
+def _ovis_image(pipe):  # the word-level tokenizer's crop of the message (see _tiny.qwen3_tokenizer)
+    return pipe("a red cube", negative_prompt="blur", guidance_scale=2.0, height=32, width=32,
+                num_inference_steps=STEPS, max_sequence_length=16, generator=torch.Generator().manual_seed(0),
+                output_type="latent").images
 
 
 def _flux(pipe):
@@ -82,7 +97,9 @@ def sequential_parity(kind: str, ring: int, ulysses: int) -> tuple[float, int, i
                        "qwenimage": (_tiny.tiny_qwenimage_pipeline, _qwenimage),
                        "cogview4": (_tiny.tiny_cogview4_pipeline, _cogview4),
                        "hunyuan_video": (_tiny.tiny_hunyuan_video_pipeline, _hunyuan_video),
-                       "longcat_image": (_tiny.tiny_longcat_image_pipeline, _longcat_image)}[kind]
+                       "longcat_image": (_tiny.tiny_longcat_image_pipeline, _longcat_image),
+                       "skyreels_v2": (_tiny.tiny_skyreels_v2_pipeline, _skyreels_v2),
+                       "ovis_image": (_tiny.tiny_ovis_image_pipeline, _ovis_image)}[kind]
     pipe = build(seed=0)
     pipe.set_progress_bar_config(disable=True)
     calls = _count_forwards(pipe.transformer)
@@ -106,7 +123,8 @@ def _run_parity(pool, world: int, kind: str, ring: int, ulysses: int) -> list:
     return pool(world).run(sequential_parity, kind, ring, ulysses, timeout=600)
 
 
-@pytest.mark.parametrize("kind", ["wan", "flux", "qwenimage", "cogview4", "hunyuan_video", "longcat_image"])
+@pytest.mark.parametrize("kind", ["wan", "flux", "qwenimage", "cogview4", "hunyuan_video", "longcat_image",
+                                  "skyreels_v2", "ovis_image"])
 def test_sequential_guidance_two_ranks(pool, kind):
     rel, alone, parallel = _run_parity(pool, 2, kind, 1, 1)[0]
     assert rel <= FP32_TOL, rel
