@@ -128,22 +128,30 @@ def tiny_flux_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim:
     return pipe
 
 
-def tiny_wan_pipeline(seed: int = 0, layers: int = 2, heads: int = 4, head_dim: int = 8):
-    """A WanPipeline (text to video) with a tiny random transformer, Wan VAE and UMT5-like (T5) encoder.
+def _wan_like_transformer_and_vae(transformer_class, layers: int, heads: int, head_dim: int):
+    """A tiny Wan-shaped transformer of `transformer_class` (Wan, SkyReels-V2) and a tiny Wan VAE."""
+    from diffusers import AutoencoderKLWan
 
-    The VAE downsamples 8x in space and 4x in time; the transformer patches 1x2x2, so `frames` x H x W
-    pixels give ((frames-1)/4 + 1) * (H/16) * (W/16) video tokens.
-    """
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    transformer = WanTransformer3DModel(
+    transformer = transformer_class(
         patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=16,
         out_channels=16, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=layers, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
     )
     vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True])
+    return transformer, vae
+
+
+def tiny_wan_pipeline(seed: int = 0, layers: int = 2, heads: int = 4, head_dim: int = 8):
+    """A WanPipeline (text to video) with a tiny random transformer, Wan VAE and UMT5-like (T5) encoder.
+
+    The VAE downsamples 8x in space and 4x in time; the transformer patches 1x2x2, so `frames` x H x W
+    pixels give ((frames-1)/4 + 1) * (H/16) * (W/16) video tokens.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer, vae = _wan_like_transformer_and_vae(WanTransformer3DModel, layers, heads, head_dim)
     pipe = WanPipeline(tokenizer=t5_tokenizer(), text_encoder=_t5_encoder(), vae=vae, transformer=transformer,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
     for module in (transformer, vae, pipe.text_encoder):
@@ -416,20 +424,14 @@ def tiny_skyreels_v2_pipeline(seed: int = 0, layers: int = 2, heads: int = 4, he
     """
     import types
 
-    from diffusers import AutoencoderKLWan, SkyReelsV2Pipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
+    from diffusers import SkyReelsV2Pipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
     from diffusers.pipelines.skyreels_v2 import pipeline_skyreels_v2
     from diffusers.utils import is_ftfy_available
 
     if not is_ftfy_available() and not hasattr(pipeline_skyreels_v2, "ftfy"):
         pipeline_skyreels_v2.ftfy = types.SimpleNamespace(fix_text=lambda text: text)
     torch.manual_seed(seed)
-    transformer = SkyReelsV2Transformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=16,
-        out_channels=16, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=layers, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-    )
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
+    transformer, vae = _wan_like_transformer_and_vae(SkyReelsV2Transformer3DModel, layers, heads, head_dim)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0)
     pipe = SkyReelsV2Pipeline(tokenizer=t5_tokenizer(), text_encoder=_t5_encoder(), vae=vae, transformer=transformer,
                               scheduler=scheduler)
