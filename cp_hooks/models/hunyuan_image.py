@@ -25,25 +25,20 @@ import torch
 
 from ..catalogue import ModelEntry
 from ..catalogue._inputs import padding_mask, randn
-from ..plan import ContextParallelInput, ContextParallelOutput, LocalAttention
+from ..plan import ContextParallelInput
+from .hunyuan_video import HUNYUAN_VIDEO
 
-_ROPE = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)
 _MASK = ContextParallelInput(split_dim=1, expected_dims=2)
 
+# HunyuanVideo's plan (the token refiner, the image tokens, the rotary table, proj_out), with the ByT5 text and
+# both masks split at the model's input.
 HUNYUAN_IMAGE = {
+    **HUNYUAN_VIDEO,
     "": {
         "encoder_attention_mask": _MASK,
         "encoder_hidden_states_2": ContextParallelInput(split_dim=1, expected_dims=3),
         "encoder_attention_mask_2": _MASK,
     },
-    "context_embedder": {
-        "attention_mask": ContextParallelOutput(gather_dim=1, expected_dims=2),
-        0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True),
-    },
-    "context_embedder.token_refiner": LocalAttention(),
-    "x_embedder": {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},
-    "rope": {0: _ROPE, 1: _ROPE},
-    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
 }
 
 
