@@ -39,7 +39,11 @@ WORKER = textwrap.dedent('''
         model, inputs = get_entry("PixArtTransformer2DModel").build()  # a batch of 2: cfg splits it
         worst = max(d.rel for d in compare_parallel(model, inputs, config))
         assert worst <= 1e-5, worst
-        print(f"rank {dist.get_rank()} node {node} {kwargs}: rel {worst:.2e}", flush=True)
+        # One file per rank and layout: the two ranks of an agent share its stdout, and their lines can
+        # interleave on one line there.
+        name = "_".join(f"{k}{v}" for k, v in kwargs.items())
+        with open(f"result_rank{dist.get_rank()}_{name}.txt", "w") as f:
+            f.write(f"node {node}: rel {worst:.2e}\\n")
     shutdown_distributed()
 ''')
 
@@ -70,5 +74,5 @@ def test_two_nodes_of_two_processes(tmp_path):
                 a.kill()
             raise
     assert all(a.returncode == 0 for a in agents), "\n".join(o[-3000:] for o in outputs)
-    lines = [line for o in outputs for line in o.splitlines() if line.startswith("rank ")]
-    assert len(lines) == 8, "\n".join(outputs)  # 4 ranks x 2 layouts
+    results = sorted(p.name for p in tmp_path.glob("result_rank*.txt"))
+    assert len(results) == 8, (results, "\n".join(outputs))  # 4 ranks x 2 layouts
