@@ -32,14 +32,25 @@ def shard_sizes(length: int, world: int) -> list[int]:
 
 
 class SplitLengths:
-    """The full lengths the plan split in the current forward (reset by the model's first hook)."""
+    """The full lengths the plan split in the current forward (reset by the model's first hook).
+
+    `lengths` serves the anything modes (every rank's length of a later tensor); `named` holds the full
+    lengths of splits tagged with `ContextParallelInput(tag=...)`, which a segmented split reads to cut a
+    concatenation of token streams piece by piece (`plan.ContextParallelInput.segments`).
+    """
 
     def __init__(self) -> None:
         self.lengths: list[int] = []
+        self.named: dict[str, int] = {}
 
     def reset(self) -> None:
         """Forget the previous forward's lengths."""
         self.lengths = []
+        self.named = {}
+
+    def record_named(self, tag: str, length: int) -> None:
+        """A split tagged `tag` cut a tensor of full length `length` in this forward."""
+        self.named = {**self.named, tag: length}  # a new dict: traced code sees a plain rebinding
 
     def record(self, length: int) -> None:
         """A split of a tensor of full length `length` happened in this forward."""

@@ -38,16 +38,39 @@ class ContextParallelInput:
         skip_other_dims: leave a tensor whose number of dims differs from `expected_dims` whole instead of
             raising. Only for inputs that carry the sequence in some variants of a model and not in others
             (Wan 2.2 TI2V's per-token timestep (B, S) vs. the usual (B,)); never needed otherwise.
+        tag: a name under which this split records the full length it cut, for `segments` later in the same
+            forward (e.g. `"image"` on the image tokens' split).
+        segments: split a tensor that holds several token streams back to back, each stream like its own
+            tokens: the tags of earlier splits, in order, whose full lengths are the streams' lengths along
+            `split_dim`. Rank r keeps [its piece of stream 1, its piece of stream 2, ...], which is how a
+            block concatenates its local image and text shards. One entry may be None: a stream that is
+            already local (kept whole), its length being what the tagged streams leave. Use it for a key mask
+            or rotary table built over [image, text] in `forward` and handed whole to every block.
 
     Example:
         >>> ContextParallelInput(split_dim=1, expected_dims=3)
-        ContextParallelInput(split_dim=1, expected_dims=3, split_output=False, skip_other_dims=False)
+        ContextParallelInput(split_dim=1, expected_dims=3, split_output=False, skip_other_dims=False, tag=None, segments=None)
+        >>> key_mask = ContextParallelInput(split_dim=3, expected_dims=4, segments=("image", "text"))
     """
 
     split_dim: int
     expected_dims: int | None = None
     split_output: bool = False
     skip_other_dims: bool = False
+    tag: str | None = None
+    segments: tuple[str | None, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.segments is not None:
+            if not isinstance(self.segments, tuple) or not self.segments or not all(
+                    s is None or isinstance(s, str) for s in self.segments):
+                raise TypeError(f"ContextParallelInput(segments=...) takes a non-empty tuple of tags (str) and at "
+                                f"most one None, got {self.segments!r}.")
+            if list(self.segments).count(None) > 1:
+                raise ValueError(f"ContextParallelInput(segments={self.segments!r}) has more than one None: the "
+                                 "length of a stream kept whole is what the tagged streams leave, so only one can be.")
+            if self.tag is not None:
+                raise ValueError("A ContextParallelInput with segments cannot also be tagged: tag the streams' splits.")
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,20 @@ def split_for_plan(x: torch.Tensor, spec: ContextParallelInput, runtime: Context
         return x
     _check_dims(x, spec, what)
     dim = spec.split_dim % x.dim()
-    length, world = x.shape[dim], runtime.world_size
-    if length % world and not runtime.anything:
+    if spec.segments is not None:
+        return _split_segments(x, dim, spec.segments, runtime, what)
+    length = x.shape[dim]
+    _check_length(length, runtime, f"{what} has length {length} along dim {dim}")
+    if spec.tag is not None:
+        runtime.split_lengths.record_named(spec.tag, length)
+    return split_tensor(x, dim, runtime.rank, runtime.world_size)
+
+
+def _check_length(length: int, runtime: ContextParallelRuntime, what: str) -> None:
+    """Refuse a length the ranks cannot split evenly outside the anything modes; record it inside them."""
+    if length % runtime.world_size and not runtime.anything:
         raise ValueError(
-            f"{what} has length {length} along dim {dim}, not divisible by the {world} context-parallel ranks. "
+            f"{what}, not divisible by the {runtime.world_size} context-parallel ranks. "
             "Set ContextParallelConfig(ulysses_anything=True) (Ulysses) or ring_anything=True (ring) to allow "
             "uneven shards, or pad the input."
         )
@@ -46,7 +56,38 @@ def split_for_plan(x: torch.Tensor, spec: ContextParallelInput, runtime: Context
     # take part in every collective, and attention handles empty shards exactly.
     if runtime.anything:
         runtime.split_lengths.record(length)  # compiled graphs read every rank's length from it (lengths.py)
-    return split_tensor(x, dim, runtime.rank, world)
+
+
+def _split_segments(x: torch.Tensor, dim: int, segments: tuple, runtime: ContextParallelRuntime, what: str):
+    """[this rank's piece of each stream] of a tensor holding several token streams back to back.
+
+    Each stream's full length is the one its tagged split recorded in this forward, so every rank cuts the
+    same streams; a None stream is already local and kept whole (its length is what the others leave).
+    """
+    named = runtime.split_lengths.named
+    missing = [tag for tag in segments if tag is not None and tag not in named]
+    if missing:
+        raise ValueError(
+            f"{what} is split by segments {segments}, but no split tagged {missing} ran earlier in this forward "
+            f"(tagged so far: {sorted(named)}). Tag the streams' own splits, ContextParallelInput(..., tag=...), "
+            "at modules that run before this one."
+        )
+    total = x.shape[dim]
+    known = sum(named[tag] for tag in segments if tag is not None)
+    lengths = [named[tag] if tag is not None else total - known for tag in segments]
+    if min(lengths) < 0 or sum(lengths) != total:
+        raise ValueError(
+            f"{what} has length {total} along dim {dim}, but its segments {segments} have lengths "
+            f"{[named[t] if t is not None else '?' for t in segments]} in this forward, which do not add up to it."
+        )
+    pieces = []
+    for tag, piece in zip(segments, x.split(lengths, dim=dim)):
+        if tag is None:
+            pieces.append(piece)
+            continue
+        _check_length(piece.shape[dim], runtime, f"{what}: its segment {tag!r} has length {piece.shape[dim]}")
+        pieces.append(split_tensor(piece, dim, runtime.rank, runtime.world_size))
+    return torch.cat(pieces, dim=dim)
 
 
 def gather_for_plan(x: torch.Tensor, spec: ContextParallelOutput, runtime: ContextParallelRuntime, what: str) -> torch.Tensor:
@@ -72,7 +113,9 @@ class SplitHook(ModelHook):
     def __init__(self, module: nn.Module, module_name: str, specs: dict, runtime: ContextParallelRuntime | None = None) -> None:
         self.runtime = runtime
         self.module_name = module_name or "<model>"
-        self.input_specs = {k: s for k, s in specs.items() if isinstance(k, str)}
+        # Segmented splits last: they read the lengths that this entry's tagged splits record.
+        named = sorted((k for k in specs if isinstance(k, str)), key=lambda k: _has_segments(specs[k]))
+        self.input_specs = {k: specs[k] for k in named}
         self.output_specs = {k: s for k, s in specs.items() if isinstance(k, int)}
         self.positions = _parameter_positions(module, module_name, list(self.input_specs))
 
@@ -105,6 +148,14 @@ class SplitHook(ModelHook):
         if isinstance(spec, ContextParallelOutput):
             return gather_for_plan(value, spec, self.runtime, what)
         return _apply_spec(value, spec, self.runtime, what)
+
+
+def _has_segments(spec) -> bool:
+    if isinstance(spec, (list, tuple)):
+        return any(_has_segments(s) for s in spec)
+    if isinstance(spec, dict):
+        return any(_has_segments(s) for s in spec.values())
+    return isinstance(spec, ContextParallelInput) and spec.segments is not None
 
 
 def _apply_spec(value, spec, runtime: ContextParallelRuntime, what: str):

@@ -22,6 +22,14 @@ GUIDE = """### Writing a plan for a new model
    mask `v[q] & v[k]` built from such a mask inside the processor (HunyuanVideo 1.5) is read as a key-padding
    mask, so split the vector it is built from the same way; other masks that vary along queries
    (block-causal, general query x key masks) cannot be split and are refused.
+   A mask or table that `forward` builds once over several streams back to back ([image, text]), while each
+   block concatenates its local image and text shards, is split stream by stream: tag the streams' own splits
+   and name the tags, in order, as segments (JoyImage Edit Plus's key mask):
+   `"double_blocks.0": {"hidden_states": ContextParallelInput(1, 3, tag="image"), "encoder_hidden_states":
+   ContextParallelInput(1, 3, tag="text")}` and `"double_blocks.*": {"attention_mask":
+   ContextParallelInput(3, 4, segments=("image", "text"))}`. A tagged split records its full length every
+   forward, and a segmented split must run after it (at a later module, or a later entry of the plan; within
+   one entry the segmented splits run last). One segment may be `None`: a stream already local, kept whole.
 5. **Per-token conditioning.** Any tensor with one row per token (per-token timesteps, modulation indices)
    must be split with the tokens; `skip_other_dims=True` leaves its per-sample variants whole. A module
    that finds tokens by a plain int counted from the start of the whole sequence (a history length, a

@@ -14,10 +14,12 @@ text at the model's input instead would compute the mrope text positions from th
 stream is dropped after the blocks; the image is gathered at `proj_out`, before the unpatchify reshape.
 Image and text lengths are arbitrary (the prompt is not padded): anything flags.
 
-JoyImageEditPlusTransformer3DModel's tables are a flat (cos, sin) pair (B, S, D) that a plan can split, but
-`forward` builds one key mask for the joint attention by concatenating the image-padding mask and the text
-mask, (B, 1, 1, S_img + S_txt), and JoyImageEditPlusPipeline always passes the text mask. Each rank needs
-[its image part, its text part] of it, which no contiguous split of the concatenation gives.
+JoyImageEditPlusTransformer3DModel packs the target and its reference images patch by patch into one
+(B, max_patches, C, pt, ph, pw) sequence (samples with fewer patches are padded), and `forward` builds, per
+sample, a flat (cos, sin) table (B, S_img, D) and one key mask for the joint attention by concatenating the
+image-padding mask and the text mask, (B, 1, 1, S_img + S_txt) (JoyImageEditPlusPipeline always passes the
+text mask). Each rank needs [its image part, its text part] of that mask: a segmented split, with the image
+and text lengths recorded by the tagged splits of the two streams at the first block.
 """
 
 import torch
@@ -37,6 +39,17 @@ JOYIMAGE_EDIT = {
 }
 
 
+JOYIMAGE_EDIT_PLUS = {
+    "double_blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, tag="image"),
+                        "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, tag="text")},
+    "double_blocks.*": {
+        "image_rotary_emb": (ContextParallelInput(split_dim=1, expected_dims=3),) * 2,  # (cos, sin), (B, S_img, D)
+        "attention_mask": ContextParallelInput(split_dim=3, expected_dims=4, segments=("image", "text")),
+    },
+    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+}
+
+
 _JOYIMAGE = dict(patch_size=[1, 2, 2], in_channels=4, hidden_size=48, num_attention_heads=4, text_dim=32,
                  mlp_width_ratio=2.0, num_layers=2, rope_dim_list=[4, 4, 4])
 
@@ -52,6 +65,27 @@ def _joyimage(config, g, items=1, text=9, height=6, width=10):
     )
 
 
+def _joyimage_plus(config, g, shapes, text=9, text_lens=(6, 9)):
+    # JoyImageEditPlusPipeline: one (B, max_patches, C, 1, 2, 2) tensor of patches per sample, [target, its
+    # references], padded to the longest sample; shape_list gives each sample's (t, h, w) components. With
+    # CFG the batch is [negative, positive], the shorter prompt's text padded (its mask 0 at the tail).
+    patches = [sum(t * h * w for t, h, w in sample) for sample in shapes]
+    hidden = randn(g, len(shapes), max(patches), config["in_channels"], *config["patch_size"])
+    for i, n in enumerate(patches):
+        hidden[i, n:] = 0  # the pipeline's padding
+    mask = torch.zeros(len(shapes), text, dtype=torch.long)
+    for i, n in enumerate(text_lens):
+        mask[i, :n] = 1
+    return dict(
+        hidden_states=hidden,
+        timestep=torch.full((len(shapes),), 750.0),
+        encoder_hidden_states=randn(g, len(shapes), text, config["text_dim"]),
+        encoder_hidden_states_mask=mask,
+        shape_list=[list(sample) for sample in shapes],
+        return_dict=False,
+    )
+
+
 ENTRIES = [
     ModelEntry("JoyImageEditTransformer3DModel", JOYIMAGE_EDIT, _JOYIMAGE,
                {"t2i": _joyimage, "edit": lambda c, g: _joyimage(c, g, items=2, text=13),
@@ -59,13 +93,14 @@ ENTRIES = [
                case_configs={"mrope": dict(rope_type="mrope")}, anything=True,
                note="image and text both split for the joint attention; every block splits its nested rotary "
                     "tuple ((image cos, sin), (text cos, sin) or None); edit with a reference item; mrope text table"),
+    ModelEntry("JoyImageEditPlusTransformer3DModel", JOYIMAGE_EDIT_PLUS, _JOYIMAGE,
+               {"t2i": lambda c, g: _joyimage_plus(c, g, [[(1, 3, 5)]] * 2),
+                "edit": lambda c, g: _joyimage_plus(c, g, [[(1, 3, 5), (1, 2, 4)]] * 2, text=11, text_lens=(7, 11)),
+                "prompts": lambda c, g: _joyimage_plus(c, g, [[(1, 3, 5), (1, 2, 4)], [(1, 3, 5)]], text=10,
+                                                       text_lens=(10, 8))},
+               anything=True,
+               note="[image, text] key mask (image padding + text padding) split segment by segment with the two "
+                    "streams; references of other sizes; samples with different patch counts padded; CFG batch"),
 ]
 
-UNSUPPORTED = {
-    "JoyImageEditPlusTransformer3DModel": (
-        "forward concatenates the image-padding mask and the text mask into one (B, 1, 1, S_img + S_txt) key mask "
-        "for the joint attention (the pipeline always passes the text mask); each rank needs [its image part, its "
-        "text part], which no contiguous split gives (needs: a ContextParallelInput that splits a concatenation of "
-        "segments piece by piece, e.g. segment lengths (S_img, S_txt) read from the split tensors)"
-    ),
-}
+UNSUPPORTED = {}
