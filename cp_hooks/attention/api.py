@@ -11,7 +11,7 @@ from .. import comm
 from ..config import ContextParallelConfig
 from ..runtime import ContextParallelRuntime
 from . import ops, routing
-from .masks import key_bias_from_mask, split_symmetric_mask
+from .masks import is_whole_mask, key_bias_from_mask, split_symmetric_mask, whole_mask_rows
 
 
 def context_parallel_attention(
@@ -30,7 +30,9 @@ def context_parallel_attention(
     Args:
         query, key, value: (batch, local_seq, heads, head_dim); rank r holds piece r of the sequence.
         attn_mask: key-padding mask for the *local* keys: boolean (batch, local_kv_seq) with True = attend,
-            or boolean/additive broadcastable to (batch, 1, 1, local_kv_seq).
+            or boolean/additive broadcastable to (batch, 1, 1, local_kv_seq); or a query x key mask over the
+            *whole* sequence, (batch or 1, 1, whole_q_seq, whole_kv_seq), the same on every rank (a
+            block-causal or segment mask built before the plan's split).
         dropout_p: attention dropout; only with pure Ulysses (ring attention refuses it).
         is_causal: causal attention in global sequence order.
         scale: softmax scale, default 1/sqrt(head_dim).
@@ -48,32 +50,44 @@ def context_parallel_attention(
         >>> out = context_parallel_attention(q_local, k_local, v_local, config=config)
     """
     runtime = _runtime_of(config)
-    query_valid = None
-    if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[-2] > 1:
-        # A mask that varies along queries is refused, unless it is a padding mask applied to both sides.
+    query_valid = whole = None
+    if is_whole_mask(attn_mask, query.shape[1], key.shape[1], runtime.world_size):
+        whole, attn_mask = attn_mask, None  # a query x key mask over the whole sequence (masks.py)
+    elif attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[-2] > 1:
+        # A local mask that varies along queries is refused, unless it is a padding mask applied to both sides.
         symmetric = split_symmetric_mask(attn_mask, query.shape[1], key.shape[1])
         if symmetric is not None:
             attn_mask, query_valid = symmetric
     bias = _validate(query, key, value, attn_mask, dropout_p, is_causal, runtime)
+    if whole is not None and (is_causal or dropout_p):
+        raise ValueError("A whole-sequence attn_mask takes neither is_causal nor attention dropout.")
     scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
-    out = _dispatch(query, key, value, bias, dropout_p, is_causal, scale, runtime)
+    # Every rank's lengths: from here on every rank has them, so a mask error below is raised on all alike.
+    q_sizes, kv_sizes = _sizes(query.shape[1], key.shape[1], runtime, query.device)
+    if whole is not None:
+        bias = _kernel_rows(whole, query.shape[0], q_sizes, kv_sizes, runtime)
+    with routing.inside_cp_kernel():
+        if dropout_p:
+            out = _ulysses_with_dropout(query, key, value, bias, dropout_p, is_causal, scale, runtime, q_sizes, kv_sizes)
+        else:
+            out = ops.attention(query, key, value, bias, runtime, q_sizes, kv_sizes, scale, is_causal)
     if query_valid is not None:
         out = out * query_valid[:, :, None, None].to(out.dtype)  # queries that see no key: zero, as SDPA gives
     return out
 
 
+def _kernel_rows(mask, batch, q_sizes, kv_sizes, runtime):
+    """The rows of a whole-sequence mask for the queries this rank's attention kernel computes: with Ulysses
+    those of its whole Ulysses group (the group's shards are consecutive in the sequence), else its own."""
+    u = runtime.ulysses_degree
+    first = runtime.ring_rank * u
+    return whole_mask_rows(mask, batch, sum(q_sizes), sum(kv_sizes), sum(q_sizes[:first]),
+                           sum(q_sizes[first:first + u]))
+
+
 def _runtime_of(config):
     """The bound runtime of a set-up config (or the runtime itself)."""
     return config if isinstance(config, ContextParallelRuntime) else config.runtime
-
-
-def _dispatch(query, key, value, bias, dropout_p, is_causal, scale, runtime):
-    """Run the mode the runtime asks for: ring, Ulysses, or Ulysses inside and ring across (hybrid)."""
-    q_sizes, kv_sizes = _sizes(query.shape[1], key.shape[1], runtime, query.device)
-    with routing.inside_cp_kernel():
-        if dropout_p:
-            return _ulysses_with_dropout(query, key, value, bias, dropout_p, is_causal, scale, runtime, q_sizes, kv_sizes)
-        return ops.attention(query, key, value, bias, runtime, q_sizes, kv_sizes, scale, is_causal)
 
 
 def _sizes(q_len: int, kv_len: int, runtime, device) -> tuple[list[int], list[int]]:

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .masks import rows_with_keys
+from .masks import kernel_mask, rows_with_keys
 
 _aten = torch.ops.aten
 
@@ -31,8 +31,8 @@ def _bhsd(x: torch.Tensor) -> torch.Tensor:
 
 
 def _mask_for_kernel(bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    # (b, Sk) -> (b, 1, 1, Sk): broadcasts over heads and queries; kernels want the query dtype.
-    return None if bias is None else bias[:, None, None, :].to(dtype)
+    # (b, Sk) -> (b, 1, 1, Sk), (b, Sq, Sk) -> (b, 1, Sq, Sk); kernels want the query dtype.
+    return None if bias is None else kernel_mask(bias).to(dtype)
 
 
 def _scale(q: torch.Tensor, scale: float | None) -> float:
@@ -44,7 +44,8 @@ def attention_with_lse(q, k, v, bias=None, *, scale=None, is_causal=False):
 
     Args:
         q: (B, Sq, H, D); k, v: (B, Sk, H, D).
-        bias: optional additive float32 key bias (b, Sk) from `masks.key_bias_from_mask`.
+        bias: optional additive float32 key bias (b, Sk) from `masks.key_bias_from_mask`, or row bias
+            (b, Sq, Sk) from `masks.whole_mask_rows` (its columns of this block).
         scale: softmax scale, default 1/sqrt(D).
         is_causal: lower-triangular mask, top-left aligned (as SDPA).
 
@@ -72,9 +73,12 @@ def attention_with_lse(q, k, v, bias=None, *, scale=None, is_causal=False):
     if valid is not None:
         # Kernels return lse = 0 (not -inf) for rows with no attendable key; make such rows neutral.
         # Branch-free on purpose: no host sync, and it traces.
-        keep = valid.view(-1, 1, 1)
-        lse = torch.where(keep, lse, float("-inf"))
-        out = out * keep.view(-1, 1, 1, 1).to(out.dtype)
+        if valid.dim() == 1:  # a key bias: whole batch rows
+            lse = torch.where(valid.view(-1, 1, 1), lse, float("-inf"))
+            out = out * valid.view(-1, 1, 1, 1).to(out.dtype)
+        else:  # a row bias: single query rows
+            lse = torch.where(valid[:, None, :], lse, float("-inf"))
+            out = out * valid[:, :, None, None].to(out.dtype)
     return out, lse
 
 
@@ -119,7 +123,7 @@ def attention_with_lse_backward(dout, q, k, v, out, lse, bias=None, *, scale=Non
 def _scores(q, k, bias, scale, is_causal):
     s = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale
     if bias is not None:
-        s = s + bias[:, None, None, :]
+        s = s + kernel_mask(bias)
     if is_causal:
         sq, sk = s.shape[-2:]
         s = s.masked_fill(torch.ones(sq, sk, dtype=torch.bool, device=s.device).triu(1), float("-inf"))
@@ -212,10 +216,11 @@ def _cuda_forward(q, k, v, bias, scale, is_causal):
 def _efficient_bias(bias, q):
     if bias is None:
         return None
-    b, sk = bias.shape
+    mask = kernel_mask(bias)
+    b, _, rows, sk = mask.shape
     # The efficient kernel wants a bias whose last dim is 16-element aligned in memory: pad, then view.
-    padded = torch.zeros(b, 1, 1, (sk + 15) // 16 * 16, dtype=q.dtype, device=q.device)
-    padded[..., :sk] = bias[:, None, None, :]
+    padded = torch.zeros(b, 1, rows, (sk + 15) // 16 * 16, dtype=q.dtype, device=q.device)
+    padded[..., :sk] = mask
     return padded[..., :sk].expand(q.shape[0], q.shape[2], q.shape[1], sk)
 
 

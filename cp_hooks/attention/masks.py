@@ -1,7 +1,12 @@
-"""Key-padding masks in one canonical form: an additive float32 bias of shape (b, S_kv), b in {1, B}.
+"""Attention masks in two canonical forms, both additive float32 biases (b in {1, B}):
 
-A bias row follows its keys: Ulysses gathers it along keys, ring attention rotates (or gathers) it with
-its key/value block, so every block is attended with the mask of *that* block.
+  * a key bias (b, S_kv) for key-padding masks. A bias row follows its keys: Ulysses gathers it along keys,
+    ring attention rotates (or gathers) it with its key/value block, so every block is attended with the
+    mask of *that* block.
+  * a row bias (b, Sq, S_kv_whole) for a query x key mask that every rank holds for the whole sequence
+    (block-causal, segment masks built in `forward` before the split): each rank keeps the rows of the
+    queries its attention kernel computes and every key's column; a key block takes its own columns.
+    Nothing of it travels (docs/architecture.md, "Masks").
 """
 
 from __future__ import annotations
@@ -83,8 +88,67 @@ def split_symmetric_mask(mask: torch.Tensor, q_len: int, kv_len: int):
     return valid[..., None, :], valid[:, 0]
 
 
+def is_whole_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, world: int) -> bool:
+    """Whether `mask` is a query x key mask over the whole sequence rather than the local shards.
+
+    A 4-D mask with more than one query row whose last two dims are not the local (q_len, kv_len): with
+    more than one rank, the local shards are shorter than the whole sequence. Its shape is checked against
+    the whole lengths by `whole_mask_rows`.
+    """
+    return (mask is not None and world > 1 and mask.dim() == 4 and mask.shape[-2] > 1
+            and tuple(mask.shape[-2:]) != (q_len, kv_len))
+
+
+def whole_mask_rows(mask: torch.Tensor, batch: int, q_total: int, kv_total: int, row_start: int, rows: int):
+    """The row bias (b, rows, kv_total) of queries row_start .. row_start + rows of a whole-sequence mask.
+
+    Args:
+        mask: boolean (True = attend) or additive, (b, 1 or heads, q_total, kv_total), the same on every rank.
+        batch: the query batch size.
+        q_total, kv_total: the whole sequence's query and key lengths (every rank's lengths summed).
+        row_start, rows: the queries this rank's attention kernel computes, in whole-sequence order.
+
+    Raises:
+        ValueError: the mask's shape is neither the local nor the whole sequence's, or it varies over heads.
+        TypeError: the mask is neither boolean nor floating point.
+    """
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(f"attn_mask must be boolean (True = attend) or an additive float mask, got {mask.dtype}.")
+    shape = tuple(mask.shape)
+    if shape[-2:] != (q_total, kv_total) or shape[0] not in (1, batch):
+        raise ValueError(
+            f"attn_mask has shape {shape}: a mask that varies along queries must cover the whole sequence, "
+            f"(batch={batch} or 1, 1, {q_total}, {kv_total}), every rank holding all of it (build it before the "
+            "plan's split); a mask over the local shards can only be a key-padding mask, (batch, 1, 1, local_kv)."
+        )
+    if shape[1] > 1:
+        if not _holds((mask == mask[:, :1]).all(),
+                      f"cp_hooks: a whole-sequence attn_mask of shape {shape} must be the same for every head"):
+            raise ValueError(f"attn_mask of shape {shape} differs between heads; only masks shared by all heads "
+                             "(dim 1 of size 1) are supported over the whole sequence.")
+    rows_of_mask = mask[:, 0, row_start:row_start + rows, :]
+    if rows_of_mask.dtype == torch.bool:
+        bias = torch.zeros(rows_of_mask.shape, dtype=torch.float32, device=mask.device)
+        return bias.masked_fill_(~rows_of_mask, float("-inf"))
+    return rows_of_mask.detach().to(torch.float32)
+
+
+def key_columns(bias: torch.Tensor | None, start: int, length: int) -> torch.Tensor | None:
+    """The bias a key block of `length` keys starting at `start` (whole-sequence order) is attended with:
+    a row bias's columns of those keys; a key bias already is the block's own (it travels with it)."""
+    if bias is None or bias.dim() == 2:
+        return bias
+    return bias.narrow(2, start, length)
+
+
+def kernel_mask(bias: torch.Tensor) -> torch.Tensor:
+    """A bias as SDPA's attn_mask (b, 1, 1 or Sq, Sk): broadcast over heads, and over queries for key biases."""
+    return bias[:, None, None, :] if bias.dim() == 2 else bias[:, None]
+
+
 def rows_with_keys(bias: torch.Tensor | None) -> torch.Tensor | None:
-    """(b,) boolean: True where at least one key of the block is attendable (else the block adds nothing)."""
+    """True where at least one key of the block is attendable (else the block adds nothing to that row):
+    (b,) for a key bias, (b, Sq) for a row bias."""
     if bias is None:
         return None
     return (bias > float("-inf")).any(dim=-1)

@@ -106,7 +106,7 @@ def _to_heads(runtime, q, k, v, bias, q_sizes, kv_sizes, reuse_buffer: bool):
     k, send = seq_to_heads(k, group, ukv, send if reuse_buffer else None)
     v, send = seq_to_heads(v, group, ukv, send if reuse_buffer else None)
     del send
-    if bias is not None:
+    if bias is not None and bias.dim() == 2:  # a key bias follows its keys; a row bias already has every key
         bias = comm.all_gather(bias, ukv, group, dim=1, payload="mask")
     return q, k, v, bias
 
@@ -194,7 +194,8 @@ def _(q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal):
     u = runtime.ulysses_degree
     q_shape = _head_layout_shape(q, _ulysses_sizes(runtime, q_sizes), u)
     kv_shape = _head_layout_shape(k, _ulysses_sizes(runtime, kv_sizes), u)
-    bias_h = _empty() if bias is None else bias.new_empty((bias.shape[0], kv_shape[1]))
+    bias_h = (_empty() if bias is None else bias.new_empty((bias.shape[0], kv_shape[1])) if bias.dim() == 2
+              else bias.new_empty(bias.shape))
     return (torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q_shape), k.new_empty(kv_shape),
             v.new_empty(kv_shape), bias_h, q.new_empty(q_shape),
             q.new_empty((q_shape[0], q_shape[2], q_shape[1]), dtype=torch.float32))
@@ -262,7 +263,8 @@ def attention(q, k, v, bias, runtime, q_sizes: list[int], kv_sizes: list[int], s
     """Context-parallel attention through the operators: differentiable when autograd needs it.
 
     Args:
-        q, k, v: (B, S, H, D) local shards; bias: float32 (b, S_kv) key bias or None.
+        q, k, v: (B, S, H, D) local shards; bias: float32 (b, S_kv) key bias, (b, Sq, S_kv_whole) row bias
+            (the rows of the queries this rank's kernel computes: its ring rank's, see `api`), or None.
         runtime: the bound `ContextParallelRuntime`.
         q_sizes, kv_sizes: every rank's query / key length in the flattened ("ring", "ulysses") mesh.
     """

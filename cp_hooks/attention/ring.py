@@ -9,7 +9,9 @@ Two ways to move the blocks (`rotate_method`):
     methods give identical results). The backward re-gathers and returns each block's dK/dV with one
     all-to-all.
 
-A key-padding bias travels with its block, so every block is masked by its own keys. Block order on rank
+A key-padding bias travels with its block, so every block is masked by its own keys; a row bias (a
+whole-sequence query x key mask, `masks.whole_mask_rows`) stays, and each block takes its columns of it.
+Block order on rank
 r: step s works on the block of rank (r - s) mod N. With `is_causal`, blocks of later ranks are skipped
 and the own block is causal (queries and keys of a rank are the same contiguous slice of the sequence).
 """
@@ -20,6 +22,7 @@ import torch
 
 from .. import comm
 from .local import attention_with_lse, attention_with_lse_backward
+from .masks import key_columns
 from .merge import merge_partial_
 
 
@@ -50,7 +53,15 @@ def _recv_shapes(k, bias, length):
 
 
 def _iter_blocks(k, v, bias, kv_sizes, group, rotate_method):
-    """Yield (src, k, v, bias) for every block in ring order; overlaps the transfer of the next block."""
+    """Yield (src, k, v, bias) for every block in ring order; overlaps the transfer of the next block.
+
+    A key bias travels with its block; a row bias stays, and each block gets its own columns of it.
+    """
+    if bias is not None and bias.dim() == 3:
+        offsets = [sum(kv_sizes[:i]) for i in range(len(kv_sizes))]
+        for src, kb, vb, _ in _iter_blocks(k, v, None, kv_sizes, group, rotate_method):
+            yield src, kb, vb, key_columns(bias, offsets[src], kv_sizes[src])
+        return
     world, rank = comm.group_size(group), comm.group_rank(group)
     if rotate_method == "allgather":
         full = [comm.all_gather(t, kv_sizes, group, dim=1, payload=p) for t, p in zip(_block_tensors(k, v, bias), _payloads(bias))]
@@ -122,6 +133,9 @@ def ring_backward(dout, q, k, v, bias, out, lse, *, group, kv_sizes, rotate_meth
         return dq.to(q.dtype), summed[0].to(k.dtype), summed[1].to(v.dtype)
 
     kv_exchange, grad_exchange = comm.RingExchange(group), comm.RingExchange(group)
+    rows = bias if bias is not None and bias.dim() == 3 else None  # a row bias stays (see _iter_blocks)
+    bias = None if rows is not None else bias
+    offsets = [sum(kv_sizes[:i]) for i in range(world)]
     current = _block_tensors(k, v, bias)
     carried = None
     for step in range(world):
@@ -129,7 +143,8 @@ def ring_backward(dout, q, k, v, bias, out, lse, *, group, kv_sizes, rotate_meth
         nxt = (src - 1) % world
         if step + 1 < world:
             kv_exchange.start(current, _recv_shapes(k, bias, kv_sizes[nxt]))
-        gq, gk, gv = block_grads(src, current[0], current[1], current[2] if bias is not None else None)
+        block_bias = current[2] if bias is not None else key_columns(rows, offsets[src], kv_sizes[src])
+        gq, gk, gv = block_grads(src, current[0], current[1], block_bias)
         if gq is not None:
             dq += gq
         if carried is not None:
