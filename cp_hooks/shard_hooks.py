@@ -13,6 +13,7 @@ import inspect
 import torch
 import torch.nn as nn
 
+from . import value_checks
 from .runtime import ContextParallelRuntime
 from .hooks import ModelHook
 from .plan import ContextParallelInput, ContextParallelOutput
@@ -38,17 +39,21 @@ def split_for_plan(x: torch.Tensor, spec: ContextParallelInput, runtime: Context
     if spec.segments is not None:
         return _split_segments(x, dim, spec.segments, runtime, what)
     length = x.shape[dim]
-    _check_length(length, runtime, f"{what} has length {length} along dim {dim}")
+    _check_length(length, runtime, what, f"along dim {dim}")
     if spec.tag is not None:
         runtime.split_lengths.record_named(spec.tag, length)
     return split_tensor(x, dim, runtime.rank, runtime.world_size)
 
 
-def _check_length(length: int, runtime: ContextParallelRuntime, what: str) -> None:
-    """Refuse a length the ranks cannot split evenly outside the anything modes; record it inside them."""
+def _check_length(length: int, runtime: ContextParallelRuntime, what: str, where: str) -> None:
+    """Refuse a length the ranks cannot split evenly outside the anything modes; record it inside them.
+
+    The message is formatted only on failure: formatting a symbolic length (torch.compile with dynamic
+    shapes) would specialise the graph to it.
+    """
     if length % runtime.world_size and not runtime.anything:
         raise ValueError(
-            f"{what}, not divisible by the {runtime.world_size} context-parallel ranks. "
+            f"{what} has length {length} {where}, not divisible by the {runtime.world_size} context-parallel ranks. "
             "Set ContextParallelConfig(ulysses_anything=True) (Ulysses) or ring_anything=True (ring) to allow "
             "uneven shards, or pad the input."
         )
@@ -85,7 +90,7 @@ def _split_segments(x: torch.Tensor, dim: int, segments: tuple, runtime: Context
         if tag is None:
             pieces.append(piece)
             continue
-        _check_length(piece.shape[dim], runtime, f"{what}: its segment {tag!r} has length {piece.shape[dim]}")
+        _check_length(piece.shape[dim], runtime, f"{what}: its segment {tag!r}", f"along dim {dim}")
         pieces.append(split_tensor(piece, dim, runtime.rank, runtime.world_size))
     return torch.cat(pieces, dim=dim)
 
@@ -201,7 +206,8 @@ class GatherHook(ModelHook):
 class ReplicatedOutputHook(ModelHook):
     """On the model itself: every rank returns the same full output, so each takes 1/N of its gradient.
 
-    Also starts each forward's record of split lengths (`cp_hooks.lengths`).
+    Also starts each forward's record of split lengths (`cp_hooks.lengths`), and brackets the forward's
+    checks of mask values (`cp_hooks.value_checks`).
 
     Each of the N ranks back-propagates the same loss; without this, layers after the plan's final gather
     (which run replicated) would end with N times their gradient after `reduce_gradients`. See
@@ -213,9 +219,12 @@ class ReplicatedOutputHook(ModelHook):
 
     def pre_forward(self, module, args, kwargs):
         self.runtime.split_lengths.reset()  # a new forward: its splits are recorded afresh
+        value_checks.begin_forward(self)
         return args, kwargs
 
     def post_forward(self, module, output):
+        # A mask check that failed on some rank raises on every rank, now that no collective is pending.
+        value_checks.end_forward(self, self.runtime.world_group, self.runtime.device_type)
         # Every rank of every cfg group back-propagates the same loss from the same whole output.
         return _map_tensors(output, lambda t: share_replicated_gradient(t, self.runtime.total_ranks))
 

@@ -231,3 +231,41 @@ def ulysses_dropout(dropout_p: float) -> float:
 def test_ulysses_with_dropout(pool):
     assert max(pool(2).run(ulysses_dropout, 1e-9)) <= FP32_TOL
     assert min(pool(2).run(ulysses_dropout, 0.5)) > 1e-2
+
+
+class _MaskedAttention(torch.nn.Module):
+    """SDPA with whatever 4-D mask the caller passes (a processor that builds its mask per rank)."""
+
+    def forward(self, x, mask):
+        q = x.view(x.shape[0], x.shape[1], 2, -1).transpose(1, 2)
+        return F.scaled_dot_product_attention(q, q, q, attn_mask=mask).transpose(1, 2).flatten(2)
+
+
+def mask_check_fails_on_one_rank():
+    from cp_hooks import ContextParallelInput, disable_parallelism, enable_parallelism
+
+    model = _MaskedAttention()
+    enable_parallelism(model, make_config(1, dist.get_world_size()), strict=False,
+                       plan={"": {"x": ContextParallelInput(split_dim=1, expected_dims=3)}})
+    x = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(0))
+    local = 8 // dist.get_world_size()
+    valid = torch.ones(1, local, dtype=torch.bool)
+    good = (valid[:, :, None] & valid[:, None, :])[:, None]  # v[q] & v[k]: read as a key-padding mask
+    bad = torch.ones(1, 1, local, local, dtype=torch.bool).tril()  # causal over the shard: not that form
+    messages = []
+    for mask in (bad if dist.get_rank() == 1 else good, good):  # the second forward is good on every rank
+        try:
+            with torch.no_grad():
+                model(x, mask)
+            messages.append("ok")
+        except ValueError as error:
+            messages.append(str(error))
+    disable_parallelism(model)
+    return messages
+
+
+def test_mask_check_failing_on_one_rank_raises_on_every_rank(pool):
+    # Before: rank 1 refused at once while rank 0 waited in the all-to-all (a hang until the group's timeout).
+    for first, second in pool(2).run(mask_check_fails_on_one_rank, timeout=60):
+        assert "must be v[q] & v[k]" in first and "found on rank(s) [1]" in first, first
+        assert second == "ok"

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import torch
 
+from .. import value_checks
+
 
 def _holds(condition: torch.Tensor, message: str) -> bool:
-    """Whether a condition on a mask's values holds: its value in eager code. Under torch.compile a graph
-    cannot branch on tensor values, so the condition is assumed (the mask's shape admits only that reading)
-    and checked when the graph runs: `torch._assert_async` raises there, on every rank alike."""
-    if torch.compiler.is_compiling():
-        torch._assert_async(condition, message)
-        return True
-    return bool(condition)
+    """Whether a condition on a mask's values holds (see `cp_hooks.value_checks`: within an enabled forward a
+    failure is raised at the forward's end on every rank; under torch.compile it is asserted when the graph
+    runs)."""
+    return value_checks.holds(condition, message)
 
 
 def key_bias_from_mask(mask: torch.Tensor | None, batch: int, kv_len: int) -> torch.Tensor | None:

@@ -1,0 +1,80 @@
+"""Checks on tensor values that every rank must agree on, so that a failure raises on every rank alike.
+
+Some mask forms are recognised by their values (a key-padding mask repeated over heads, `v[q] & v[k]`, a
+whole-sequence mask shared by all heads). The values differ per rank, so a check can fail on one rank and
+hold on its peers: raising there at once would leave the peers blocked in the attention's collectives. During
+an enabled model's eager forward, a failed check is therefore recorded, the forward goes on (its result is
+discarded), and at the forward's end every rank learns of every failure from one small all-reduce and raises
+the same error. That all-reduce runs only in forwards that evaluated such a check — which depends on shapes
+alone, so every rank runs it or none does. Under torch.compile a graph cannot branch on values: the check is
+asserted when the graph runs (`torch._assert_async`), on the rank where it fails. Outside an enabled model's
+forward (a direct `context_parallel_attention` call) a failed check raises at once, as before.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+class _Forward:
+    """The value checks of one forward: how many ran, and the messages of those that failed."""
+
+    def __init__(self, owner: object) -> None:
+        self.owner = owner
+        self.checked = 0
+        self.failures: list[str] = []
+
+
+_ACTIVE: list[_Forward] = []  # the enabled forwards in progress, innermost last
+
+
+def holds(condition: torch.Tensor, message: str) -> bool:
+    """Whether a condition on tensor values holds; within an enabled forward, a failure is deferred to its end.
+
+    Returns False only where the caller must refuse at once (no enabled forward around the call).
+    """
+    if torch.compiler.is_compiling():
+        torch._assert_async(condition, message)
+        return True
+    ok = bool(condition)
+    if not _ACTIVE:
+        return ok
+    _ACTIVE[-1].checked += 1
+    if not ok:
+        _ACTIVE[-1].failures.append(message)
+    return True
+
+
+def begin_forward(owner: object) -> None:
+    """`owner`'s forward starts (eager): its value checks are collected until `end_forward(owner, ...)`.
+
+    A record `owner` left behind (a forward of it that raised before its end) is dropped; records of other
+    owners stay (an enabled model called inside another).
+    """
+    if not torch.compiler.is_compiling():
+        _ACTIVE[:] = [f for f in _ACTIVE if f.owner is not owner] + [_Forward(owner)]
+
+
+def end_forward(owner: object, group, device_type: str) -> None:
+    """The forward ends: if it ran value checks, raise on every rank of `group` when any rank's failed.
+
+    Raises:
+        ValueError: a value check failed on some rank of the group (the message names the ranks).
+    """
+    if torch.compiler.is_compiling() or not _ACTIVE or _ACTIVE[-1].owner is not owner:
+        return
+    forward = _ACTIVE.pop()
+    if not forward.checked:
+        return
+    device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device(device_type)
+    flag = torch.tensor([1.0 if forward.failures else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+    if flag.item() == 0:
+        return
+    reports: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(reports, (dist.get_rank(), forward.failures[:1]), group=group)
+    failed = [(rank, messages[0]) for rank, messages in reports if messages]
+    raise ValueError(f"{failed[0][1].removeprefix('cp_hooks: ')} (found on rank(s) {[r for r, _ in failed]} "
+                     "during this forward; every rank raises, and the forward's result is discarded).")
+
