@@ -1,6 +1,6 @@
 """Tiny random diffusers pipelines built offline from configs, for the examples and their tests.
 
-Flux, Wan, QwenImage, CogView4, HunyuanVideo, LongCat-Image, SkyReels-V2 and Ovis-Image.
+Flux, Wan, QwenImage, CogView4, HunyuanVideo, LongCat-Image, SkyReels-V2, Ovis-Image and CogVideoX.
 
 Nothing is downloaded: every model is built from its config with random weights (seeded, so every rank
 builds the same one), and the tokenizers are small word-level vocabularies made in code and wrapped in
@@ -515,6 +515,36 @@ def tiny_ovis_image_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, hea
     pipe = OvisImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae,
                              text_encoder=_qwen3_encoder(), tokenizer=qwen3_tokenizer(), transformer=transformer)
     pipe.user_prompt_begin_id = ovis_image_prompt_begin(pipe)
+    for module in (transformer, vae, pipe.text_encoder):
+        module.eval()
+    return pipe
+
+
+def tiny_cogvideox_pipeline(seed: int = 0, layers: int = 2, heads: int = 4, head_dim: int = 8, text_tokens: int = 16):
+    """A CogVideoXPipeline (text to video, CogVideoX 1.0) with a tiny random transformer, VAE and T5 encoder.
+
+    The pipeline's classifier-free guidance is batched: one transformer call per step with the unconditional and
+    conditional inputs stacked in the batch (unconditional first). The VAE downsamples 8x in space (four blocks)
+    and 4x in time, and the transformer patches 2x2, so `num_frames` x H x W pixels give
+    ((num_frames-1)/4 + 1) * (H/16) * (W/16) video tokens after `text_tokens` text tokens; call the pipeline
+    with `max_sequence_length=text_tokens` (the transformer's joint positions are sized for that text length).
+    The transformer's output is (batch, frames, channels, height, width): FasterCache's `tensor_format="BFCHW"`.
+    """
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=heads, attention_head_dim=head_dim, in_channels=4, out_channels=4, time_embed_dim=16,
+        text_embed_dim=32, num_layers=layers, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=text_tokens,
+    )
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+    )
+    pipe = CogVideoXPipeline(tokenizer=t5_tokenizer(), text_encoder=_t5_encoder(), vae=vae, transformer=transformer,
+                             scheduler=CogVideoXDDIMScheduler())
     for module in (transformer, vae, pipe.text_encoder):
         module.eval()
     return pipe

@@ -33,6 +33,14 @@ decide from the step index / timestep only, identical on every rank; MagCache de
 SeaCache decides from a hidden-state metric too, but filters the hidden states with an FFT over the whole
 latent grid first, which no rank holds: an enabled model refuses it with a ValueError in its forward (in either
 order of enabling), rather than decide differently from one process.
+
+FasterCache without guidance distillation (`is_guidance_distilled=False`) splits the batch of every call into
+[unconditional | conditional] halves in a hook that replaces the model's `forward`. With `cfg_degree > 1`,
+`CfgBatchHook` (a torch pre-hook, so it runs before that replaced forward) has already kept this group's part of
+the batch, and FasterCache would take halves of that part for the two branches: with one prompt its attention
+hooks fail on a batch of 1 (IndexError), with several the result is silently wrong. A model enabled with
+`cfg_degree > 1` refuses it with a ValueError in its forward, on every rank alike (in either order of
+enabling); with `cfg_degree` 1 the batch stays whole and FasterCache is exact (tests/test_faster_cache_batched.py).
 """
 
 from __future__ import annotations
@@ -68,10 +76,16 @@ def current_runtime():
 
 
 class CacheMetricsHook(ModelHook):
-    """On an enabled model: marks its forward so that cache metrics computed inside are reduced over its group."""
+    """On an enabled model: marks its forward so that cache metrics computed inside are reduced over its group;
+    with `cfg_degree > 1`, refuses FasterCache's split of the batch into guidance branches first."""
 
     def __init__(self, runtime=None) -> None:
         self.runtime = runtime
+
+    def pre_forward(self, module, args, kwargs):
+        if self.runtime is not None and self.runtime.cfg_degree > 1:
+            _refuse_batched_faster_cache(module)
+        return args, kwargs
 
     def enter(self, module) -> None:
         _stack().append(self.runtime)
@@ -80,6 +94,21 @@ class CacheMetricsHook(ModelHook):
         stack = _stack()
         if stack:
             stack.pop()
+
+
+def _refuse_batched_faster_cache(module) -> None:
+    """ValueError if diffusers' FasterCache on `module` splits the batch into guidance branches (see the module
+    docstring); called only on models whose batch is split over cfg groups."""
+    registry = getattr(module, "_diffusers_hook", None)
+    hook = registry.get_hook("faster_cache_denoiser") if registry is not None else None
+    if hook is not None and not getattr(hook, "is_guidance_distilled", True):
+        raise ValueError(
+            "FasterCache with is_guidance_distilled=False does not work with cfg_degree > 1: it splits the batch "
+            "of every call into unconditional and conditional halves, but with cfg_degree the model's forward "
+            "receives only this group's part of the batch (or, with sequential guidance, one of the two calls), "
+            "so FasterCache would take the wrong samples for the two branches. Use cfg_degree=1 (Ulysses and ring "
+            "split the sequence and keep the batch whole), or model.disable_cache()."
+        )
 
 
 def _fbc_hook_class():
