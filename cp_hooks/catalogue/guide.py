@@ -20,8 +20,12 @@ GUIDE = """### Writing a plan for a new model
 4. **Masks.** A key-padding mask must be split with its keys, in every block that receives it from
    `forward` (`"blocks.*": {"encoder_attention_mask": ContextParallelInput(1, 2)}`). A boolean self-attention
    mask `v[q] & v[k]` built from such a mask inside the processor (HunyuanVideo 1.5) is read as a key-padding
-   mask, so split the vector it is built from the same way; other masks that vary along queries
-   (block-causal, general query x key masks) cannot be split and are refused.
+   mask, so split the vector it is built from the same way. Other masks that vary along queries
+   (block-causal, segment masks) are not split at all: leave whatever they are built from whole, so that every
+   rank holds the mask over the whole sequence, (B or 1, 1, S, S), and split the tokens once, in the mask's
+   order; each rank's attention then takes its queries' rows and each key block its columns (Ideogram 4:
+   `segment_ids` whole, the tokens split at the first layer). A query x key mask built from split inputs
+   covers only the local shards and is refused.
    A mask or table that `forward` builds once over several streams back to back ([image, text]), while each
    block concatenates its local image and text shards, is split stream by stream: tag the streams' own splits
    and name the tags, in order, as segments (JoyImage Edit Plus's key mask):
