@@ -49,9 +49,17 @@ FLUX3 = {
     },
     "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
 }
-# Chroma's optional `attention_mask` is not split: its blocks expand it to a (B, 1, S, S) query x key mask,
-# which a local shard cannot express; cp_hooks refuses it with an error rather than compute a wrong result.
+# Chroma: ChromaPipeline passes a (B, S_txt + S_img) boolean mask, [text padding, ones for the image], and
+# every block expands it to v[q] & v[k], which cp_hooks reads as a key-padding mask over the local [text, image]
+# tokens (padded text queries get zero, as SDPA gives). So it is split like the blocks' sequence, stream by
+# stream: its text part with the text, its image part with the image.
 CHROMA = _joint_plan(ids_dim=2)
+CHROMA[""] = {
+    **CHROMA[""],
+    "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, tag="image"),
+    "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, tag="text"),
+    "attention_mask": ContextParallelInput(split_dim=1, expected_dims=2, segments=("text", "image")),
+}
 
 
 # Flux.1: 512 T5 tokens; 2x2-packed latents become (B, H*W, 64) tokens.
@@ -129,13 +137,20 @@ _CHROMA = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, 
                approximator_num_channels=16, approximator_hidden_dim=32, approximator_layers=1)
 
 
-def _chroma(config, g, text=8, height=4, width=6):
-    return dict(
-        hidden_states=randn(g, 1, height * width, config["in_channels"]),
-        encoder_hidden_states=randn(g, 1, text, config["joint_attention_dim"]),
-        timestep=randn(g, 1).abs(), img_ids=grid_ids(height, width, lead=1), txt_ids=torch.zeros(text, 3),
-        return_dict=False,
+def _chroma(config, g, text=8, height=4, width=6, prompt_lengths=None):
+    batch = len(prompt_lengths) if prompt_lengths else 1
+    inputs = dict(
+        hidden_states=randn(g, batch, height * width, config["in_channels"]),
+        encoder_hidden_states=randn(g, batch, text, config["joint_attention_dim"]),
+        timestep=randn(g, 1).abs().expand(batch), img_ids=grid_ids(height, width, lead=1),
+        txt_ids=torch.zeros(text, 3), return_dict=False,
     )
+    if prompt_lengths:
+        # ChromaPipeline: the T5 mask keeps each prompt's tokens and one padding token after them
+        # (mask_indices <= length), then _prepare_attention_mask appends ones for the image tokens.
+        text_mask = torch.arange(text)[None, :] <= torch.tensor(prompt_lengths)[:, None]
+        inputs["attention_mask"] = torch.cat([text_mask, torch.ones(batch, height * width, dtype=torch.bool)], 1)
+    return inputs
 
 
 ENTRIES = [
@@ -148,6 +163,8 @@ ENTRIES = [
                case_configs={"distilled": dict(flow_map=True)}, anything=True,
                note="three token modes split with their own ids; two reference images of other sizes; "
                     "flow-map target_timestep; odd token counts"),
-    ModelEntry("ChromaTransformer2DModel", CHROMA, _CHROMA, {"t2i": _chroma},
-               note="without ChromaPipeline's text mask: its blocks expand it to a query x key mask (see below)"),
+    ModelEntry("ChromaTransformer2DModel", CHROMA, _CHROMA,
+               {"t2i": _chroma, "masked": lambda c, g: _chroma(c, g, text=8, prompt_lengths=(2, 5))},
+               note="ChromaPipeline's [text, image] mask, which the blocks expand to v[q] & v[k]: split stream by "
+                    "stream with the text and the image (segments); two prompts with padded text"),
 ]
