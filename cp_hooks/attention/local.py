@@ -44,8 +44,8 @@ def attention_with_lse(q, k, v, bias=None, *, scale=None, is_causal=False):
 
     Args:
         q: (B, Sq, H, D); k, v: (B, Sk, H, D).
-        bias: optional additive float32 key bias (b, Sk) from `masks.key_bias_from_mask`, or row bias
-            (b, Sq, Sk) from `masks.whole_mask_rows` (its columns of this block).
+        bias: optional additive float32 key bias (b, Sk) from `masks.key_bias_from_mask`, or boolean /
+            additive row bias (b, Sq, Sk) from `masks.whole_mask_rows` (its columns of this block).
         scale: softmax scale, default 1/sqrt(D).
         is_causal: lower-triangular mask, top-left aligned (as SDPA).
 

@@ -1,12 +1,12 @@
-"""Attention masks in two canonical forms, both additive float32 biases (b in {1, B}):
+"""Attention masks in two canonical forms (b in {1, B}):
 
-  * a key bias (b, S_kv) for key-padding masks. A bias row follows its keys: Ulysses gathers it along keys,
-    ring attention rotates (or gathers) it with its key/value block, so every block is attended with the
-    mask of *that* block.
-  * a row bias (b, Sq, S_kv_whole) for a query x key mask that every rank holds for the whole sequence
-    (block-causal, segment masks built in `forward` before the split): each rank keeps the rows of the
-    queries its attention kernel computes and every key's column; a key block takes its own columns.
-    Nothing of it travels (docs/architecture.md, "Masks").
+  * a key bias (b, S_kv) for key-padding masks, additive float32. A bias row follows its keys: Ulysses
+    gathers it along keys, ring attention rotates (or gathers) it with its key/value block, so every block
+    is attended with the mask of *that* block.
+  * a row bias (b, Sq, S_kv_whole), boolean (True = attend) or additive float32, for a query x key mask that
+    every rank holds for the whole sequence (block-causal, segment masks built in `forward` before the
+    split): each rank keeps the rows of the queries its attention kernel computes and every key's column;
+    a key block takes its own columns. Nothing of it travels (docs/architecture.md, "Masks").
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def is_whole_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, world: int
 
 
 def whole_mask_rows(mask: torch.Tensor, batch: int, q_total: int, kv_total: int, row_start: int, rows: int):
-    """The row bias (b, rows, kv_total) of queries row_start .. row_start + rows of a whole-sequence mask.
+    """The row bias (b, rows, kv_total) of queries row_start .. row_start + rows of a whole-sequence mask
+    (boolean stays boolean, additive becomes float32).
 
     Args:
         mask: boolean (True = attend) or additive, (b, 1 or heads, q_total, kv_total), the same on every rank.
@@ -126,10 +127,9 @@ def whole_mask_rows(mask: torch.Tensor, batch: int, q_total: int, kv_total: int,
             raise ValueError(f"attn_mask of shape {shape} differs between heads; only masks shared by all heads "
                              "(dim 1 of size 1) are supported over the whole sequence.")
     rows_of_mask = mask[:, 0, row_start:row_start + rows, :]
-    if rows_of_mask.dtype == torch.bool:
-        bias = torch.zeros(rows_of_mask.shape, dtype=torch.float32, device=mask.device)
-        return bias.masked_fill_(~rows_of_mask, float("-inf"))
-    return rows_of_mask.detach().to(torch.float32)
+    # A boolean mask stays boolean (a quarter of float32's bytes, kept for the backward too); each key block
+    # turns its columns into an additive bias when it is attended (`kernel_mask`).
+    return rows_of_mask if rows_of_mask.dtype == torch.bool else rows_of_mask.detach().to(torch.float32)
 
 
 def key_columns(bias: torch.Tensor | None, start: int, length: int) -> torch.Tensor | None:
@@ -141,7 +141,10 @@ def key_columns(bias: torch.Tensor | None, start: int, length: int) -> torch.Ten
 
 
 def kernel_mask(bias: torch.Tensor) -> torch.Tensor:
-    """A bias as SDPA's attn_mask (b, 1, 1 or Sq, Sk): broadcast over heads, and over queries for key biases."""
+    """A bias as an additive attn_mask (b, 1, 1 or Sq, Sk): broadcast over heads, and over queries for key
+    biases; a boolean row bias (True = attend) becomes 0 / -inf here, one block at a time."""
+    if bias.dtype == torch.bool:
+        bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device).masked_fill_(~bias, float("-inf"))
     return bias[:, None, None, :] if bias.dim() == 2 else bias[:, None]
 
 
@@ -150,4 +153,4 @@ def rows_with_keys(bias: torch.Tensor | None) -> torch.Tensor | None:
     (b,) for a key bias, (b, Sq) for a row bias."""
     if bias is None:
         return None
-    return (bias > float("-inf")).any(dim=-1)
+    return (bias if bias.dtype == torch.bool else bias > float("-inf")).any(dim=-1)

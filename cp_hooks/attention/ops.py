@@ -263,8 +263,9 @@ def attention(q, k, v, bias, runtime, q_sizes: list[int], kv_sizes: list[int], s
     """Context-parallel attention through the operators: differentiable when autograd needs it.
 
     Args:
-        q, k, v: (B, S, H, D) local shards; bias: float32 (b, S_kv) key bias, (b, Sq, S_kv_whole) row bias
-            (the rows of the queries this rank's kernel computes: its ring rank's, see `api`), or None.
+        q, k, v: (B, S, H, D) local shards; bias: float32 (b, S_kv) key bias, boolean or float32
+            (b, Sq, S_kv_whole) row bias (the rows of the queries this rank's kernel computes: its ring
+            rank's, see `api`), or None.
         runtime: the bound `ContextParallelRuntime`.
         q_sizes, kv_sizes: every rank's query / key length in the flattened ("ring", "ulysses") mesh.
     """
