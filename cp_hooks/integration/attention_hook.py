@@ -8,6 +8,7 @@ would not see them (`sdpa.py`). docs/architecture.md, "Attention routing".
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from ..hooks import ModelHook
@@ -81,3 +82,37 @@ class AttentionRoutingHook(ModelHook):
         if mode is not None:
             mode.__exit__(None, None, None)
         sdpa.pop()
+
+    def post_forward(self, module, output):
+        if torch.is_grad_enabled():
+            _route_when_backward_starts(output, self.runtime)
+        return output
+
+
+def _route_when_backward_starts(output, runtime: ContextParallelRuntime) -> None:
+    """Route SDPA calls during the backward of this forward's outputs (see `sdpa.route_during_backward`): the
+    first output gradient computed starts the scope, the end of that backward pass ends it."""
+    started = [False]
+
+    def start(grad):
+        if not started[0]:
+            started[0] = True
+            sdpa.route_during_backward(runtime)
+            torch.autograd.Variable._execution_engine.queue_callback(lambda: started.__setitem__(0, False))
+        return grad
+
+    for tensor in _tensors(output):
+        if tensor.requires_grad:
+            tensor.register_hook(start)
+
+
+def _tensors(value):
+    """The tensors in a model's output (tensors, tuples / lists, dicts and diffusers' output objects)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)

@@ -27,6 +27,7 @@ import functools
 import sys
 import threading
 
+import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
@@ -72,6 +73,10 @@ class _GuardState(threading.local):
 
 
 _guard_state = _GuardState()
+# The runtimes of enabled models whose backward pass is running (on any thread: the autograd engine may run a
+# backward's nodes on device threads). Activation checkpointing recomputes blocks there, outside the model's
+# forward, and their SDPA calls must be routed as in the forward (`route_during_backward`).
+_backward_runtimes: list = []
 _guard_lock = threading.Lock()
 _guard_users = 0
 _guard = None  # the installed guard
@@ -81,7 +86,7 @@ _replaced = None  # what F.scaled_dot_product_attention was before the guard
 def _make_guard(replaced):
     @functools.wraps(_SDPA)
     def scaled_dot_product_attention(*args, **kwargs):
-        runtimes = _guard_state.runtimes
+        runtimes = _guard_state.runtimes or _backward_runtimes
         if runtimes and not routing.is_local():
             return _route(runtimes[-1], *args, **kwargs)
         return replaced(*args, **kwargs)
@@ -127,6 +132,19 @@ def push(runtime: ContextParallelRuntime) -> None:
 def pop() -> None:
     """Ends one `push`."""
     _guard_state.runtimes.pop()
+
+
+def route_during_backward(runtime: ContextParallelRuntime) -> None:
+    """Route SDPA calls with `runtime` until the running backward pass ends (call it from inside one).
+
+    A checkpointed block (`torch.utils.checkpoint`, diffusers' gradient checkpointing) recomputes its forward
+    during the backward, after the model's forward has returned; without this its attention would attend to
+    the local shard only (non-reentrant checkpoints then fail their recomputation check, reentrant ones give
+    wrong gradients). The guard routes through this scope only (calls through a name bound to SDPA elsewhere,
+    which need the router mode, are not routed in a recomputation).
+    """
+    _backward_runtimes.append(runtime)
+    torch.autograd.Variable._execution_engine.queue_callback(lambda: _backward_runtimes.remove(runtime))
 
 
 def sdpa_bound_elsewhere(objects) -> str | None:
