@@ -216,15 +216,23 @@ class ReplicatedOutputHook(ModelHook):
 
     def __init__(self, runtime: ContextParallelRuntime | None = None) -> None:
         self.runtime = runtime
+        self._checks = None  # the value checks of the forward that just ended (cp_hooks.value_checks)
 
     def pre_forward(self, module, args, kwargs):
         self.runtime.split_lengths.reset()  # a new forward: its splits are recorded afresh
-        value_checks.begin_forward(self)
         return args, kwargs
+
+    def enter(self, module) -> None:
+        value_checks.begin_forward(self)
+
+    def exit(self, module) -> None:
+        # Also when the forward raised: its checks stop collecting (a later direct attention call refuses at once).
+        self._checks = value_checks.end_forward(self)
 
     def post_forward(self, module, output):
         # A mask check that failed on some rank raises on every rank, now that no collective is pending.
-        value_checks.end_forward(self, self.runtime.world_group, self.runtime.device_type)
+        checks, self._checks = self._checks, None
+        value_checks.agree(checks, self.runtime.world_group, self.runtime.device_type)
         # Every rank of every cfg group back-propagates the same loss from the same whole output.
         return _map_tensors(output, lambda t: share_replicated_gradient(t, self.runtime.total_ranks))
 

@@ -47,25 +47,26 @@ def holds(condition: torch.Tensor, message: str) -> bool:
 
 
 def begin_forward(owner: object) -> None:
-    """`owner`'s forward starts (eager): its value checks are collected until `end_forward(owner, ...)`.
-
-    A record `owner` left behind (a forward of it that raised before its end) is dropped; records of other
-    owners stay (an enabled model called inside another).
-    """
+    """`owner`'s forward starts (eager): its value checks are collected until `end_forward(owner)`."""
     if not torch.compiler.is_compiling():
-        _ACTIVE[:] = [f for f in _ACTIVE if f.owner is not owner] + [_Forward(owner)]
+        _ACTIVE.append(_Forward(owner))
 
 
-def end_forward(owner: object, group, device_type: str) -> None:
-    """The forward ends: if it ran value checks, raise on every rank of `group` when any rank's failed.
+def end_forward(owner: object) -> "_Forward | None":
+    """`owner`'s forward has ended, normally or by an exception: stop collecting; its record, to `agree` on."""
+    if torch.compiler.is_compiling() or not _ACTIVE or _ACTIVE[-1].owner is not owner:
+        return None
+    return _ACTIVE.pop()
+
+
+def agree(forward: "_Forward | None", group, device_type: str) -> None:
+    """After a forward that ended normally: if it ran value checks, raise on every rank of `group` when any
+    rank's failed.
 
     Raises:
         ValueError: a value check failed on some rank of the group (the message names the ranks).
     """
-    if torch.compiler.is_compiling() or not _ACTIVE or _ACTIVE[-1].owner is not owner:
-        return
-    forward = _ACTIVE.pop()
-    if not forward.checked:
+    if forward is None or not forward.checked:
         return
     device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device(device_type)
     flag = torch.tensor([1.0 if forward.failures else 0.0], device=device)
@@ -77,4 +78,3 @@ def end_forward(owner: object, group, device_type: str) -> None:
     failed = [(rank, messages[0]) for rank, messages in reports if messages]
     raise ValueError(f"{failed[0][1].removeprefix('cp_hooks: ')} (found on rank(s) {[r for r, _ in failed]} "
                      "during this forward; every rank raises, and the forward's result is discarded).")
-

@@ -74,8 +74,24 @@ def test_whole_masks_match_one_process(pool, world):
     assert max(pool(world).run(sweep, world)) <= FP32_TOL
 
 
+class _RaisingModel(torch.nn.Module):
+    """Checks a mask by value inside an enabled forward, then raises: the check must not outlive the forward."""
+
+    def forward(self, x):
+        mask = torch.ones(1, 2, 1, x.shape[1], dtype=torch.bool)  # a key mask repeated over heads: read by value
+        q = x.view(1, x.shape[1], 2, 4).transpose(1, 2)
+        F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+        raise RuntimeError("boom")
+
+
 def shape_errors():
+    from cp_hooks import ContextParallelInput, disable_parallelism, enable_parallelism
+
     config = make_config(1, dist.get_world_size())
+    model = enable_parallelism(_RaisingModel(), config, plan={"": {"x": ContextParallelInput(1, 3)}})
+    with pytest.raises(RuntimeError, match="boom"):
+        model(torch.randn(1, 8, 8))
+    disable_parallelism(model)
     q = torch.randn(1, 4, 2, 8)
     messages = []
     for mask in (torch.ones(1, 1, 6, 6, dtype=torch.bool),  # neither the local (4) nor the whole (8) length
@@ -89,6 +105,7 @@ def shape_errors():
 
 
 def test_whole_mask_errors_on_every_rank(pool):
+    # Direct calls refuse at once, also after an enabled forward that raised (its value checks ended with it).
     for messages in pool(2).run(shape_errors):
         assert len(messages) == 3
         assert "must cover the whole sequence" in messages[0] and "must cover the whole sequence" in messages[1]
