@@ -9,8 +9,8 @@ from .comm import comm_stats
 from .config import ContextParallelConfig
 from .launch import init_distributed, shutdown_distributed
 from .parallel import disable_parallelism, enable_parallelism, is_parallelized
-from .plan import (ContextParallelInput, ContextParallelOutput, LocalAttention, UnsupportedConfig, get_plan,
-                   register_plan)
+from .plan import (ContextParallelInput, ContextParallelOutput, ContextParallelProcessor, LocalAttention,
+                   UnsupportedConfig, get_plan, register_plan)
 from .training import reduce_gradients
 
 __version__ = "0.1.0"
@@ -19,6 +19,7 @@ __all__ = [
     "ContextParallelConfig",
     "ContextParallelInput",
     "ContextParallelOutput",
+    "ContextParallelProcessor",
     "LocalAttention",
     "UnsupportedConfig",
     "comm_stats",

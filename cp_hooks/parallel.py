@@ -22,9 +22,10 @@ from .integration import caches
 from .integration.attention_hook import AttentionRoutingHook
 from .integration.offload import InputDeviceHook, execution_device
 from .integration.planned_modules import PlannedModulesHook
+from .integration.processor_swap import ProcessorSwap
 from .integration.sdpa import LocalAttentionHook
 from .pipelines import is_pipeline, parallel_components
-from .plan import LocalAttention, get_plan, refuse_unsupported
+from .plan import ContextParallelProcessor, LocalAttention, get_plan, refuse_unsupported
 from .resolve import resolve_modules
 from .shard_hooks import GatherHook, ReplicatedOutputHook, SplitHook
 
@@ -40,6 +41,7 @@ class _ParallelState:
     plan: dict
     hooks: list = field(default_factory=list)  # (module, hook name)
     attention: AttentionRoutingHook | None = None
+    processors: ProcessorSwap | None = None  # the plan's own attention processors
     sequential_cfg: SequentialCfg | None = None
 
 
@@ -97,9 +99,12 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
     # the runtime that setup binds right after. On the model, the eager checks come first (plain Python also
     # under torch.compile), then the traced hooks, so that each kind is one pair of torch hooks there
     # (cp_hooks.hooks, _Segment).
-    plan_hooks = []
+    plan_hooks, swaps = [], []
     for name, spec in plan.items():
         for full_name, module in resolve_modules(model, name):
+            if isinstance(spec, ContextParallelProcessor):
+                swaps.append((full_name, module, spec.factory))
+                continue
             if isinstance(spec, LocalAttention):
                 hook = LocalAttentionHook()
             elif isinstance(spec, dict):
@@ -114,12 +119,16 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
     if splits_sequence:
         # Before anything communicates: no planned module was replaced since enable.
         hooks.append((model, f"{_HOOK_PREFIX}planned_modules",
-                      PlannedModulesHook(model, [module for module, _, _ in plan_hooks])))
+                      PlannedModulesHook(model, [module for module, _, _ in plan_hooks] +
+                                         [module for _, module, _ in swaps])))
     # On the model itself, so that attention calls anywhere in its forward are routed, and processors set after
     # enable are routed before the forward that uses them.
     attention = AttentionRoutingHook(model) if splits_sequence else None
     if attention is not None:
         hooks.append((model, f"{_HOOK_PREFIX}attention_routing", attention))
+    processors = ProcessorSwap(swaps) if swaps and splits_sequence else None
+    if processors is not None:
+        hooks.append((model, f"{_HOOK_PREFIX}processors", processors))
     # Before anything communicates: the inputs are on the mesh's device.
     hooks.append((model, f"{_HOOK_PREFIX}input_device", InputDeviceHook()))
     # So that its post_forward runs last of the traced hooks, on the gathered output.
@@ -138,12 +147,14 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
     runtime = config.setup().runtime
     _check_model_device(model, runtime)
 
-    state = _ParallelState(config=config, runtime=runtime, plan=plan, attention=attention)
+    state = _ParallelState(config=config, runtime=runtime, plan=plan, attention=attention, processors=processors)
     try:
         for module, hook_name, hook in hooks:
             if hasattr(hook, "runtime"):
                 hook.runtime = runtime
             _add_hook(state, module, hook_name, hook)
+        if processors is not None:
+            processors.install(runtime)
         if attention is not None:
             attention.install(runtime)
         if runtime.cfg_degree == 2 and supports_sequential(model):
@@ -219,6 +230,8 @@ def _remove_everything(model: nn.Module, state: _ParallelState) -> None:
         state.sequential_cfg = None
     if state.attention is not None:
         state.attention.remove()
+    if state.processors is not None:
+        state.processors.remove()
     for module, name in reversed(state.hooks):
         HookRegistry.of(module, create=False).remove(name)
     state.hooks = []

@@ -1,4 +1,5 @@
-"""Plan specs (`ContextParallelInput`, `ContextParallelOutput`, `LocalAttention`) and the plan registry.
+"""Plan specs (`ContextParallelInput`, `ContextParallelOutput`, `LocalAttention`, `ContextParallelProcessor`) and
+the plan registry.
 
 A plan is plain data: a dict from module names to what happens at that module.
 
@@ -6,6 +7,7 @@ A plan is plain data: a dict from module names to what happens at that module.
         "": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},   # split a forward input
         "rope": {0: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True)},  # split output 0
         "blocks.*.attn2": LocalAttention(),                # attention here runs locally (replicated keys)
+        "blocks.*.attn1": ContextParallelProcessor(make),  # a processor of the plan's own while enabled
         "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),                   # gather the output
     }
 
@@ -21,7 +23,7 @@ Names are dotted module paths (`""` is the model itself); `*` stands for every c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import torch.nn as nn
 
@@ -104,6 +106,23 @@ class LocalAttention:
 
 
 @dataclass(frozen=True)
+class ContextParallelProcessor:
+    """Give an attention module a processor of the plan's making while context parallelism is enabled.
+
+    For attention that no split of its inputs can serve: a processor that slices queries or keys at absolute
+    positions of the whole sequence, or keeps a cache written by position. `factory(module, processor,
+    runtime)` returns the replacement, which computes the same attention from this rank's shards (through
+    `context_parallel_attention`); `disable_parallelism` puts `processor` back. A forward after the
+    replacement was swapped out (`set_attn_processor`, an adapter) raises on every rank.
+
+    Example:
+        >>> plan = {"transformer_blocks.*.attn": ContextParallelProcessor(MyContextParallelProcessor)}
+    """
+
+    factory: Callable[..., Any]
+
+
+@dataclass(frozen=True)
 class UnsupportedConfig:
     """A model configuration that a registered plan cannot serve: `enable_parallelism` refuses it.
 
@@ -130,7 +149,7 @@ class UnsupportedConfig:
 
 InputPlan = dict[Union[str, int], Union[ContextParallelInput, list, tuple]]
 OutputPlan = Union[ContextParallelOutput, list, tuple]
-ModulePlan = Union[InputPlan, OutputPlan, LocalAttention]
+ModulePlan = Union[InputPlan, OutputPlan, LocalAttention, ContextParallelProcessor]
 Plan = dict[str, ModulePlan]
 
 _REGISTRY: dict[type, Plan] = {}
@@ -141,7 +160,8 @@ _NO_BATCH_SPLIT: dict[type, str] = {}  # class -> why its batch cannot be split 
 def _convert_spec(spec: Any, where: str):
     """Accept our specs, diffusers' specs (same fields), None placeholders, and lists/tuples/dicts of them,
     nested as deep as the value they describe (a tuple of (cos, sin) tuples, a dict of tables)."""
-    if spec is None or isinstance(spec, (ContextParallelInput, ContextParallelOutput, LocalAttention)):
+    if spec is None or isinstance(spec, (ContextParallelInput, ContextParallelOutput, LocalAttention,
+                                         ContextParallelProcessor)):
         return spec
     if isinstance(spec, (list, tuple)):
         return type(spec)(_convert_spec(s, where) for s in spec)
@@ -181,7 +201,7 @@ def normalize_plan(plan: Any) -> Plan:
         else:
             spec = _convert_spec(entry, f"[{module_name!r}]")
             specs = spec if isinstance(spec, (list, tuple)) else [spec]
-            if isinstance(spec, LocalAttention):
+            if isinstance(spec, (LocalAttention, ContextParallelProcessor)):
                 result[module_name] = spec
                 continue
             if not all(s is None or isinstance(s, ContextParallelOutput) for s in specs):
