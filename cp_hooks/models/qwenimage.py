@@ -7,7 +7,7 @@ ones for the local image tokens, giving a key-padding mask in the local joint ke
 attention carries with its keys. Qwen-Image-Edit-2511's `modulate_index` (which image tokens are the
 clean reference) is split with the image tokens. Text lengths follow the prompt: use the anything flags.
 
-Qwen-Image 2.1 (QwenImage21Transformer2DModel) is refused: its attention is block-causal (see UNSUPPORTED).
+Qwen-Image 2.1 (QwenImage21Transformer2DModel) has a family file of its own (`qwenimage21.py`).
 """
 
 import torch
@@ -58,13 +58,4 @@ ENTRIES = [
                note="padded text mask (batch of 2 prompts); Edit-2511 reference image with zero_cond_t"),
 ]
 
-UNSUPPORTED = {
-    "QwenImage21Transformer2DModel": (
-        "its attention is block-causal over the joint sequence (a query may see a key when q >= k or both are in "
-        "the same image block), a mask that varies along queries; the SDPA processor runs it as one call per "
-        "prefix segment, slicing queries and keys at absolute positions of the whole sequence "
-        "(`query[:, start:end]`, `key[:, :end]`), the flex processor as a BlockMask, and the KV-cache decode "
-        "reuses prefix keys stored by position; cp_hooks' attention supports key-padding masks only (needs: "
-        "causal / block-causal masks in ring and Ulysses attention, evaluated on global query and key positions)"
-    ),
-}
+UNSUPPORTED = {}
