@@ -22,13 +22,44 @@ check passes in every mode): diffusers' Kandinsky5AttnProcessor rounds the rotat
 once the attention reaches the output the query/key weight gradients differ from the one-process ones by
 rounding flips of ~4e-3 per element (1e-4 to 3e-3 relative), far above the fp32 tolerance; the same flips appear
 in one process when only the SDPA kernel changes.
+
+Kandinsky 6 SR (Kandinsky6SRTransformer3DModel): every self-attention is NABLA sparse attention. `forward`
+reorders the tokens into 8x8 spatial tiles of 64 consecutive tokens (`_local_patch`, the rotary table alike) and
+builds the sliding-tile prior `sta_mask` over the (frames, height / 8, width / 8) tile grid; the processor pools
+each tile's queries and keys (mean over its 64 tokens, per head), softmaxes the pooled scores of every query tile
+against every key tile, keeps the tiles above the 1 - threshold cumulative tail, ORs in the prior, and attends
+through a flex BlockMask whose selected 64 x 64 blocks are full (a per-head query x key mask). The plan splits
+the tile-ordered tokens at the first block (tag "tiles") and their rotary table in every block, so each rank holds
+consecutive whole tiles in the mask's order, and gathers at the last block's output, before `_local_merge`. Every
+attention module gets a processor of the plan's own (ContextParallelProcessor): each rank pools its own tiles,
+all-gathers the pooled queries and keys (B x heads x tiles x head_dim, tiny) over the context-parallel group,
+computes the same block selection as diffusers, and attends one head at a time through context_parallel_attention
+with that head's selection expanded to a whole-sequence token mask (B, 1, S, S): the core takes whole masks
+shared by all heads only, and Ulysses scatters heads, so each call repeats its head once per Ulysses rank (with
+Ulysses every rank of a group computes the same head: the attention work is not divided by the Ulysses degree,
+only by the ring's). The tile count must divide evenly over the ranks (refused with an error otherwise).
+
+Reference: uncompiled (eager) flex attention applies only a BlockMask's mask_mod, which diffusers leaves None, so
+on CPU diffusers' processor attends densely to every key (equal to unmasked SDPA to 2e-7), and flex has no
+backward on CPU. The entry's `prepare` installs `Kandinsky6SRReferenceProcessor`, the attention the compiled
+kernel computes (the block selection above, `BlockMask.to_dense()` equal to it, through SDPA with the token mask),
+as the one-process reference. The tiny config uses a (1, 3, 3) sliding-tile window (the checkpoints' (11, 7, 7)
+covers a tiny grid whole), so the prior leaves about two thirds of the blocks out and the pooled-score selection
+masks 10-13% of them.
 """
 
-import torch
+import math
 
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..attention import context_parallel_attention
 from ..catalogue import ModelEntry
 from ..catalogue._inputs import randn
-from ..plan import ContextParallelInput, ContextParallelOutput, LocalAttention, UnsupportedConfig
+from ..lengths import shard_sizes
+from ..plan import (ContextParallelInput, ContextParallelOutput, ContextParallelProcessor, LocalAttention,
+                    UnsupportedConfig)
 
 _ROWS = ContextParallelInput(split_dim=2, expected_dims=5, split_output=True)
 
@@ -127,6 +158,141 @@ def _kandinsky6(config, g, frames=2, height=8, width=10, text=9, valid=6, audio=
     return inputs
 
 
+
+# Kandinsky 6 SR: NABLA sparse self-attention, served through a processor of the plan's own (see the module
+# docstring, "Kandinsky 6 SR").
+_TILE = 64  # tokens of one 8x8 tile: NABLA's block size, the same for queries and keys
+
+
+def _sr_qkv(attn, hidden_states, rotary_emb):
+    """Kandinsky6SRAttnProcessor's queries, keys and values, (B, S, heads, head_dim), from the tokens it gets."""
+    from diffusers.models.transformers.transformer_kandinsky6_sr import apply_rotary
+
+    query = attn.to_query(hidden_states).unflatten(-1, (attn.num_heads, -1))
+    key = attn.to_key(hidden_states).unflatten(-1, (attn.num_heads, -1))
+    value = attn.to_value(hidden_states).unflatten(-1, (attn.num_heads, -1))
+    query = attn.query_norm(query.float()).type_as(query)
+    key = attn.key_norm(key.float()).type_as(key)
+    return apply_rotary(query, rotary_emb), apply_rotary(key, rotary_emb), value
+
+
+def _tile_means(x: torch.Tensor) -> torch.Tensor:
+    """(B, S, H, D) -> (B, H, S / 64, D): each tile's mean, computed as `nabla_block_mask` computes it."""
+    x = x.detach().transpose(1, 2)
+    b, h, s, d = x.shape
+    return x.reshape(b, h, s // _TILE, _TILE, d).mean(-2)
+
+
+def _nabla_blocks(qa: torch.Tensor, ka: torch.Tensor, sta: torch.Tensor, thr: float) -> torch.Tensor:
+    """`nabla_block_mask`'s block selection, (B, H, tiles, tiles) boolean (True = the query tile attends to the
+    whole key tile): the smallest pooled scores whose cumulative sum stays below 1 - thr are dropped, then the
+    sliding-tile prior is added. The same operations on the same values as diffusers' (the flex BlockMask it
+    builds from them marks every selected block full, mask_mod=None)."""
+    ka = ka.transpose(-2, -1)
+    attn_map = torch.softmax((qa @ ka) / math.sqrt(qa.shape[-1]), dim=-1)
+    vals, inds = attn_map.sort(-1)
+    mask = (vals.cumsum_(-1) >= 1 - thr).int().gather(-1, inds.argsort(-1))
+    return torch.logical_or(mask, sta)
+
+
+def _token_mask(blocks: torch.Tensor) -> torch.Tensor:
+    """A (..., tiles, tiles) block mask expanded to its (..., S, S) token mask (tiles are 64 consecutive tokens)."""
+    return blocks.repeat_interleave(_TILE, dim=-2).repeat_interleave(_TILE, dim=-1)
+
+
+class Kandinsky6SRContextParallelProcessor:
+    """Kandinsky6SRAttnProcessor's NABLA attention, computed from this rank's shard of the tile-ordered tokens.
+
+    Every rank pools its own whole tiles, all-gathers the pooled queries and keys (B x heads x tiles x head_dim
+    each, small) over the context-parallel group, selects the same blocks as the one-process processor, and
+    attends head by head with that head's block mask expanded to a whole-sequence token mask (B, 1, S, S).
+    """
+
+    def __init__(self, attn, original, runtime) -> None:
+        self.runtime = runtime
+
+    def __call__(self, attn, hidden_states, rotary_emb, sparse_params):
+        rt = self.runtime
+        query, key, value = _sr_qkv(attn, hidden_states, rotary_emb)
+        whole = rt.split_lengths.named["tiles"]
+        sizes = shard_sizes(whole, rt.world_size)
+        if len(set(sizes)) > 1 or sizes[0] % _TILE:  # shapes only: raised alike on every rank
+            raise ValueError(
+                f"Kandinsky6SRTransformer3DModel's NABLA attention pools whole 8x8 tiles of {_TILE} tokens: the "
+                f"{whole // _TILE} tiles of this input do not divide evenly over {rt.world_size} ranks (shards "
+                f"{sizes}). Use a tile grid (frames x height / 8 x width / 8 tokens) divisible by the degree."
+            )
+        if dist.get_rank(rt.flat_group) != rt.rank:
+            raise RuntimeError("cp_hooks: the flat group's rank order is not the sequence order of the shards.")
+        # Pooled queries and keys of every tile, in sequence order (the selection takes no gradient).
+        stats = torch.stack([_tile_means(query), _tile_means(key)]).contiguous()
+        parts = [torch.empty_like(stats) for _ in range(rt.world_size)]
+        dist.all_gather(parts, stats, group=rt.flat_group)
+        stats = torch.cat(parts, dim=3)
+        blocks = _nabla_blocks(stats[0], stats[1], sparse_params["sta_mask"], sparse_params["threshold"])
+        # The mask differs between heads, and a whole-sequence mask is shared by the heads of one call: one call
+        # per head. Ulysses scatters heads, so the head is repeated once per Ulysses rank (copy 0 is kept).
+        u = rt.ulysses_degree
+        outs = []
+        for h in range(query.shape[2]):
+            q, k, v = (t[:, :, h:h + 1].expand(-1, -1, u, -1).contiguous() for t in (query, key, value))
+            out = context_parallel_attention(q, k, v, _token_mask(blocks[:, h:h + 1]), config=rt)
+            outs.append(out[:, :, :1])
+        return attn.out_layer(torch.cat(outs, dim=2).flatten(2, 3))
+
+
+class Kandinsky6SRReferenceProcessor:
+    """The one-process reference: Kandinsky6SRAttnProcessor's attention as its compiled flex kernel computes it.
+
+    diffusers' processor hands flex a BlockMask of full blocks and no mask_mod. Compiled, flex visits only those
+    blocks; uncompiled (eager, what a CPU test can run) it applies only the mask_mod, so it attends densely to
+    every key (measured: equal to unmasked SDPA to 2e-7), and it has no backward on CPU at all. This runs the
+    same block selection (`BlockMask.to_dense()` equals `_nabla_blocks`) expanded to a (B, heads, S, S) token
+    mask through SDPA, forward and backward.
+    """
+
+    def __init__(self, original) -> None:
+        self.original = original
+
+    def __call__(self, attn, hidden_states, rotary_emb, sparse_params):
+        query, key, value = _sr_qkv(attn, hidden_states, rotary_emb)
+        blocks = _nabla_blocks(_tile_means(query), _tile_means(key), sparse_params["sta_mask"],
+                               sparse_params["threshold"])
+        out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                             attn_mask=_token_mask(blocks))
+        return attn.out_layer(out.transpose(1, 2).flatten(2, 3))
+
+
+def _sr_reference(model, generator) -> None:
+    """Install Kandinsky6SRReferenceProcessor: the sparse attention the model computes compiled (see its docstring)."""
+    for block in model.visual_transformer_blocks:
+        block.self_attention.set_processor(Kandinsky6SRReferenceProcessor(block.self_attention.processor))
+
+
+# The tokens reach the blocks already reordered into 8x8 tiles (forward's `_local_patch`), the order of NABLA's
+# blocks: the split takes consecutive whole tiles, the rotary table (S, 1, head_dim / 2, 2, 2) likewise.
+KANDINSKY6_SR = {
+    "visual_transformer_blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, tag="tiles")},
+    "visual_transformer_blocks.*": {"rotary_emb": ContextParallelInput(split_dim=0, expected_dims=5)},
+    "visual_transformer_blocks.*.self_attention": ContextParallelProcessor(Kandinsky6SRContextParallelProcessor),
+    "visual_transformer_blocks.-1": ContextParallelOutput(gather_dim=1, expected_dims=3),
+}
+
+_SR_LATENT = 4
+# A sliding-tile window of (1, 3, 3) tiles (the checkpoints' (11, 7, 7) covers a tiny grid whole), so that the
+# prior leaves blocks out and the pooled-score selection decides them; the checkpoints' threshold.
+_K6_SR = dict(in_visual_dim=_SR_LATENT, out_visual_dim=_SR_LATENT, time_dim=32, model_dim=64, ff_dim=128,
+              num_visual_blocks=2, axes_dims=(4, 6, 6), nabla_window=(1, 3, 3), nabla_threshold=0.8)
+
+
+def _kandinsky6_sr(config, g, batch=1, frames=3, height=16, width=16):
+    """Kandinsky6SRPipeline's call: a batch of latent tiles (tiles_batch_size), channels-last
+    [noisy latents, zero anchor latents, zero anchor mask], the step's timestep per tile."""
+    latents = randn(g, batch, frames, height, width, config["in_visual_dim"])
+    hidden = torch.cat([latents, torch.zeros_like(latents), torch.zeros(batch, frames, height, width, 1)], dim=-1)
+    return dict(hidden_states=hidden, timestep=torch.full((batch,), 937.5), return_dict=False)
+
+
 ENTRIES = [
     ModelEntry("Kandinsky5Transformer3DModel", KANDINSKY5, _K5,
                {"t2v": _kandinsky5, "t2i": lambda c, g: _kandinsky5(c, g, frames=1, height=10),
@@ -141,12 +307,15 @@ ENTRIES = [
                note="fused video + audio blocks: the flattened video split at the first block and gathered at the "
                     "last (visual_transformer_blocks.-1), the audio from its embedding to its output layer; text "
                     "branches and text cross-attention local; I2V tail frame, video-only T2V, padded text"),
+    ModelEntry("Kandinsky6SRTransformer3DModel", KANDINSKY6_SR, _K6_SR,
+               {"tile": _kandinsky6_sr,
+                "tiles_batch": lambda c, g: _kandinsky6_sr(c, g, batch=2, frames=2, height=24, width=16)},
+               prepare=_sr_reference,
+               note="NABLA sparse attention through a processor of the plan's own (ContextParallelProcessor): pooled "
+                    "tile queries/keys all-gathered, the same block selection on every rank, one whole-sequence "
+                    "token mask per head; split in forward's 8x8-tile order; square and portrait tiles, batch of "
+                    "2 tiles; one-process backward through a dense-mask twin of the flex processor (no flex "
+                    "backward on CPU)"),
 ]
 
-UNSUPPORTED = {
-    "Kandinsky6SRTransformer3DModel": (
-        "every self-attention is NABLA sparse attention: the processor builds a flex BlockMask from the pooled "
-        "scores of all queries against all keys plus a sliding-window mask over 8x8 token tiles, a query x key "
-        "mask that cannot be split"
-    ),
-}
+UNSUPPORTED = {}
