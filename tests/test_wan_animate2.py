@@ -10,7 +10,10 @@ mask. Checked against one process (fp32, relative 1e-5) for both passes in Ulyss
 with shards that the degrees divide and, with the anything flags, uneven ones; a cache written by one process is
 served too (the catalogue's case). Also: a mask that lets every query see every reference key fails (the mask
 matters), uneven key counts without the anything flags are refused, and the original processors come back at
-disable. Outputs only: the one-process reference attends through flex attention, which has no CPU backward.
+disable. These compare outputs with diffusers' own processor, whose flex attention has no CPU backward; the
+generation pass's gradients are checked (`GENERATION_ENTRIES`, `cp_hooks check ... --backward`) against
+WanAnimate2ReferenceProcessor, diffusers' processor with that attention computed by SDPA with the same mask: its
+outputs equal diffusers' and its mask the BlockMask's (below), and it has a backward.
 """
 
 import pytest
@@ -20,8 +23,8 @@ import torch.distributed as dist
 from cp_hooks import disable_parallelism, enable_parallelism
 from cp_hooks.catalogue import get_entry
 from cp_hooks.models import wan_animate
-from cp_hooks.models.wan_animate import (WanAnimate2ContextParallelProcessor, animate2_extract,
-                                         animate2_generate)
+from cp_hooks.models.wan_animate import (GENERATION_ENTRIES, WanAnimate2ContextParallelProcessor,
+                                         WanAnimate2ReferenceProcessor, animate2_extract, animate2_generate)
 from cp_testing import FP32_TOL, make_config, rel_err
 
 # (frames, latent height, latent width, segment frames): 24 generation and 16 reference tokens; and 9 and 6, which
@@ -129,3 +132,89 @@ def uneven_without_anything():
 def test_uneven_keys_without_anything_are_refused_on_every_rank(pool):
     for message in pool(2).run(uneven_without_anything, timeout=300):
         assert "anything" in message, message
+
+
+# --- The generation pass's one-process reference for gradients: the dense-mask twin of diffusers' processor --------
+
+
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
+def test_reference_twin_matches_diffusers_processor(geometry):
+    """Extract, then the conditional and unconditional generation steps: the twin's outputs are diffusers'."""
+    entry = get_entry("WanAnimate2Transformer3DModel")
+    model, _ = entry.build("extract")
+    extract, generate, uncond = _inputs(entry, geometry)
+    ref = _passes(model, extract, generate, uncond)
+    originals = [block.self_attn.processor for block in model.blocks]
+    GENERATION_ENTRIES[0].prepare(model, torch.Generator())
+    assert all(isinstance(b.self_attn.processor, WanAnimate2ReferenceProcessor) for b in model.blocks)
+    out = _passes(model, extract, generate, uncond)
+    errors = [rel_err(a, b) for a, b in zip(out, ref)]
+    print(geometry, "twin vs diffusers (extract, cond, uncond):", [f"{e:.1e}" for e in errors])
+    assert max(errors) <= 1e-6, errors
+    for block, original in zip(model.blocks, originals):
+        block.self_attn.set_processor(original)
+    with torch.no_grad():  # the mask matters at this geometry: diffusers' differs from attending to every key
+        mask = wan_animate._packed_mask
+        wan_animate._packed_mask = lambda *args: torch.ones_like(mask(*args))
+        try:
+            GENERATION_ENTRIES[0].prepare(model, torch.Generator())
+            unmasked = model(**dict(generate, kv_cache=_filled_cache(model, extract)))[0][0]
+        finally:
+            wan_animate._packed_mask = mask
+    assert rel_err(unmasked, ref[1]) > 1e-2
+
+
+def _filled_cache(model, extract):
+    from diffusers.models.transformers.transformer_wan_animate_2 import WanAnimate2KVCache
+
+    cache = WanAnimate2KVCache(len(model.blocks))
+    with torch.no_grad():
+        model(**dict(extract, kv_cache=cache))
+    return cache
+
+
+@pytest.mark.parametrize("origin_frames,hw", [(2, 8), (2, 3), (3, 100)])
+def test_reference_twin_mask_is_the_block_mask(origin_frames, hw):
+    """The twin's token mask is the BlockMask's mask_mod at every (query, key) of the packed buffers, and per
+    128 x 128 block its `to_dense()` (the pipeline's geometries fit one block; (3, 100) spans several)."""
+    from diffusers import WanAnimate2Transformer3DModel
+
+    block_mask = WanAnimate2Transformer3DModel.create_mask(None, origin_frames, hw, "cpu")
+    mask = wan_animate._packed_mask(origin_frames, hw, "cpu")
+    rows, cols = mask.shape
+    assert (1, 1, rows, cols) == tuple(block_mask.shape)
+    zero = torch.zeros((), dtype=torch.long)
+    assert torch.equal(block_mask.mask_mod(zero, zero, torch.arange(rows)[:, None], torch.arange(cols)[None]), mask)
+    blocks = mask.unflatten(1, (cols // 128, 128)).unflatten(0, (rows // 128, 128)).any(dim=3).any(dim=1)
+    assert torch.equal(block_mask.to_dense()[0, 0].bool(), blocks)
+
+
+def test_reference_twin_has_a_backward():
+    """The generation entry's model (the twin installed by `prepare`) back-propagates to every parameter on CPU."""
+    model, inputs = GENERATION_ENTRIES[0].build()
+    assert all(isinstance(b.self_attn.processor, WanAnimate2ReferenceProcessor) for b in model.blocks)
+    model(**inputs)[0][0].square().sum().backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if "self_attn" in name}
+    assert grads and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads.values())
+
+
+def generation_gradients(ring, ulysses, rotate):
+    from cp_hooks.checker import compare_parallel_backward
+    from cp_hooks.models.wan_animate import GENERATION_ENTRIES
+
+    entry = GENERATION_ENTRIES[0]
+    model, inputs = entry.build()
+    config = make_config(ring, ulysses, rotate_method=rotate, ulysses_anything=entry.anything and ulysses > 1,
+                         ring_anything=entry.anything and ring > 1)
+    diffs = compare_parallel_backward(model, inputs, config, tol=FP32_TOL)
+    assert any(d.kind == "parameter" for d in diffs), "no parameter received a gradient"
+    bad = [f"{d.kind} {d.name}: {d.missing or f'{d.rel:.2e}'}" for d in diffs if not d.passed]
+    assert not bad, f"rank {dist.get_rank()}: " + "; ".join(bad)
+    return max(d.rel for d in diffs if not d.missing)
+
+
+@pytest.mark.parametrize("ring,ulysses,rotate", [(1, 2, "allgather"), (2, 1, "alltoall")])
+def test_generation_pass_gradients_match_the_twin(pool, ring, ulysses, rotate):
+    # The generation pass's gradients, cp_hooks' processor against the dense-mask twin in one process
+    # (diffusers' flex attention has no CPU backward; the twin's forward equals it, tested above).
+    assert max(pool(2).run(generation_gradients, ring, ulysses, rotate)) <= FP32_TOL

@@ -28,14 +28,20 @@ tokens are split at the first block and gathered at `head`; the text and CLIP cr
 (`LocalAttention`: its processor passes its parallel config for every call). Only the pipeline's geometry is served
 (segment grid = the full video's, which leaves no zero-filled buffer slots that the BlockMask would admit); any
 other raises on every rank. Uneven shards of the generation pass give the ranks different key counts: the anything
-flags. The catalogue checks the reference pass with gradients; the generation pass is checked for outputs only
-(its one-process reference runs flex attention, which has no CPU backward): `GENERATION_ENTRIES` below, and
-extract-then-generate in tests/test_wan_animate2.py.
+flags. The catalogue checks the reference pass with gradients. The generation pass is `GENERATION_ENTRIES` below,
+outputs and gradients: diffusers' processor attends through flex attention, which has no backward on CPU, so that
+entry's `prepare` installs `WanAnimate2ReferenceProcessor` as the one-process reference, diffusers' processor line
+for line (rope, packing, cache) with the flex call replaced by SDPA under a dense boolean mask, the model's
+`create_mask` logic at every packed (query, key): tests/test_wan_animate2.py shows that mask equal to the
+BlockMask's (its mask_mod, and its `to_dense()` per block) and the twin's outputs equal to diffusers' (fp32, within
+1e-6; measured 3e-7), and runs extract-then-generate under every mode against diffusers' own processor.
 """
 
 import dataclasses
+import math
 
 import torch
+import torch.nn.functional as F
 
 from ..attention import context_parallel_attention
 from ..catalogue import ModelEntry
@@ -208,6 +214,103 @@ def _generation_mask(grid_sizes, reference_grid_sizes, origin_frames: int, origi
     return torch.cat(columns, dim=1)[None, None]
 
 
+class WanAnimate2ReferenceProcessor:
+    """The one-process reference of the generation pass: diffusers' WanAnimate2AttnProcessor, its flex attention
+    computed by SDPA with the BlockMask's pattern as a dense boolean mask (forward and backward on every device).
+
+    Flex attention has no backward on CPU, so the processor diffusers installs cannot be differentiated there. This
+    twin is that processor line for line (projections, norms, the extract pass's cache and dense attention, the
+    float64 `rope_apply`, the 128-aligned `[generation | reference]` packing at the full video's frame stride, the
+    unpacking) except the one call: `_packed_mask` evaluates the model's `create_mask` logic at every (query, key)
+    of the packed buffers (equal to the BlockMask's `mask_mod` there, and, taken per 128 x 128 block, to its
+    `to_dense()`: tests/test_wan_animate2.py), and SDPA attends with it. Packed query rows past the generation
+    tokens see no key; they get a zero output, as in flex, and are dropped by the unpacking either way.
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(self, attn, hidden_states, rotary_emb, grid_sizes, kv_cache, kv_cache_mode, rope_stride=1,
+                 reference_rotary_emb=None, reference_grid_sizes=None, reference_rope_stride=1, attention_mask=None,
+                 origin_latent_frames=None, origin_latent_hw=None):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.transformers.transformer_wan_animate_2 import _get_qkv_projections, rope_apply
+
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+
+        if kv_cache_mode == "extract":
+            kv_cache.store(key, value)
+            query = rope_apply(query, grid_sizes, rotary_emb, rope_stride).type_as(value)
+            key = rope_apply(key, grid_sizes, rotary_emb, rope_stride).type_as(value)
+            hidden_states = dispatch_attention_fn(query, key, value, attn_mask=None, backend=self._attention_backend,
+                                                  parallel_config=self._parallel_config)
+        elif kv_cache_mode == "cached":
+            query = rope_apply(query, grid_sizes, rotary_emb, rope_stride).type_as(value)
+            key = rope_apply(key, grid_sizes, rotary_emb, rope_stride).type_as(value)
+            key_ref, value_ref = kv_cache.get()
+            key_ref = rope_apply(key_ref, reference_grid_sizes, reference_rotary_emb, reference_rope_stride).type_as(
+                value)
+
+            frames, height, width = grid_sizes[0].tolist()
+            ref_frames, ref_height, ref_width = reference_grid_sizes[0].tolist()
+            hw, ref_hw = height * width, ref_height * ref_width
+            valid_length, ref_valid_length = frames * hw, ref_frames * ref_hw
+            batch_size, _, heads, head_dim = query.shape
+
+            packed_length = math.ceil((origin_latent_frames + 1) * origin_latent_hw / 128) * 128
+            packed_ref_length = math.ceil(origin_latent_frames * origin_latent_hw / 128) * 128
+            query_packed = query.new_zeros(batch_size, packed_length, heads, head_dim)
+            key_packed = key.new_zeros(batch_size, packed_length + packed_ref_length, heads, head_dim)
+            value_packed = value.new_zeros(batch_size, packed_length + packed_ref_length, heads, head_dim)
+
+            generation = slice(0, frames * origin_latent_hw)
+            for packed, x in ((query_packed, query), (key_packed, key), (value_packed, value)):
+                packed[:, generation].view(batch_size, frames, origin_latent_hw, heads, head_dim)[:, :, :hw] = x[
+                    :, :valid_length].view(batch_size, frames, hw, heads, head_dim)
+            reference = slice(packed_length, packed_length + ref_frames * origin_latent_hw)
+            for packed, x in ((key_packed, key_ref), (value_packed, value_ref)):
+                packed[:, reference].view(batch_size, ref_frames, origin_latent_hw, heads, head_dim)[:, :, :ref_hw] = (
+                    x[:, :ref_valid_length].view(batch_size, ref_frames, ref_hw, heads, head_dim))
+
+            mask = _packed_mask(origin_latent_frames, origin_latent_hw, query.device)
+            seen = mask.any(dim=-1, keepdim=True)  # rows with no key: attend anywhere, then zero (flex gives 0)
+            hidden_states = F.scaled_dot_product_attention(
+                query_packed.transpose(1, 2), key_packed.transpose(1, 2), value_packed.transpose(1, 2),
+                attn_mask=mask | ~seen).masked_fill(~seen, 0).transpose(1, 2)
+
+            hidden_states = (hidden_states[:, generation].view(batch_size, frames, origin_latent_hw, heads, head_dim)
+                             [:, :, :hw].reshape(batch_size, valid_length, heads, head_dim))
+            hidden_states = torch.cat([hidden_states, query[:, valid_length:]], dim=1)
+        else:
+            raise ValueError(f"`kv_cache_mode` must be either 'extract' or 'cached', got {kv_cache_mode}.")
+
+        hidden_states = hidden_states.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](hidden_states))
+
+
+def _packed_mask(origin_latent_f: int, hw: int, device) -> torch.Tensor:
+    """diffusers' `WanAnimate2Transformer3DModel.create_mask` logic evaluated at every (query, key) of the packed
+    buffers: the (packed queries, packed keys) boolean mask its flex BlockMask computes."""
+    q_len, k_len = (origin_latent_f + 1) * hw, origin_latent_f * hw
+    q_total = math.ceil(q_len / 128) * 128
+    k_total = q_total + math.ceil(k_len / 128) * 128
+    q_idx = torch.arange(q_total, device=device)[:, None]
+    kv_idx = torch.arange(k_total, device=device)[None, :]
+    is_first_part = kv_idx < q_total
+    rel_kv_idx = kv_idx - q_total
+    kv_frame = torch.where(is_first_part, kv_idx // hw, rel_kv_idx // hw + 1)
+    kv_is_valid = torch.where(is_first_part, kv_idx < q_len, rel_kv_idx < k_len)
+    return (q_idx < q_len) & ((kv_idx < q_len) | ((q_idx // hw == kv_frame) & kv_is_valid))
+
+
+def _generation_reference(model, generator) -> None:
+    """Install WanAnimate2ReferenceProcessor on every self-attention: the generation pass with a CPU backward."""
+    for block in model.blocks:
+        block.self_attn.set_processor(WanAnimate2ReferenceProcessor())
+
+
 WAN_ANIMATE2 = {
     "blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, tag="wan_animate2_tokens")},
     "blocks.*.self_attn": ContextParallelProcessor(WanAnimate2ContextParallelProcessor),
@@ -269,14 +372,20 @@ ENTRIES = [
                               "batch, which a cfg group's share of the batch would not match",
                note="self-attention through a processor of the plan's own (ContextParallelProcessor): rotary rows of "
                     "the rank's tokens, the rank's part of the reference keys cached, the generation pass's "
-                    "per-frame BlockMask as a whole-sequence mask; the generation pass (forward: flex attention has "
-                    "no CPU backward) and extract-then-generate in tests/test_wan_animate2.py"),
+                    "per-frame BlockMask as a whole-sequence mask; the generation pass (GENERATION_ENTRIES: outputs "
+                    "and gradients against a dense-mask twin of the flex processor, which has no CPU backward) and "
+                    "extract-then-generate in tests/test_wan_animate2.py"),
 ]
 
 UNSUPPORTED = {}
 
 # The generation pass as a checker case: `torchrun --nproc_per_node 2 -m cp_hooks check WanAnimate2Transformer3DModel
-# --entry cp_hooks.models.wan_animate:GENERATION_ENTRIES`. Outputs only: its reference in one process attends through
-# flex attention, which has no backward on CPU, so it is kept out of the catalogue (whose every case is also checked
-# for gradients); tests/test_wan_animate2.py runs it in every mode.
-GENERATION_ENTRIES = [dataclasses.replace(ENTRIES[-1], cases={"generate": animate2_generate})]
+# --entry cp_hooks.models.wan_animate:GENERATION_ENTRIES [--backward]`. Its one-process reference is the dense-mask
+# twin of diffusers' processor (`prepare` installs WanAnimate2ReferenceProcessor: diffusers' flex attention has no
+# backward on CPU), so outputs and gradients are both checked; it is kept out of the catalogue (which runs every
+# case with diffusers' own processors), and tests/test_wan_animate2.py runs it in every mode against diffusers'.
+GENERATION_ENTRIES = [dataclasses.replace(
+    ENTRIES[-1], cases={"generate": animate2_generate}, prepare=_generation_reference,
+    note="the generation pass (kv_cache_mode=\"cached\", a cache written by one process): outputs and gradients "
+         "against WanAnimate2ReferenceProcessor, diffusers' processor with its flex BlockMask attention computed "
+         "by SDPA with the same mask (flex has no CPU backward; the twin equals diffusers' forward to 4e-7)")]
