@@ -92,6 +92,15 @@ def _animate(config, g, frames=2, height=8, width=12, text=9, image=5):
 # --- Wan Animate 2 (WanAnimate2Transformer3DModel) --------------------------------------------------------------
 
 
+def _self_attention_qkv(attn, hidden_states):
+    """WanAnimate2AttnProcessor's normed queries, keys and values, (B, S, heads, head_dim), before the rotary."""
+    from diffusers.models.transformers.transformer_wan_animate_2 import _get_qkv_projections
+
+    query, key, value = _get_qkv_projections(attn, hidden_states, None)
+    query, key = attn.norm_q(query), attn.norm_k(key)
+    return tuple(t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+
+
 class WanAnimate2ContextParallelProcessor:
     """WanAnimate2AttnProcessor's self-attention, computed from this rank's shard of the tokens.
 
@@ -118,11 +127,7 @@ class WanAnimate2ContextParallelProcessor:
     def __call__(self, attn, hidden_states, rotary_emb, grid_sizes, kv_cache, kv_cache_mode, rope_stride=1,
                  reference_rotary_emb=None, reference_grid_sizes=None, reference_rope_stride=1, attention_mask=None,
                  origin_latent_frames=None, origin_latent_hw=None):
-        from diffusers.models.transformers.transformer_wan_animate_2 import _get_qkv_projections
-
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+        query, key, value = _self_attention_qkv(attn, hidden_states)
         whole = self.runtime.split_lengths.named["wan_animate2_tokens"]  # this pass's whole token count
         offset, _ = self._shard(whole)
 
@@ -234,11 +239,9 @@ class WanAnimate2ReferenceProcessor:
                  reference_rotary_emb=None, reference_grid_sizes=None, reference_rope_stride=1, attention_mask=None,
                  origin_latent_frames=None, origin_latent_hw=None):
         from diffusers.models.attention_dispatch import dispatch_attention_fn
-        from diffusers.models.transformers.transformer_wan_animate_2 import _get_qkv_projections, rope_apply
+        from diffusers.models.transformers.transformer_wan_animate_2 import rope_apply
 
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+        query, key, value = _self_attention_qkv(attn, hidden_states)
 
         if kv_cache_mode == "extract":
             kv_cache.store(key, value)
