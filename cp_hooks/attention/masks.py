@@ -154,3 +154,26 @@ def rows_with_keys(bias: torch.Tensor | None) -> torch.Tensor | None:
     if bias is None:
         return None
     return (bias if bias.dtype == torch.bool else bias > float("-inf")).any(dim=-1)
+
+
+class SameInputsMemo:
+    """The value last built from the same arguments, built again otherwise.
+
+    A plan's attention processor (`ContextParallelProcessor`) builds the same whole-sequence mask in every layer
+    of a forward, from objects that `forward` computes once and hands to every layer: built once per forward
+    instead of once per layer. Tensors are compared by identity (the memo holds them, so an identity is never
+    reused by another tensor meanwhile), everything else by equality.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._value = None
+
+    def get(self, key: tuple, build):
+        """The value for `key`: the last one if `key` matches the last key, else `build()`."""
+        last = self._key
+        if last is None or len(last) != len(key) or not all(
+                a is b or (not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a == b)
+                for a, b in zip(key, last)):
+            self._value, self._key = build(), key
+        return self._value

@@ -51,9 +51,9 @@ masks 10-13% of them.
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from .. import comm
 from ..attention import context_parallel_attention
 from ..catalogue import ModelEntry
 from ..catalogue._inputs import randn
@@ -222,13 +222,9 @@ class Kandinsky6SRContextParallelProcessor:
                 f"{whole // _TILE} tiles of this input do not divide evenly over {rt.world_size} ranks (shards "
                 f"{sizes}). Use a tile grid (frames x height / 8 x width / 8 tokens) divisible by the degree."
             )
-        if dist.get_rank(rt.flat_group) != rt.rank:
-            raise RuntimeError("cp_hooks: the flat group's rank order is not the sequence order of the shards.")
-        # Pooled queries and keys of every tile, in sequence order (the selection takes no gradient).
-        stats = torch.stack([_tile_means(query), _tile_means(key)]).contiguous()
-        parts = [torch.empty_like(stats) for _ in range(rt.world_size)]
-        dist.all_gather(parts, stats, group=rt.flat_group)
-        stats = torch.cat(parts, dim=3)
+        # Pooled queries and keys of every tile, in sequence order: rank r of the flat group holds shard r (the
+        # selection takes no gradient).
+        stats = comm.all_gather(torch.stack([_tile_means(query), _tile_means(key)]), None, rt.flat_group, dim=3)
         blocks = _nabla_blocks(stats[0], stats[1], sparse_params["sta_mask"], sparse_params["threshold"])
         # The mask differs between heads, and a whole-sequence mask is shared by the heads of one call: one call
         # per head. Ulysses scatters heads, so the head is repeated once per Ulysses rank (copy 0 is kept).

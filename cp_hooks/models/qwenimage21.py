@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..attention import context_parallel_attention
+from ..attention.masks import SameInputsMemo
 from ..catalogue import ModelEntry
 from ..catalogue._inputs import randn
 from ..lengths import shard_sizes
@@ -74,7 +75,8 @@ class QwenImage21ContextParallelProcessor:
                 _, mine = self._prefix_part(prefix_len, whole)
                 layer_cache.store(key[:, :mine].clone(), value[:, :mine].clone())
                 layer_cache.cp_prefix = (prefix_len, whole)
-            mask = _block_causal_mask(segments, prefix_len, whole, key_valid, query.device)
+            mask = _MASKS.get((segments, prefix_len, whole, key_valid, query.device),
+                              lambda: _block_causal_mask(segments, prefix_len, whole, key_valid, query.device))
             out = context_parallel_attention(query, key, value, mask, config=self.runtime)
 
         out = out.flatten(2, 3).type_as(query)
@@ -99,6 +101,10 @@ class QwenImage21ContextParallelProcessor:
             attention_mask = torch.cat([attention_mask[..., prefix_offset:prefix_offset + mine],
                                         attention_mask[..., prefix_len + offset:prefix_len + offset + length]], -1)
         return query, key, value, attention_mask
+
+
+# The mask is the same in every layer of a forward (segments and key_valid are computed once by `forward`).
+_MASKS = SameInputsMemo()
 
 
 def _block_causal_mask(segments, prefix_len: int, whole: int, key_valid, device) -> torch.Tensor:

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import context_parallel_attention
+from ..attention.masks import SameInputsMemo
 from ..catalogue import ModelEntry
 from ..catalogue._inputs import randn
 from ..lengths import shard_sizes
@@ -159,8 +160,11 @@ class WanAnimate2ContextParallelProcessor:
                     f"its part of the cached reference, {counts} keys on the ranks; uneven key counts need "
                     "ContextParallelConfig(ulysses_anything=True) / ring_anything=True."
                 )
-            mask = _generation_mask(grid_sizes, reference_grid_sizes, origin_latent_frames, origin_latent_hw, whole,
-                                    gen_sizes, ref_sizes, query.device)
+            mask = _MASKS.get(
+                (grid_sizes, reference_grid_sizes, origin_latent_frames, origin_latent_hw, whole, gen_sizes, ref_sizes,
+                 query.device),
+                lambda: _generation_mask(grid_sizes, reference_grid_sizes, origin_latent_frames, origin_latent_hw,
+                                         whole, gen_sizes, ref_sizes, query.device))
             key, value = torch.cat([key, key_ref], dim=1), torch.cat([value, value_ref], dim=1)
             out = context_parallel_attention(query, key, value, mask, config=self.runtime)
         else:
@@ -185,6 +189,10 @@ def _rope_rows(x, grid_sizes, freqs, stride: int, offset: int) -> torch.Tensor:
         x_i = torch.view_as_complex(x[i, :k].to(torch.float64).reshape(k, n, -1, 2))
         output.append(torch.cat([torch.view_as_real(x_i * rows).flatten(2), x[i, k:]]))
     return torch.stack(output).float()
+
+
+# The mask is the same in every layer of a forward (built from the grids `forward` hands every layer).
+_MASKS = SameInputsMemo()
 
 
 def _generation_mask(grid_sizes, reference_grid_sizes, origin_frames: int, origin_hw: int, whole: int,
