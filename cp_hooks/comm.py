@@ -27,7 +27,8 @@ class CommStats:
       * "attention": queries, keys, values and outputs of attention (and their gradients in a backward) — what
         the formulas count;
       * "mask": key-padding biases that travel with their keys (4 bytes per key: small, but not in the formulas);
-      * "sizes": per-rank lengths exchanged by the anything modes (a few int64s per call);
+      * "sizes": per-rank lengths exchanged by the anything modes (a few int64s per call, in the first
+        forward of an input shape: later ones remember them, `cp_hooks.length_memo`);
       * "consistency": the strict mode's input fingerprint (one int64 per forward);
       * "other": everything else, today the plan's output gathers (`ContextParallelOutput`), once per forward.
     A payload's bytes are also in its collective kind's counter, so `total_sent` is everything that left.
@@ -125,8 +126,7 @@ def group_rank(group) -> int:
 def exchange_sizes(values: list[int], group, device, payload: str = "sizes") -> list[list[int]]:
     """All-gather a few ints from every rank: returns `result[rank] == that rank's values`.
 
-    Called every forward in the anything modes (never cached, see module docstring), and by the strict
-    input check (`payload="consistency"`). One tiny collective, on `device` (the caller's tensors'),
+    Called by the anything modes (`cp_hooks.length_memo` says when), and by the strict input check (`payload="consistency"`). One tiny collective, on `device` (the caller's tensors'),
     except in a gloo group, which takes CPU tensors.
     """
     backend = str(dist.get_backend(group)).lower()

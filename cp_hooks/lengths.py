@@ -13,7 +13,8 @@ Safety: rank r only sees its own s. If two different candidates agreed at some r
 could pick another candidate than its peers, and their collectives would disagree; so the candidates are
 used only when no two of them agree at any index. A length that comes from no recorded split can still
 match a candidate on one rank and none on another, so only compiled graphs — which cannot exchange
-lengths — derive them; eager code exchanges them every call (docs/architecture.md, "Per-rank lengths").
+lengths — derive them; eager code exchanges them, once per call position and input shape
+(`cp_hooks.length_memo`; docs/architecture.md, "Per-rank lengths").
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class SplitLengths:
         """A split of a tensor of full length `length` happened in this forward."""
         if length not in self.lengths:
             self.lengths = self.lengths + [length]  # a new list: traced code sees a plain rebinding
+
+    def state(self) -> tuple:
+        """Everything recorded so far in this forward, alike on every rank (`cp_hooks.length_memo` keys on it)."""
+        return tuple(self.lengths), tuple(sorted(self.named.items()))
 
     def sizes(self, local: int, world: int, rank: int) -> list[int] | None:
         """Every rank's length of a tensor whose local length here is `local`, or None when not known safely."""

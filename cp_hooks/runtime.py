@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .length_memo import LengthMemo
 from .lengths import SplitLengths
 
 
@@ -34,6 +35,7 @@ class ContextParallelRuntime:
             operators' arguments (docs/architecture.md, "Compile boundary").
         split_lengths: the full lengths the plan split in the current forward (docs/architecture.md,
             "Per-rank lengths").
+        length_memo: every rank's lengths of the calls of eager forwards, by input shapes (same section).
     """
 
     ring_degree: int
@@ -53,6 +55,7 @@ class ContextParallelRuntime:
     op_key: int = -1
     flat_group_key: int = -1
     split_lengths: SplitLengths = field(default_factory=SplitLengths)
+    length_memo: LengthMemo = field(default_factory=LengthMemo)
     cfg_degree: int = 1
     cfg_group: object = None
     cfg_rank: int = 0

@@ -13,7 +13,9 @@ import inspect
 import torch
 import torch.nn as nn
 
-from . import value_checks
+from . import comm, length_memo, value_checks
+from .cfg import groups_compute_different_calls
+from .length_memo import conform
 from .runtime import ContextParallelRuntime
 from .hooks import ModelHook
 from .plan import ContextParallelInput, ContextParallelOutput
@@ -101,10 +103,15 @@ def gather_for_plan(x: torch.Tensor, spec: ContextParallelOutput, runtime: Conte
         raise TypeError(f"{what} is a {type(x).__name__}, but the plan gathers it as a tensor.")
     _check_dims(x, spec, what)
     dim = spec.gather_dim % x.dim()
-    # Inside a compiled graph uneven lengths come from the plan's splits; eager code exchanges them (see
-    # attention.api._sizes for why eager code never derives them).
-    derive = runtime.anything and torch.compiler.is_compiling()
-    sizes = runtime.split_lengths.sizes(x.shape[dim], runtime.world_size, runtime.rank) if derive else None
+    sizes = None
+    if runtime.anything and torch.compiler.is_compiling():  # a compiled graph reads them from the plan's splits
+        sizes = runtime.split_lengths.sizes(x.shape[dim], runtime.world_size, runtime.rank)
+    elif runtime.anything:  # eager code exchanges them once per call position and input shape
+        local = x.shape[dim]
+        sizes = runtime.length_memo.lengths(
+            (local,), runtime.split_lengths.state(), runtime.rank,
+            lambda: comm.exchange_sizes([local], runtime.flat_group, x.device))[0]
+        x = conform(x, sizes[runtime.rank], dim)  # unchanged unless a length mismatch was recorded (length_memo)
     return gather_tensor(x, dim, runtime.flat_group, runtime.world_size, uneven=runtime.anything, sizes=sizes,
                          group_key=runtime.flat_group_key)
 
@@ -207,7 +214,8 @@ class ReplicatedOutputHook(ModelHook):
     """On the model itself: every rank returns the same full output, so each takes 1/N of its gradient.
 
     Also starts each forward's record of split lengths (`cp_hooks.lengths`), and brackets the forward's
-    checks of mask values (`cp_hooks.value_checks`).
+    checks of mask values (`cp_hooks.value_checks`) and, in the anything modes, its remembered per-call
+    lengths (`cp_hooks.length_memo`).
 
     Each of the N ranks back-propagates the same loss; without this, layers after the plan's final gather
     (which run replicated) would end with N times their gradient after `reduce_gradients`. See
@@ -217,24 +225,45 @@ class ReplicatedOutputHook(ModelHook):
     def __init__(self, runtime: ContextParallelRuntime | None = None) -> None:
         self.runtime = runtime
         self._checks = None  # the value checks of the forward that just ended (cp_hooks.value_checks)
+        self._signature = None  # the input shapes of the forward about to run (cp_hooks.length_memo)
+        self._ended = None  # the signature of the forward that just ended, for its post_forward
 
     def pre_forward(self, module, args, kwargs):
         self.runtime.split_lengths.reset()  # a new forward: its splits are recorded afresh
+        if not torch.compiler.is_compiling() and self.runtime.anything:
+            self._signature = length_memo.signature(module, args, kwargs)
         return args, kwargs
 
     def enter(self, module) -> None:
         value_checks.begin_forward(self)
+        if not torch.compiler.is_compiling():
+            signature, self._signature = self._signature, None
+            self.runtime.length_memo.begin(signature)
 
     def exit(self, module) -> None:
         # Also when the forward raised: its checks stop collecting (a later direct attention call refuses at once).
         self._checks = value_checks.end_forward(self)
+        if not torch.compiler.is_compiling():
+            self._ended = self.runtime.length_memo.end()
 
     def post_forward(self, module, output):
-        # A mask check that failed on some rank raises on every rank, now that no collective is pending.
-        checks, self._checks = self._checks, None
-        value_checks.agree(checks, self.runtime.world_group, self.runtime.device_type)
+        if not torch.compiler.is_compiling():  # a compiled forward defers no check (value_checks, length_memo)
+            self._agree()
         # Every rank of every cfg group back-propagates the same loss from the same whole output.
         return _map_tensors(output, lambda t: share_replicated_gradient(t, self.runtime.total_ranks))
+
+    def _agree(self) -> None:
+        """A check that failed on some rank raises on every rank, now that no collective is pending. When the
+        cfg groups computed different calls, whether a check ran can differ between them: they always agree."""
+        checks, self._checks = self._checks, None
+        signature, self._ended = self._ended, None
+        try:
+            value_checks.agree(checks, self.runtime.world_group, self.runtime.device_type,
+                               always=groups_compute_different_calls())
+        except value_checks.ValueCheckError as error:
+            if length_memo.mismatch_kind() in error.kinds:
+                self.runtime.length_memo.forget(signature)  # on every rank: they all raise here
+            raise
 
 
 def _map_tensors(value, fn):

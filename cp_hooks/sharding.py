@@ -111,10 +111,10 @@ def gather_tensor(x: torch.Tensor, dim: int, group, world: int, uneven: bool, si
     """Concatenate every rank's shard along `dim` (backward: sum the gradients, keep this rank's piece).
 
     `group_key` is `comm.group_key(group)` computed ahead (traced code must not register groups).
-    `sizes` are the ranks' lengths along `dim` when the caller knows them (`cp_hooks.lengths`). Otherwise,
-    with `uneven`, they are exchanged first (one tiny all-gather, every call: never cached; not possible
-    inside a compiled graph, where a shape cannot come from a collective), and without it every shard has
-    this rank's length.
+    `sizes` are the ranks' lengths along `dim` when the caller knows them (the plan's gathers always do:
+    `cp_hooks.lengths`, `cp_hooks.length_memo`). Otherwise, with `uneven`, they are exchanged first (one tiny
+    all-gather; not possible inside a compiled graph, where a shape cannot come from a collective), and without
+    it every shard has this rank's length.
     """
     dim = dim % x.dim()
     if sizes is None:

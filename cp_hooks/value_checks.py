@@ -9,6 +9,9 @@ the same error. That all-reduce runs only in forwards that evaluated such a chec
 alone, so every rank runs it or none does. Under torch.compile a graph cannot branch on values: the check is
 asserted when the graph runs (`torch._assert_async`), on the rank where it fails. Outside an enabled model's
 forward (a direct `context_parallel_attention` call) a failed check raises at once, as before.
+
+The same deferral serves the remembered per-call lengths of the anything modes (`cp_hooks.length_memo`): a
+rank whose length differs from the remembered one records it here, under its own kind.
 """
 
 from __future__ import annotations
@@ -23,7 +26,19 @@ class _Forward:
     def __init__(self, owner: object) -> None:
         self.owner = owner
         self.checked = 0
-        self.failures: list[str] = []
+        self.failures: list[tuple[str, str]] = []  # (kind, message)
+
+
+class ValueCheckError(ValueError):
+    """A value check failed on some rank during a forward; raised on every rank.
+
+    Attributes:
+        kinds: the kinds of the checks that failed, on any rank ("mask", "lengths").
+    """
+
+    def __init__(self, message: str, kinds: set[str]) -> None:
+        super().__init__(message)
+        self.kinds = kinds
 
 
 _ACTIVE: list[_Forward] = []  # the enabled forwards in progress, innermost last
@@ -37,12 +52,16 @@ def holds(condition: torch.Tensor, message: str) -> bool:
     if torch.compiler.is_compiling():
         torch._assert_async(condition, message)
         return True
-    ok = bool(condition)
+    return record(bool(condition), message)
+
+
+def record(ok: bool, message: str, kind: str = "mask") -> bool:
+    """Record a check already evaluated on this rank; as `holds`, False only where the caller must refuse at once."""
     if not _ACTIVE:
         return ok
     _ACTIVE[-1].checked += 1
     if not ok:
-        _ACTIVE[-1].failures.append(message)
+        _ACTIVE[-1].failures.append((kind, message))
     return True
 
 
@@ -59,14 +78,14 @@ def end_forward(owner: object) -> "_Forward | None":
     return _ACTIVE.pop()
 
 
-def agree(forward: "_Forward | None", group, device_type: str) -> None:
-    """After a forward that ended normally: if it ran value checks, raise on every rank of `group` when any
-    rank's failed.
+def agree(forward: "_Forward | None", group, device_type: str, always: bool = False) -> None:
+    """After a forward that ended normally: if it ran value checks (or `always`), raise on every rank of
+    `group` when any rank's failed.
 
     Raises:
-        ValueError: a value check failed on some rank of the group (the message names the ranks).
+        ValueCheckError: a value check failed on some rank of the group (the message names the ranks).
     """
-    if forward is None or not forward.checked:
+    if forward is None or not (forward.checked or always):
         return
     device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device(device_type)
     flag = torch.tensor([1.0 if forward.failures else 0.0], device=device)
@@ -74,7 +93,9 @@ def agree(forward: "_Forward | None", group, device_type: str) -> None:
     if flag.item() == 0:
         return
     reports: list = [None] * dist.get_world_size(group)
-    dist.all_gather_object(reports, (dist.get_rank(), forward.failures[:1]), group=group)
-    failed = [(rank, messages[0]) for rank, messages in reports if messages]
-    raise ValueError(f"{failed[0][1].removeprefix('cp_hooks: ')} (found on rank(s) {[r for r, _ in failed]} "
-                     "during this forward; every rank raises, and the forward's result is discarded).")
+    kinds = sorted({kind for kind, _ in forward.failures})
+    dist.all_gather_object(reports, (dist.get_rank(), forward.failures[:1], kinds), group=group)
+    failed = [(rank, found[0][1]) for rank, found, _ in reports if found]
+    raise ValueCheckError(f"{failed[0][1].removeprefix('cp_hooks: ')} (found on rank(s) {[r for r, _ in failed]} "
+                          "during this forward; every rank raises, and the forward's result is discarded).",
+                          {kind for _, _, found in reports for kind in found})

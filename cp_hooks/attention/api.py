@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from .. import comm
 from ..config import ContextParallelConfig
+from ..length_memo import conform
 from ..runtime import ContextParallelRuntime
 from . import ops, routing
 from .masks import is_whole_mask, key_bias_from_mask, split_symmetric_mask, whole_mask_rows
@@ -63,7 +64,16 @@ def context_parallel_attention(
         raise ValueError("A whole-sequence attn_mask takes neither is_causal nor attention dropout.")
     scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
     # Every rank's lengths: from here on every rank has them, so a mask error below is raised on all alike.
-    q_sizes, kv_sizes = _sizes(query.shape[1], key.shape[1], runtime, query.device)
+    q_len = query.shape[1]
+    q_sizes, kv_sizes = _sizes(q_len, key.shape[1], runtime, query.device)
+    mismatch = runtime.anything and not torch.compiler.is_compiling() and (
+        q_sizes[runtime.rank] != q_len or kv_sizes[runtime.rank] != key.shape[1])
+    if mismatch:
+        # Remembered lengths this rank's do not match (recorded; every rank raises at the forward's end): take
+        # part in the collectives with the lengths the peers expect (cp_hooks.length_memo).
+        query, query_valid = conform(query, q_sizes[runtime.rank], 1), None
+        key, value = (conform(t, kv_sizes[runtime.rank], 1) for t in (key, value))
+        bias = conform(bias, kv_sizes[runtime.rank], 1) if bias is not None and bias.dim() == 2 else bias
     if whole is not None:
         bias = _kernel_rows(whole, query.shape[0], q_sizes, kv_sizes, runtime)
     with routing.inside_cp_kernel():
@@ -73,7 +83,7 @@ def context_parallel_attention(
             out = ops.attention(query, key, value, bias, runtime, q_sizes, kv_sizes, scale, is_causal)
     if query_valid is not None:
         out = out * query_valid[:, :, None, None].to(out.dtype)  # queries that see no key: zero, as SDPA gives
-    return out
+    return conform(out, q_len, 1) if mismatch else out
 
 
 def _kernel_rows(mask, batch, q_sizes, kv_sizes, runtime):
@@ -93,18 +103,22 @@ def _runtime_of(config):
 def _sizes(q_len: int, kv_len: int, runtime, device) -> tuple[list[int], list[int]]:
     """Every rank's (query, key) lengths in the flattened mesh.
 
-    Equal without an anything flag. Otherwise exchanged, one tiny all-gather per call — except inside a
-    compiled graph, where a shape cannot come from a collective: there they are derived from the plan's
-    splits of this forward (`cp_hooks.lengths`, docs/architecture.md "Per-rank lengths"). Eager code does not
-    derive them: a rank whose length happens to match a split while a peer's does not would skip the
-    exchange its peer enters, and both would hang.
+    Equal without an anything flag. Otherwise, in eager code, exchanged (one tiny all-gather) in the first
+    forward of the model's input shapes and remembered by the call's position for later forwards
+    (`cp_hooks.length_memo`); a call outside an enabled forward exchanges them every time. Eager code does
+    not derive them from the splits: a rank whose length happens to match a split while a peer's does not
+    would skip the exchange its peer enters, and both would hang. Inside a compiled graph a shape cannot
+    come from a collective: there they are derived from the plan's splits of this forward (`cp_hooks.lengths`,
+    docs/architecture.md "Per-rank lengths").
     """
     world = runtime.world_size
     if not runtime.anything:
         return [q_len] * world, [kv_len] * world
     if not torch.compiler.is_compiling():
-        rows = comm.exchange_sizes([q_len, kv_len], runtime.flat_group, device)
-        return [r[0] for r in rows], [r[1] for r in rows]
+        q_sizes, kv_sizes = runtime.length_memo.lengths(
+            (q_len, kv_len), runtime.split_lengths.state(), runtime.rank,
+            lambda: comm.exchange_sizes([q_len, kv_len], runtime.flat_group, device))
+        return q_sizes, kv_sizes
     q_sizes = runtime.split_lengths.sizes(q_len, world, runtime.rank)
     kv_sizes = q_sizes if kv_len == q_len else runtime.split_lengths.sizes(kv_len, world, runtime.rank)
     if q_sizes is None or kv_sizes is None:
