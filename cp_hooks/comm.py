@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -150,17 +151,44 @@ def all_to_all(x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], gr
     `all_to_all_single`; the bytes counted are the same.
     """
     rank = group_rank(group)
-    x = x.contiguous()
     row = _row_bytes(x)
     transport = shared_memory.transport_for(group, x)
-    out = None if transport is None else transport.all_to_all(x, send_sizes, recv_sizes, row)
+    out = None if transport is None else transport.all_to_all(x, send_sizes, recv_sizes)  # any strides
     if out is None:
+        x = x.contiguous()
         out = x.new_empty((sum(recv_sizes),) + tuple(x.shape[1:]))
         even = len(set(send_sizes)) == 1 and len(set(recv_sizes)) == 1
         dist.all_to_all_single(out, x, None if even else recv_sizes, None if even else send_sizes, group=group)
     _record("all_to_all", row * (sum(send_sizes) - send_sizes[rank]), row * (sum(recv_sizes) - recv_sizes[rank]),
             payload=payload)
     return out
+
+
+def shares_memory(group, x: torch.Tensor) -> bool:
+    """Whether the group's all-to-alls of `x` go through shared memory (collective at the group's first one)."""
+    transport = shared_memory.transport_for(group, x)
+    return transport is not None and transport.disabled_reason is None
+
+
+def all_to_all_views(sources: Sequence[torch.Tensor], out: torch.Tensor, recv_sizes: list[int], group, *,
+                     payload: str = "attention") -> bool:
+    """Through shared memory only: `sources[j]` to rank j, rank j's piece into `out.split(recv_sizes)[j]`.
+
+    The pieces and `out` may be views with any strides (a permutation): the copies into and out of the shared
+    buffer do the layout change that packing a contiguous send buffer and unpacking the received rows would
+    otherwise do, two copies fewer. What rank i sends rank j has the shape of rank j's piece i (up to
+    leading 1s). Returns False, having sent nothing, where the group's all-to-alls go through gloo (which
+    needs contiguous buffers): the caller then packs them and calls `all_to_all`. Every rank of the group
+    gets the same answer. No autograd.
+    """
+    transport = shared_memory.transport_for(group, out)
+    if transport is None or not transport.exchange(sources, out.split_with_sizes(recv_sizes)):
+        return False
+    rank, size = group_rank(group), out.element_size()
+    sent = sum(t.numel() for j, t in enumerate(sources) if j != rank) * size
+    received = (out.numel() - out.narrow(0, sum(recv_sizes[:rank]), recv_sizes[rank]).numel()) * size
+    _record("all_to_all", sent, received, payload=payload)
+    return True
 
 
 def _row_bytes(x: torch.Tensor) -> int:

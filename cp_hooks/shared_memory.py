@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import atexit
 import datetime
-import itertools
 import mmap
 import os
 import platform
@@ -47,6 +46,7 @@ import sys
 import time
 import warnings
 import weakref
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -205,6 +205,11 @@ def _unlink(path: str) -> None:
         pass
 
 
+def _typed(raw: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The bytes `raw` (uint8, at an offset that is a multiple of the element size) as a contiguous `like`."""
+    return raw.view(like.dtype).view(like.shape)
+
+
 def _header_ints(world: int) -> int:
     """int64s per rank header: the fixed fields and one size per rank, in whole 64-byte lines."""
     return -(-(_SIZES + world) // 8) * 8
@@ -299,13 +304,11 @@ class SharedMemoryAllToAll:
         return cls(group, offer[0][0], control, [a["pid"] for a in answers], crowded=crowded), []
 
     # ------------------------------------------------------------------ the collective
-    @torch.compiler.disable
-    def all_to_all(self, x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], row_bytes: int
-                   ) -> torch.Tensor | None:
+    def all_to_all(self, x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int]) -> torch.Tensor | None:
         """Rows `x.split(send_sizes)[j]` (dim 0) to rank j; the received rows in rank order, or None: use gloo.
 
         Args:
-            x: contiguous CPU tensor; `row_bytes` is the size of one of its rows (dim 0).
+            x: CPU tensor.
             send_sizes / recv_sizes: rows to / from each rank of the group.
 
         Returns None when a rank of the group could not take part in this call (its buffer could not
@@ -315,18 +318,29 @@ class SharedMemoryAllToAll:
             RuntimeError: a peer exited or did not arrive within the group's timeout, or the ranks'
                 split sizes disagree.
         """
+        out = x.new_empty((sum(recv_sizes),) + tuple(x.shape[1:]))
+        return out if self.exchange(x.split_with_sizes(send_sizes), out.split_with_sizes(recv_sizes)) else None
+
+    def exchange(self, sources: Sequence[torch.Tensor], dests: Sequence[torch.Tensor]) -> bool:
+        """Copy `sources[j]` to rank j, and rank j's piece for this rank into `dests[j]`; False: use gloo.
+
+        The pieces may have any strides (a permuted view: the copy into or out of the shared buffer is then
+        the layout change, with no copy of its own). What rank i sends rank j has the shape of rank j's
+        `dests[i]` up to leading 1s, and goes through the buffer in that shape's contiguous order.
+
+        Returns False (nothing written into `dests`) when a rank of the group could not take part in this
+        call; the whole group then does this and every later call with gloo. Raises as `all_to_all`.
+        """
         if self.disabled_reason is not None:
-            return None
+            return False
         self._calls += 1
         n = self._calls
         me = self._headers[self.rank]
-        payload = x.reshape(-1).view(torch.uint8)
-        send_bytes = [s * row_bytes for s in send_sizes]
-        send_offsets = _offsets(send_bytes)
-        # Only the rows the peers read go into the shared buffer, in rank order: a rank's own rows go
-        # straight from `x` to the output (and the buffer is (N-1)/N of a shard, not a whole one).
-        peer_chunks = [(send_offsets[j], send_bytes[j]) for j in range(self.world) if j != self.rank and send_bytes[j]]
-        shared = sum(length for _, length in peer_chunks)
+        send_bytes = [t.numel() * t.element_size() for t in sources]
+        # Only the pieces the peers read go into the shared buffer, in rank order: a rank's own piece goes
+        # straight from its source to its destination (and the buffer is (N-1)/N of a shard, not a whole one).
+        peers = [j for j in range(self.world) if j != self.rank and send_bytes[j]]
+        shared = sum(send_bytes[j] for j in peers)
         self.largest_send = max(self.largest_send, shared)
         for peer in self._peers:
             self._wait(peer, _DONE, n - 1, "finish reading the previous all-to-all")
@@ -335,24 +349,23 @@ class SharedMemoryAllToAll:
         ok = self._ensure_capacity(shared)
         if ok:
             at = 0
-            for start, length in peer_chunks:
-                self._data[at:at + length].copy_(payload[start:start + length])
-                at += length
+            for j in peers:
+                _typed(self._data[at:at + send_bytes[j]], sources[j]).copy_(sources[j])
+                at += send_bytes[j]
             for j, nbytes in enumerate(send_bytes):
                 me[_SIZES + j] = nbytes
             me[_GEN] = self._gen
         me[_STATUS] = 0 if ok else 1
         me[_SEQ] = n  # publish last: after this store a peer may read everything above
         try:
-            return self._receive(n, x, payload, send_offsets, recv_sizes, row_bytes)
+            return self._receive(n, sources, dests)
         finally:
             # Also when this rank raises: it reads nothing more of this call, and a peer waiting for it (at its
             # next call, or at exit to unlink a file) must not wait for an acknowledgement that never comes.
             me[_DONE] = n
 
-    def _receive(self, n: int, x: torch.Tensor, payload: torch.Tensor, send_offsets: list[int],
-                 recv_sizes: list[int], row_bytes: int) -> torch.Tensor | None:
-        """Step 3 of call n: wait for the peers' data, map their new files, copy this rank's rows out."""
+    def _receive(self, n: int, sources: Sequence[torch.Tensor], dests: Sequence[torch.Tensor]) -> bool:
+        """Step 3 of call n: wait for the peers' data, map their new files, copy this rank's pieces out."""
         for peer in self._peers:
             self._wait(peer, _SEQ, n, "send its part of the all-to-all")
         failed = [p for p in range(self.world) if self._headers[p][_STATUS] != 0]
@@ -360,23 +373,20 @@ class SharedMemoryAllToAll:
             self.disabled_reason = f"rank {failed[0]} of the group could not grow its shared-memory buffer"
             if self._named is not None:  # made at this call, for a group that reads no shared buffer again
                 self._release_name()
-            return None
+            return False
         # Map every new generation, also of a peer that sends this rank nothing now: `done` = n tells the
         # owner that its file's name is no longer needed, and a later call may read it.
         for peer in self._peers:
             gen = self._headers[peer][_GEN]
             if gen != self._peer_gen[peer]:
                 self._map_peer(peer, gen)
-        out = x.new_empty((sum(recv_sizes),) + tuple(x.shape[1:]))
-        out_bytes = out.reshape(-1).view(torch.uint8)
-        recv_offsets = _offsets([s * row_bytes for s in recv_sizes])
         for peer in range(self.world):
-            start, length = recv_offsets[peer], recv_sizes[peer] * row_bytes
+            dest = dests[peer]
+            length = dest.numel() * dest.element_size()
             if length == 0:
                 continue
             if peer == self.rank:
-                own = send_offsets[self.rank]
-                out_bytes[start:start + length].copy_(payload[own:own + length])
+                dest.copy_(sources[self.rank].reshape(dest.shape))
                 continue
             header = self._headers[peer]
             if header[_SIZES + self.rank] != length:
@@ -384,10 +394,10 @@ class SharedMemoryAllToAll:
                     f"all-to-all size mismatch: rank {peer} of the group sends {header[_SIZES + self.rank]} bytes to "
                     f"rank {self.rank}, which expects {length}. Every rank must pass the same split sizes."
                 )
-            # The peer's buffer holds its chunks for the ranks other than itself, in rank order.
+            # The peer's buffer holds its pieces for the ranks other than itself, in rank order.
             src = sum(header[_SIZES + j] for j in range(self.rank) if j != peer)
-            out_bytes[start:start + length].copy_(self._peer_data[peer][src:src + length])
-        return out
+            dest.copy_(_typed(self._peer_data[peer][src:src + length], dest))
+        return True
 
     # ------------------------------------------------------------------ buffers
     def _ensure_capacity(self, nbytes: int) -> bool:
@@ -491,11 +501,6 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
         return False
-
-
-def _offsets(sizes: list[int]) -> list[int]:
-    """Where each piece starts when `sizes` are laid end to end."""
-    return list(itertools.accumulate(sizes, initial=0))[:-1]
 
 
 @atexit.register

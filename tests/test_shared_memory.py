@@ -92,8 +92,23 @@ def matches_gloo_on(groups) -> list[str]:
             got = comm.all_to_all(x, send, recv, group)
             want = _gloo_reference(x, send, recv, group)
             assert got.dtype == want.dtype and torch.equal(got, want), f"case {i} differs on group rank {rank}"
+        views_match_packed(group)
         checked.append(shared_memory.describe(group))
     return checked
+
+
+def views_match_packed(group) -> None:
+    """`comm.all_to_all_views` with strided pieces (Ulysses' head chunks, uneven lengths, an empty shard) and a
+    strided destination equals packing them contiguously and calling `all_to_all`."""
+    world, rank = group.size(), group.rank()
+    lengths = [(r + 1) % 3 * 2 for r in range(world)]  # uneven, rank 2 empty
+    g = torch.Generator().manual_seed(rank)
+    x = torch.randn(2, lengths[rank], 2 * world, 8, generator=g)  # (B, S_local, H, D)
+    chunks = x.reshape(2, lengths[rank], world, 2, 8).permute(2, 1, 0, 3, 4)  # (N, S_local, B, H/N, D), strided
+    want = comm.all_to_all(chunks.reshape(-1, 2, 2, 8), [lengths[rank]] * world, lengths, group)
+    out = torch.full((2, sum(lengths), 2, 8), float("nan")).permute(1, 0, 2, 3)  # a strided destination
+    assert comm.all_to_all_views(chunks.unbind(0), out, lengths, group)
+    assert torch.equal(out, want), f"views differ on group rank {rank}"
 
 
 def check_fresh_and_mesh_groups() -> list[str]:

@@ -1,9 +1,9 @@
 """Ulysses' memory at inference, measured: peak live bytes and buffers allocated during one attention call.
 
 A rank's query shard (S/N tokens, H heads) and its gathered slice (S tokens, H/N heads) are the same size,
-call it one shard. Ulysses needs the gathered q, k, v and the output (four shards) while it attends. It
-sends q, k and v through one reused buffer, and drops the gathered q, k, v before the output's all-to-all,
-which would otherwise hold six.
+call it one shard. Ulysses needs the gathered q, k, v and the output (four shards) while it attends. Over
+gloo it sends q, k and v through one reused buffer; through shared memory it needs no send buffer at all.
+It drops the gathered q, k, v before the output's all-to-all, which would otherwise hold six.
 """
 
 import torch
@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile
 
 from cp_hooks import context_parallel_attention
+from cp_hooks.comm import shares_memory
 from cp_testing import make_config, peak_live_bytes
 
 # Four shards + the kernel's temporaries (0.3 of a 1 MiB shard); gloo's worker thread sometimes drops the
@@ -37,17 +38,19 @@ def ulysses_memory(seq, heads, head_dim):
             call()
     shard_allocations = sum(1 for e in prof.profiler.kineto_results.events()
                             if e.name() == "[memory]" and e.nbytes() == shard)
-    return peak / shard, shard_allocations
+    return peak / shard, shard_allocations, shares_memory(config.runtime.ulysses_group, q)
 
 
 def test_ulysses_holds_at_most_four_shards(pool):
     for world in (2, 4):
-        for rank, (shards, allocations) in enumerate(pool(world).run(ulysses_memory, 4096, 4, 64)):
+        for rank, (shards, allocations, shared) in enumerate(pool(world).run(ulysses_memory, 4096, 4, 64)):
             assert 3.0 <= shards <= SHARDS_BOUND, (world, rank, shards)
-            # One send buffer + gathered q, k, v + the kernel's output + the output's all-to-all + the result
-            # (contiguous, as the registered operator declares it): two fewer than with a send buffer each.
-            expected = 7
-            assert allocations == expected, (world, rank, allocations)
+            # gloo: one send buffer + gathered q, k, v + the kernel's output + the output's all-to-all + the
+            # result (contiguous, as the registered operator declares it): two fewer than with a send buffer
+            # each. Shared memory: gathered q, k, v + the kernel's output + the result, into which the peers'
+            # heads are copied in place (no send buffer, no received rows to unpack).
+            expected = 5 if shared else 7
+            assert allocations == expected, (world, rank, allocations, shared)
 
 
 def one_token_per_rank_leaves_inputs_alone():

@@ -271,6 +271,11 @@ def attention(q, k, v, bias, runtime, q_sizes: list[int], kv_sizes: list[int], s
     """
     key = runtime.op_key
     if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        if not torch.compiler.is_compiling():
+            # Eager inference runs the operator's body directly: the dispatcher's Python path for a custom
+            # operator costs tens of microseconds per call and gives eager code nothing. Contiguous, as the
+            # operator's result (a model may `view` it).
+            return _attention_eager(q, k, v, bias, runtime, q_sizes, kv_sizes, scale, is_causal).contiguous()
         return torch.ops.cp_hooks.attention(q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal)
     if runtime.ulysses_degree == 1:
         return _RingAttention.apply(q, k, v, bias, key, kv_sizes, scale, is_causal)

@@ -19,12 +19,17 @@ def seq_to_heads(x: torch.Tensor, group, seq_sizes: list[int], send: torch.Tenso
 
     Returns (result, send buffer). `send`, the buffer a previous call returned, is reused when its size
     fits: the all-to-all has finished reading it when it returns. Only without autograd (the buffer would
-    be overwritten in place in the graph).
+    be overwritten in place in the graph). Through shared memory there is no send buffer (`comm.all_to_all_views`).
     """
     world = comm.group_size(group)
     b, s, h, d = x.shape
     # Row j of the send buffer goes to rank j: (N, S_local, B, H/N, D), rows flattened over (N, S_local).
     rows = x.reshape(b, s, world, h // world, d).permute(2, 1, 0, 3, 4)
+    if not (torch.is_grad_enabled() and x.requires_grad) and comm.shares_memory(group, x):
+        # Through shared memory, rank j's heads go from x into the shared buffer directly: no send buffer.
+        recv = x.new_empty((sum(seq_sizes), b, h // world, d))
+        if comm.all_to_all_views(rows.unbind(0), recv, seq_sizes, group):
+            return recv.permute(1, 0, 2, 3), send
     if send is None or send.numel() != x.numel() or send.dtype != x.dtype:
         # A buffer of its own (never a view of x, as a reshape can be for one token): it may be reused.
         send = x.new_empty((world * s, b, h // world, d))
@@ -40,6 +45,12 @@ def heads_to_seq(x: torch.Tensor, group, seq_sizes: list[int]) -> torch.Tensor:
     b, _, hc, d = x.shape
     s = seq_sizes[rank]
     send = x.permute(1, 0, 2, 3)  # (sum S, B, H/N, D): rows of rank j's shard go back to rank j
+    if not (torch.is_grad_enabled() and x.requires_grad) and comm.shares_memory(group, x):
+        # Through shared memory, each peer's heads land in their place of the result: no unpacking copy.
+        out = x.new_empty((b, s, world * hc, d))
+        places = out.view(b, s, world, hc, d).permute(2, 1, 0, 3, 4)  # (N, S_local, B, H/N, D): rank j's heads
+        if comm.all_to_all_views(send.split_with_sizes(seq_sizes), places, [1] * world, group):
+            return out
     recv = comm.differentiable_all_to_all(send, seq_sizes, [s] * world, group)  # (N * S_local, B, H/N, D)
     return recv.reshape(world, s, b, hc, d).permute(2, 1, 0, 3, 4).reshape(b, s, world * hc, d)
 
