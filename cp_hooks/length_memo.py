@@ -2,17 +2,19 @@
 
 In the anything modes ranks hold shards of different lengths, and each attention call and uneven gather
 needs every rank's length. Exchanging them costs a collective and a host synchronisation per call. But the
-calls of a forward come in the same order on every rank, and their lengths follow from the shapes the
-model was called with. So the first eager forward of a *signature* — the model and the shapes (and integer,
-boolean and string arguments) it was called with — exchanges each call's lengths and remembers them by the
-call's position in the forward; a later forward of the same signature reads call k's lengths from call k.
+calls of a forward come in the same order on every rank, and their lengths follow from what the model was
+called with. So the first eager forward of a *signature* (`signature`: the enabled model, the shapes of its
+arguments, the values of its small integer and boolean tensors such as masks, and its integer, boolean and
+string arguments) exchanges each call's lengths and remembers them by the call's position in the forward; a
+later forward of the same signature reads call k's lengths from call k.
 
 Why this cannot hang: whether a call is read from memory depends only on what every rank has alike — the
 signature (the inputs are replicated), the call's position, and the full lengths the plan's splits
 recorded before it (`SplitLengths.state`, also replicated). So every rank reads, or every rank exchanges.
 
-What can still go wrong is a model whose shard lengths depend on values after the split, so that the same
-signature gives another local length on some rank. That rank still takes part in the collectives with the
+What can still go wrong is a model whose shard lengths depend on values the signature does not read
+(floating-point inputs, state kept between calls), so that the same signature gives another local length
+on some rank. That rank still takes part in the collectives with the
 remembered lengths (its tensor is padded or cut to them, `conform`), records the failure, and at the
 forward's end every rank learns of it from the forward's value-check all-reduce and raises
 (`cp_hooks.value_checks`); the signature is then exchanged every call from then on
@@ -21,6 +23,7 @@ forward's end every rank learns of it from the forward's value-check all-reduce 
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable
 
 import torch
@@ -28,17 +31,25 @@ import torch
 from . import value_checks
 
 _MAX_SIGNATURES = 16  # shapes remembered at once; the oldest is forgotten first (in the same order everywhere)
+_MAX_VALUES_READ = 1 << 16  # integer / boolean tensors up to this many elements are read into the signature
 _KIND = "lengths"
 
 
-def signature(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple:
-    """What a forward's lengths can depend on that every rank has alike: the module, and the shapes and
-    integer / boolean / string values among its arguments (floats change every step and set no length)."""
-    return (id(module), _describe(args), _describe(tuple(sorted(kwargs.items(), key=lambda kv: kv[0]))))
+def signature(owner: object, args: tuple, kwargs: dict) -> tuple:
+    """What a forward's lengths can depend on: the enabled model (`owner`, an object of its hooks, compared by
+    identity: never the `id` of a module, which a later model could reuse on one rank and not on another), the
+    shapes of its tensor arguments, the values of its small integer and boolean tensors (masks and ids: a
+    model may keep each rank's valid tokens only, as Mochi does with its text), and its integer, boolean and
+    string arguments. Floating-point values set no length (and change every step)."""
+    return (owner, _describe(args), _describe(tuple(sorted(kwargs.items(), key=lambda kv: kv[0]))))
 
 
 def _describe(value, depth: int = 0):
     if isinstance(value, torch.Tensor):
+        if value.dtype == torch.bool or not (value.is_floating_point() or value.is_complex()):
+            if value.numel() <= _MAX_VALUES_READ:  # one small read per forward, on the host
+                data = value.detach().reshape(-1).cpu().numpy().tobytes()
+                return ("V", tuple(value.shape), str(value.dtype), hashlib.blake2b(data, digest_size=16).digest())
         return ("T", tuple(value.shape))
     if isinstance(value, (bool, int, str)) or value is None:
         return value

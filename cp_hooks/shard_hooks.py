@@ -226,12 +226,13 @@ class ReplicatedOutputHook(ModelHook):
         self.runtime = runtime
         self._checks = None  # the value checks of the forward that just ended (cp_hooks.value_checks)
         self._signature = None  # the input shapes of the forward about to run (cp_hooks.length_memo)
+        self._memo_owner = object()  # this enabling of the model, in the signatures of its forwards
         self._ended = None  # the signature of the forward that just ended, for its post_forward
 
     def pre_forward(self, module, args, kwargs):
         self.runtime.split_lengths.reset()  # a new forward: its splits are recorded afresh
         if not torch.compiler.is_compiling() and self.runtime.anything:
-            self._signature = length_memo.signature(module, args, kwargs)
+            self._signature = length_memo.signature(self._memo_owner, args, kwargs)
         return args, kwargs
 
     def enter(self, module) -> None:

@@ -5,7 +5,8 @@ whole-sequence mask shared by all heads). The values differ per rank, so a check
 hold on its peers: raising there at once would leave the peers blocked in the attention's collectives. During
 an enabled model's eager forward, a failed check is therefore recorded, the forward goes on (its result is
 discarded), and at the forward's end every rank learns of every failure from one small all-reduce and raises
-the same error. That all-reduce runs only in forwards that evaluated such a check — which depends on shapes
+the same error. The conditions are not even read until then: one device synchronisation per forward, not one
+per checked layer. That all-reduce runs only in forwards that evaluated such a check — which depends on shapes
 alone, so every rank runs it or none does. Under torch.compile a graph cannot branch on values: the check is
 asserted when the graph runs (`torch._assert_async`), on the rank where it fails. Outside an enabled model's
 forward (a direct `context_parallel_attention` call) a failed check raises at once, as before.
@@ -21,12 +22,42 @@ import torch.distributed as dist
 
 
 class _Forward:
-    """The value checks of one forward: how many ran, and the messages of those that failed."""
+    """The value checks of one forward: how many ran, and the messages of those that failed.
+
+    Conditions on tensors are kept unevaluated until the forward's end (`failures`): reading each at once
+    would synchronise with the device once per layer; read together, once per forward.
+    """
 
     def __init__(self, owner: object) -> None:
         self.owner = owner
         self.checked = 0
-        self.failures: list[tuple[str, str]] = []  # (kind, message)
+        self._failures: list[tuple[str, str]] = []  # (kind, message), of checks already evaluated
+        self._pending: list[tuple[torch.Tensor, str, str]] = []  # (condition, kind, message), not yet read
+
+    def add(self, condition: "torch.Tensor | bool", message: str, kind: str) -> None:
+        self.checked += 1
+        if isinstance(condition, torch.Tensor):
+            self._pending.append((condition.detach().reshape(()), kind, message))
+        elif not condition:
+            self._failures.append((kind, message))
+
+    def any_failed(self, device: torch.device) -> torch.Tensor:
+        """A float tensor on `device`, 1.0 where a check failed on this rank, read by nobody yet."""
+        flag = torch.tensor([1.0 if self._failures else 0.0], device=device)
+        if self._pending:
+            failed = ~torch.stack([c.to(torch.bool) for c, _, _ in self._pending]).all()
+            flag = torch.maximum(flag, failed.to(device=device, dtype=flag.dtype).reshape(1))
+        return flag
+
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        """(kind, message) of every failed check, in the order the checks ran (evaluated pending ones first)."""
+        if self._pending:
+            results = torch.stack([c.to(torch.bool) for c, _, _ in self._pending]).tolist()  # one read
+            self._failures = [(kind, message) for (_, kind, message), ok in zip(self._pending, results) if not ok] \
+                + self._failures
+            self._pending = []
+        return self._failures
 
 
 class ValueCheckError(ValueError):
@@ -52,16 +83,17 @@ def holds(condition: torch.Tensor, message: str) -> bool:
     if torch.compiler.is_compiling():
         torch._assert_async(condition, message)
         return True
-    return record(bool(condition), message)
+    if not _ACTIVE:
+        return bool(condition)
+    _ACTIVE[-1].add(condition, message, "mask")  # read at the forward's end, with the others
+    return True
 
 
 def record(ok: bool, message: str, kind: str = "mask") -> bool:
     """Record a check already evaluated on this rank; as `holds`, False only where the caller must refuse at once."""
     if not _ACTIVE:
         return ok
-    _ACTIVE[-1].checked += 1
-    if not ok:
-        _ACTIVE[-1].failures.append((kind, message))
+    _ACTIVE[-1].add(ok, message, kind)
     return True
 
 
@@ -88,9 +120,9 @@ def agree(forward: "_Forward | None", group, device_type: str, always: bool = Fa
     if forward is None or not (forward.checked or always):
         return
     device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device(device_type)
-    flag = torch.tensor([1.0 if forward.failures else 0.0], device=device)
+    flag = forward.any_failed(device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
-    if flag.item() == 0:
+    if flag.item() == 0:  # the forward's one read of its checks
         return
     reports: list = [None] * dist.get_world_size(group)
     kinds = sorted({kind for kind, _ in forward.failures})

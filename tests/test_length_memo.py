@@ -81,13 +81,13 @@ def test_a_changed_local_length_is_recorded_and_the_signature_forgotten():
 
 
 def test_signature_reads_shapes_and_discrete_values_only():
-    module = nn.Linear(2, 2)
-    a = signature(module, (torch.zeros(2, 3),), dict(t=0.5, n=4, flag=True, ids=[torch.zeros(5)]))
-    b = signature(module, (torch.ones(2, 3),), dict(t=0.7, n=4, flag=True, ids=[torch.ones(5)]))
+    owner = object()
+    a = signature(owner, (torch.zeros(2, 3),), dict(t=0.5, n=4, flag=True, ids=[torch.zeros(5)]))
+    b = signature(owner, (torch.ones(2, 3),), dict(t=0.7, n=4, flag=True, ids=[torch.ones(5)]))
     assert a == b  # values and floats set no length
-    assert a != signature(module, (torch.zeros(2, 4),), dict(t=0.5, n=4, flag=True, ids=[torch.zeros(5)]))
-    assert a != signature(module, (torch.zeros(2, 3),), dict(t=0.5, n=5, flag=True, ids=[torch.zeros(5)]))
-    assert a != signature(nn.Linear(2, 2), (torch.zeros(2, 3),), dict(t=0.5, n=4, flag=True, ids=[torch.zeros(5)]))
+    assert a != signature(owner, (torch.zeros(2, 4),), dict(t=0.5, n=4, flag=True, ids=[torch.zeros(5)]))
+    assert a != signature(owner, (torch.zeros(2, 3),), dict(t=0.5, n=5, flag=True, ids=[torch.zeros(5)]))
+    assert a != signature(object(), (torch.zeros(2, 3),), dict(t=0.5, n=4, flag=True, ids=[torch.zeros(5)]))
 
 
 def test_conform_pads_and_cuts():
@@ -158,6 +158,32 @@ def test_second_forward_exchanges_no_length_on_four_ranks(pool):
 @pytest.mark.parametrize("ring,ulysses", [(1, 2), (2, 1)])
 def test_training_forwards_remember_lengths(pool, ring, ulysses):
     pool(2).run(remembered_with_gradients, ring, ulysses)
+
+
+def prompts_of_one_shape(ring, ulysses):
+    """Mochi keeps each rank's valid text tokens: prompts padded to one shape give other per-rank lengths.
+    The mask is read into the signature, so a new prompt exchanges again (no error) and a seen one does not."""
+    from cp_hooks.catalogue import get_entry
+    from cp_hooks.catalogue._inputs import padding_mask
+
+    config = make_config(ring, ulysses, ulysses_anything=ulysses > 1, ring_anything=ring > 1)
+    model, inputs = get_entry("MochiTransformer3DModel").build()
+    prompts = [(0, 7), (3, 10), (0, 7), (5, 2)]  # valid text tokens per sample, of 10
+    cases = [dict(inputs, encoder_attention_mask=padding_mask(2, 10, list(valid))) for valid in prompts]
+    with torch.no_grad():
+        references = [model(**case)[0] for case in cases]
+        enable_parallelism(model, config)
+        for i, (case, reference) in enumerate(zip(cases, references)):
+            with comm_stats() as stats:
+                out = model(**case)[0]
+            assert rel_err(out, reference) <= FP32_TOL, i
+            assert (_sizes_sent(stats) == 0) == (prompts[i] in prompts[:i]), (i, _sizes_sent(stats))
+        disable_parallelism(model)
+
+
+@pytest.mark.parametrize("ring,ulysses", [(1, 2), (2, 1)])
+def test_a_new_prompt_of_the_same_shape_exchanges_again(pool, ring, ulysses):
+    pool(2).run(prompts_of_one_shape, ring, ulysses)
 
 
 # ----------------------------------------------------------------------------------------------- value-dependent
