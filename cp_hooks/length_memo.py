@@ -48,8 +48,9 @@ def _describe(value, depth: int = 0):
     if isinstance(value, torch.Tensor):
         if value.dtype == torch.bool or not (value.is_floating_point() or value.is_complex()):
             if value.numel() <= _MAX_VALUES_READ:  # one small read per forward, on the host
-                data = value.detach().reshape(-1).cpu().numpy().tobytes()
-                return ("V", tuple(value.shape), str(value.dtype), hashlib.blake2b(data, digest_size=16).digest())
+                digest = _digest(value)
+                if digest is not None:
+                    return ("V", tuple(value.shape), str(value.dtype), digest)
         return ("T", tuple(value.shape))
     if isinstance(value, (bool, int, str)) or value is None:
         return value
@@ -58,6 +59,16 @@ def _describe(value, depth: int = 0):
     if depth < 3 and isinstance(value, dict):
         return tuple((k, _describe(v, depth + 1)) for k, v in value.items())
     return type(value).__name__
+
+
+def _digest(value: torch.Tensor) -> bytes | None:
+    """A hash of a tensor's bytes, or None for a layout that has none to read (sparse, quantized): its shape
+    alone then stands for it (the same on every rank, whose inputs are the same)."""
+    try:
+        data = value.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes()
+    except (RuntimeError, TypeError, NotImplementedError):
+        return None
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class _Forward:

@@ -88,6 +88,12 @@ def test_signature_reads_shapes_and_discrete_values_only():
     assert a != signature(owner, (torch.zeros(2, 4),), dict(t=0.5, n=4, flag=True, ids=[torch.zeros(5)]))
     assert a != signature(owner, (torch.zeros(2, 3),), dict(t=0.5, n=5, flag=True, ids=[torch.zeros(5)]))
     assert a != signature(object(), (torch.zeros(2, 3),), dict(t=0.5, n=4, flag=True, ids=[torch.zeros(5)]))
+    # Integer and boolean values (masks) are read; a layout with no bytes to read stands by its shape.
+    mask = torch.tensor([True, True, False])
+    assert signature(owner, (mask,), {}) != signature(owner, (torch.tensor([True, False, False]),), {})
+    assert signature(owner, (mask.to(torch.uint16),), {}) != signature(owner, (mask.to(torch.int64),), {})
+    sparse = torch.sparse_coo_tensor([[0]], [1], (3,))
+    assert signature(owner, (sparse,), {}) == signature(owner, (torch.sparse_coo_tensor([[1]], [2], (3,)),), {})
 
 
 def test_conform_pads_and_cuts():
