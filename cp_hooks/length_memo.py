@@ -112,7 +112,7 @@ class LengthMemo:
             exchange: the collective that all-gathers `local` (`rows[r]` = rank r's values).
         """
         forward = self._active[-1] if self._active else None
-        if forward is None or forward.key in self._unstable:
+        if forward is None or forward.key is None or forward.key in self._unstable:
             return _columns(exchange())
         position = forward.calls
         forward.calls += 1
@@ -120,10 +120,12 @@ class LengthMemo:
         if calls is not None and position < len(calls) and calls[position][0] == state:
             remembered = calls[position][1]
             mine = tuple(column[rank] for column in remembered)
-            message = (f"cp_hooks: this rank's lengths {tuple(local)} differ from {mine}, which an earlier forward "
-                       "with the same input shapes had at this call: the model's shard lengths depend on values, "
-                       "not shapes alone. Its lengths are exchanged every call from now on; run the forward again.")
-            value_checks.record(tuple(local) == mine, message, kind=_KIND)
+            same = tuple(local) == mine
+            message = "" if same else (
+                f"cp_hooks: this rank's lengths {tuple(local)} differ from {mine}, which an earlier forward with the "
+                "same input shapes had at this call: the model's shard lengths depend on values, not shapes alone. "
+                "Its lengths are exchanged every call from now on; run the forward again.")
+            value_checks.record(same, message, kind=_KIND)
             return remembered
         columns = _columns(exchange())
         if calls is None:
