@@ -127,8 +127,9 @@ def group_rank(group) -> int:
 def exchange_sizes(values: list[int], group, device, payload: str = "sizes") -> list[list[int]]:
     """All-gather a few ints from every rank: returns `result[rank] == that rank's values`.
 
-    Called by the anything modes (`cp_hooks.length_memo` says when), and by the strict input check (`payload="consistency"`). One tiny collective, on `device` (the caller's tensors'),
-    except in a gloo group, which takes CPU tensors.
+    Called by the anything modes (`cp_hooks.length_memo` says when), and by the strict input check
+    (`payload="consistency"`). One tiny collective, on `device` (the caller's tensors'), except in a gloo
+    group, which takes CPU tensors.
     """
     backend = str(dist.get_backend(group)).lower()
     if "gloo" in backend and "nccl" not in backend:

@@ -35,6 +35,7 @@ class _Forward:
         self._pending: list[tuple[torch.Tensor, str, str]] = []  # (condition, kind, message), not yet read
 
     def add(self, condition: "torch.Tensor | bool", message: str, kind: str) -> None:
+        """One check: a condition tensor (kept unread) or a result already evaluated."""
         self.checked += 1
         if isinstance(condition, torch.Tensor):
             self._pending.append((condition.detach().reshape(()), kind, message))
@@ -51,7 +52,8 @@ class _Forward:
 
     @property
     def failures(self) -> list[tuple[str, str]]:
-        """(kind, message) of every failed check, in the order the checks ran (evaluated pending ones first)."""
+        """(kind, message) of every failed check: those on tensors (read now, together), then those recorded
+        already evaluated."""
         if self._pending:
             results = torch.stack([c.to(torch.bool) for c, _, _ in self._pending]).tolist()  # one read
             self._failures = [(kind, message) for (_, kind, message), ok in zip(self._pending, results) if not ok] \
