@@ -32,7 +32,7 @@ from . import value_checks
 
 _MAX_SIGNATURES = 16  # shapes remembered at once; the oldest is forgotten first (in the same order everywhere)
 _MAX_VALUES_READ = 1 << 16  # integer / boolean tensors up to this many elements are read into the signature
-_KIND = "lengths"
+MISMATCH_KIND = "lengths"  # the value-check kind a length mismatch is recorded under
 
 
 def signature(owner: object, args: tuple, kwargs: dict) -> tuple:
@@ -125,7 +125,7 @@ class LengthMemo:
                 f"cp_hooks: this rank's lengths {tuple(local)} differ from {mine}, which an earlier forward with the "
                 "same input shapes had at this call: the model's shard lengths depend on values, not shapes alone. "
                 "Its lengths are exchanged every call from now on; run the forward again.")
-            value_checks.record(same, message, kind=_KIND)
+            value_checks.record(same, message, kind=MISMATCH_KIND)
             return remembered
         columns = _columns(exchange())
         if calls is None:
@@ -152,8 +152,3 @@ def conform(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     shape = list(x.shape)
     shape[dim] = length - have
     return torch.cat([x, x.new_zeros(shape)], dim=dim)
-
-
-def mismatch_kind() -> str:
-    """The value-check kind a length mismatch is recorded under."""
-    return _KIND

@@ -262,7 +262,7 @@ class ReplicatedOutputHook(ModelHook):
             value_checks.agree(checks, self.runtime.world_group, self.runtime.device_type,
                                always=groups_compute_different_calls())
         except value_checks.ValueCheckError as error:
-            if length_memo.mismatch_kind() in error.kinds:
+            if length_memo.MISMATCH_KIND in error.kinds:
                 self.runtime.length_memo.forget(signature)  # on every rank: they all raise here
             raise
 

@@ -46,16 +46,19 @@ class _Forward:
         """A float tensor on `device`, 1.0 where a check failed on this rank, read by nobody yet."""
         flag = torch.tensor([1.0 if self._failures else 0.0], device=device)
         if self._pending:
-            failed = ~torch.stack([c.to(torch.bool) for c, _, _ in self._pending]).all()
+            failed = ~self._conditions().all()
             flag = torch.maximum(flag, failed.to(device=device, dtype=flag.dtype).reshape(1))
         return flag
+
+    def _conditions(self) -> torch.Tensor:
+        return torch.stack([c.to(torch.bool) for c, _, _ in self._pending])
 
     @property
     def failures(self) -> list[tuple[str, str]]:
         """(kind, message) of every failed check: those on tensors (read now, together), then those recorded
         already evaluated."""
         if self._pending:
-            results = torch.stack([c.to(torch.bool) for c, _, _ in self._pending]).tolist()  # one read
+            results = self._conditions().tolist()  # one read
             self._failures = [(kind, message) for (_, kind, message), ok in zip(self._pending, results) if not ok] \
                 + self._failures
             self._pending = []
