@@ -47,7 +47,7 @@ from split_attention import split_efficiency  # noqa: E402
 from variants import Mode, Runner, compiled_modes, cp_modes, diffusers_modes  # noqa: E402
 
 from cp_hooks import comm_stats, context_parallel_attention, init_distributed, shutdown_distributed  # noqa: E402
-from cp_hooks.sharding import take_shard  # noqa: E402
+from cp_hooks.forward.sharding import take_shard  # noqa: E402
 
 DEFAULT_MODELS = "flux-1k,flux-4k,flux-16k,wan"
 

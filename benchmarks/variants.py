@@ -17,7 +17,8 @@ import torch._dynamo
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
-from cp_hooks import ContextParallelConfig, disable_parallelism, enable_parallelism, shared_memory
+from cp_hooks import ContextParallelConfig, disable_parallelism, enable_parallelism
+from cp_hooks.comm import shared_memory
 
 _MESHES: dict = {}
 

@@ -4,14 +4,13 @@
     enable_parallelism(transformer, ContextParallelConfig(ulysses_degree=2))
 """
 
-from .attention import context_parallel_attention
-from .comm import comm_stats
-from .config import ContextParallelConfig
-from .launch import init_distributed, shutdown_distributed
-from .parallel import disable_parallelism, enable_parallelism, is_parallelized
-from .plan import (ContextParallelInput, ContextParallelOutput, ContextParallelProcessor, LocalAttention,
-                   UnsupportedConfig, get_plan, register_plan)
-from .training import reduce_gradients
+from cp_hooks.attention import context_parallel_attention
+from cp_hooks.comm import comm_stats
+from cp_hooks.config import ContextParallelConfig
+from cp_hooks.launch import init_distributed, shutdown_distributed
+from cp_hooks.parallel import disable_parallelism, enable_parallelism, is_parallelized
+from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput, ContextParallelProcessor, LocalAttention, UnsupportedConfig, get_plan, register_plan
+from cp_hooks.training import reduce_gradients
 
 __version__ = "0.1.0"
 

@@ -18,11 +18,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "check":
-        from .checker import main as check
+        from cp_hooks.verify.checker import main as check
 
         return check(rest)
     if command == "table":
-        from .catalogue.table import models_section, update_readme
+        from cp_hooks.verify.catalogue.table import models_section, update_readme
 
         if rest[:1] == ["--readme"] and len(rest) == 2:
             update_readme(rest[1])

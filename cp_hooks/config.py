@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-from .runtime import ContextParallelRuntime
+from cp_hooks.runtime import ContextParallelRuntime
 
 _ROTATE_METHODS = ("allgather", "alltoall")
 MESH_DIM_NAMES = ("ring", "ulysses")

@@ -11,23 +11,23 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from .config import ContextParallelConfig
-from .foreign import as_cp_hooks_config, refuse_diffusers_parallelism
-from .runtime import ContextParallelRuntime
-from .cfg import CfgBatchHook
-from .cfg_sequential import SequentialCfg, supports_sequential
-from .consistency import ConsistencyHook
-from .hooks import HookRegistry
-from .integration import caches
-from .integration.attention_hook import AttentionRoutingHook
-from .integration.offload import InputDeviceHook, execution_device
-from .integration.planned_modules import PlannedModulesHook
-from .integration.processor_swap import ProcessorSwap
-from .integration.sdpa import LocalAttentionHook
-from .pipelines import is_pipeline, parallel_components
-from .plan import ContextParallelProcessor, LocalAttention, get_plan, refuse_unsupported
-from .resolve import resolve_modules
-from .shard_hooks import GatherHook, ReplicatedOutputHook, SplitHook
+from cp_hooks.config import ContextParallelConfig
+from cp_hooks.compat.diffusers_config import as_cp_hooks_config, refuse_diffusers_parallelism
+from cp_hooks.runtime import ContextParallelRuntime
+from cp_hooks.forward.cfg import CfgBatchHook
+from cp_hooks.compat.sequential_cfg import SequentialCfg, supports_sequential
+from cp_hooks.forward.consistency import ConsistencyHook
+from cp_hooks.forward.hooks import HookRegistry
+from cp_hooks.compat import caches
+from cp_hooks.routing.hook import AttentionRoutingHook
+from cp_hooks.compat.offload import InputDeviceHook, execution_device
+from cp_hooks.forward.planned_modules import PlannedModulesHook
+from cp_hooks.routing.processor_swap import ProcessorSwap
+from cp_hooks.routing.sdpa import LocalAttentionHook
+from cp_hooks.plans.pipelines import is_pipeline, parallel_components
+from cp_hooks.plans.specs import ContextParallelProcessor, LocalAttention, get_plan, refuse_unsupported
+from cp_hooks.plans.resolve import resolve_modules
+from cp_hooks.forward.shard_hooks import GatherHook, ReplicatedOutputHook, SplitHook
 
 _STATE_ATTR = "_cp_hooks_state"
 _PIPELINE_ATTR = "_cp_hooks_components"  # on a pipeline: the (name, module) pairs it parallelized

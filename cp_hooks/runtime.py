@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .length_memo import LengthMemo
-from .lengths import SplitLengths
+from cp_hooks.forward.length_memo import LengthMemo
+from cp_hooks.forward.lengths import SplitLengths
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,8 +80,8 @@ class ContextParallelRuntime:
     @classmethod
     def bind(cls, config, mesh) -> "ContextParallelRuntime":
         """Snapshot `config` and bind it to `mesh`; registers the keys operators use (outside compiled code)."""
-        from . import comm
-        from .attention.ops import register_runtime
+        from cp_hooks import comm
+        from cp_hooks.attention.ops import register_runtime
 
         names = ("ring", "ulysses")
         ring_rank, ulysses_rank = mesh["ring"].get_local_rank(), mesh["ulysses"].get_local_rank()

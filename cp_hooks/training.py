@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .config import ContextParallelConfig
+from cp_hooks.config import ContextParallelConfig
 
 BUCKET_BYTES = 32 << 20  # gradients are reduced in buckets of about this size: bounded extra memory
 

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
 from cp_hooks import ContextParallelConfig
-from cp_hooks.sharding import take_shard
+from cp_hooks.forward.sharding import take_shard
 
 # The allocator-exact peak memory measure is the benchmark's; the memory tests use the same one.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
@@ -55,7 +55,7 @@ def peak_live_bytes(fn, calls: int = 3) -> int:
 def catalogue_runs(class_name: str, world: int):
     """(case, mode, model, inputs, config) for every case of a catalogue entry in every mode of `world` ranks it
     is verified in (two-rank modes, or the hybrid modes at four), with the entry's anything flags."""
-    from cp_hooks.catalogue import get_entry
+    from cp_hooks.verify.catalogue import get_entry
 
     entry = get_entry(class_name)
     for case in entry.cases:

@@ -80,7 +80,7 @@ def test_torch_checkpoint_matches_one_process(pool, ring, ulysses, rotate):
 
 
 def diffusers_checkpointing(class_name, ring, ulysses, rotate):
-    from cp_hooks.catalogue import get_entry
+    from cp_hooks.verify.catalogue import get_entry
 
     entry = get_entry(class_name)
     model, inputs = entry.build()

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 import tiny_models
 from cp_hooks import disable_parallelism, enable_parallelism
-from cp_hooks.attention import routing
-from cp_hooks.integration import diffusers_attention, sdpa
+from cp_hooks.forward import context as routing
+from cp_hooks.routing import diffusers_dispatch as diffusers_attention, sdpa
 from cp_testing import FP32_TOL, make_config, rel_err
 
 MODES = [(1, 2), (2, 1)]  # (ring, ulysses): Ulysses 2, ring 2
@@ -101,7 +101,7 @@ def _bound_attention_class():
 
 
 def _routing_hook(model):
-    from cp_hooks.hooks import HookRegistry
+    from cp_hooks.forward.hooks import HookRegistry
 
     return HookRegistry.of(model).get("cp_hooks.attention_routing")
 

@@ -11,7 +11,7 @@ import torch
 
 import tiny_models
 from cp_hooks import disable_parallelism, enable_parallelism
-from cp_hooks.integration import caches
+from cp_hooks.compat import caches
 from cp_testing import FP32_TOL, make_config, rel_err
 
 STEPS = 6

@@ -15,8 +15,8 @@ import textwrap
 import pytest
 import torch.distributed as dist
 
-from cp_hooks.catalogue import ENTRIES, get_entry
-from cp_hooks.checker import compare_parallel
+from cp_hooks.verify.catalogue import ENTRIES, get_entry
+from cp_hooks.verify.checker import compare_parallel
 from cp_testing import FP32_TOL, catalogue_runs, make_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +65,7 @@ def test_uneven_text_without_anything_names_the_flag(pool):
 
 def wrong_class_plan() -> str:
     """Wan's plan on a Flux model: refused before any collective, naming the missing module."""
-    from cp_hooks.models.wan import WAN
+    from cp_hooks.verify.models.wan import WAN
 
     model, inputs = get_entry("FluxTransformer2DModel").build()
     with pytest.raises(ValueError, match="has no module 'rope'"):
@@ -79,7 +79,7 @@ def test_plan_for_the_wrong_class_is_refused(pool):
 
 # ----------------------------------------------------------------------------- README
 def test_readme_table_is_generated():
-    from cp_hooks.catalogue.table import models_section, readme_section
+    from cp_hooks.verify.catalogue.table import models_section, readme_section
 
     with open(os.path.join(ROOT, "README.md")) as f:
         section = readme_section(f.read())
@@ -150,7 +150,7 @@ def _diffusers_transformer_classes() -> list[str]:
 
 def test_every_diffusers_transformer_is_verified_or_has_a_reason():
     pytest.importorskip("diffusers")
-    from cp_hooks.catalogue import UNSUPPORTED
+    from cp_hooks.verify.catalogue import UNSUPPORTED
 
     missing = [n for n in _diffusers_transformer_classes() if n not in ENTRIES and n not in UNSUPPORTED]
     assert not missing, ("these diffusers transformer classes are neither verified in a family file under "
@@ -162,9 +162,9 @@ def test_every_builtin_plan_has_verification_cases():
     pytest.importorskip("diffusers")
     import diffusers
 
-    import cp_hooks.plans  # noqa: F401  (registers the built-in plans)
-    from cp_hooks.catalogue import ModelEntry
-    from cp_hooks.plan import _REGISTRY
+    import cp_hooks.plans.builtin  # noqa: F401  (registers the built-in plans)
+    from cp_hooks.verify.catalogue import ModelEntry
+    from cp_hooks.plans.specs import _REGISTRY
 
     registered = {cls.__name__ for cls in _REGISTRY if cls.__module__.startswith("diffusers.")}
     assert registered == {n for n in ENTRIES if hasattr(diffusers, n)}
@@ -180,7 +180,7 @@ USER_FAMILY = textwrap.dedent('''
     import torch.nn.functional as F
 
     from cp_hooks import ContextParallelInput, ContextParallelOutput
-    from cp_hooks.catalogue import ModelEntry
+    from cp_hooks.verify.catalogue import ModelEntry
 
 
     class TinyDiT(nn.Module):

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 from cp_hooks import ContextParallelConfig, disable_parallelism, enable_parallelism
-from cp_hooks.catalogue import ENTRIES, get_entry
-from cp_hooks.checker import compare_parallel, compare_parallel_backward
+from cp_hooks.verify.catalogue import ENTRIES, get_entry
+from cp_hooks.verify.checker import compare_parallel, compare_parallel_backward
 from cp_testing import FP32_TOL, make_config, rel_err
 
 

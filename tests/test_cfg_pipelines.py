@@ -141,7 +141,7 @@ def test_sequential_guidance_with_ulysses(pool, kind, ring, ulysses):
 
 def mispredicted_call() -> list[float]:
     """A second step whose unconditional call changes more than the first step's did: computed, not reused."""
-    from cp_hooks.catalogue import get_entry
+    from cp_hooks.verify.catalogue import get_entry
 
     model, inputs = get_entry("FluxTransformer2DModel").build()
     negative = dict(inputs, encoder_hidden_states=inputs["encoder_hidden_states"] * -1)

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from cp_hooks.catalogue import ENTRIES, get_entry
-from cp_hooks.checker import GradientDiff, _gradient_diff, compare_parallel_backward
+from cp_hooks.verify.catalogue import ENTRIES, get_entry
+from cp_hooks.verify.checker import GradientDiff, _gradient_diff, compare_parallel_backward
 from cp_testing import FP32_TOL, catalogue_runs, make_config
 
 def verify_gradients(class_name: str, world: int) -> list[str]:
@@ -52,7 +52,7 @@ def test_gradients_match_one_process_ring_x_ulysses(pool, class_name):
 # ----------------------------------------------------------------------------- the check has teeth
 def gradients_without_reduction() -> list[str]:
     """The check with `reduce_gradients` left out: each rank keeps its partial gradients, which must FAIL."""
-    import cp_hooks.checker as checker
+    import cp_hooks.verify.checker as checker
 
     model, inputs = get_entry("FluxTransformer2DModel").build("t2i")
     reduce = checker.reduce_gradients

@@ -136,7 +136,7 @@ def test_dynamic_shapes_one_graph_two_resolutions(pool):
 
 def catalogue_parity(class_name, case, ring, ulysses):
     """A catalogued model compiled with fullgraph=True: forward and gradients against one process."""
-    from cp_hooks.catalogue import get_entry
+    from cp_hooks.verify.catalogue import get_entry
 
     torch._dynamo.reset()
     entry = get_entry(class_name)

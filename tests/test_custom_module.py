@@ -10,8 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cp_hooks import (ContextParallelInput, ContextParallelOutput, LocalAttention, disable_parallelism,
-                      enable_parallelism, reduce_gradients)
+from cp_hooks import ContextParallelInput, ContextParallelOutput, LocalAttention, disable_parallelism, enable_parallelism, reduce_gradients
 from cp_testing import FP32_TOL, make_config, rel_err
 
 

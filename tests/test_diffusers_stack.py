@@ -23,7 +23,7 @@ import torch.nn as nn
 
 import tiny_models
 from cp_hooks import disable_parallelism, enable_parallelism
-from cp_hooks.integration.offload import execution_device
+from cp_hooks.compat.offload import execution_device
 from cp_hooks.parallel import _check_model_device
 from cp_testing import FP32_TOL, ORDERS, apply_around_enable, make_config, rel_err
 
@@ -228,7 +228,7 @@ def test_device_check_reads_the_offloading_hooks():
 
 def test_forward_refuses_inputs_off_the_mesh_device():
     """The input check runs before anything communicates: CPU inputs with a GPU mesh (and the reverse)."""
-    from cp_hooks.integration.offload import InputDeviceHook
+    from cp_hooks.compat.offload import InputDeviceHook
 
     hook = InputDeviceHook(SimpleNamespace(device_type="cuda"))
     with pytest.raises(ValueError, match="inputs are on cpu but the context-parallel mesh communicates on 'cuda'"):

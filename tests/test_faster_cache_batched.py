@@ -160,7 +160,7 @@ def refuse_with_cfg_groups(order: str) -> str:
     """cfg_degree=2 with FasterCache (is_guidance_distilled=False): the same ValueError on every rank; fine after."""
     import _tiny
 
-    from cp_hooks.integration import caches
+    from cp_hooks.compat import caches
 
     pipe = _tiny.tiny_cogvideox_pipeline(seed=0)
     apply_around_enable(pipe, make_config(1, 1, cfg=2), lambda p: p.transformer.enable_cache(_faster_cache(p)), order)

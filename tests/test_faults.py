@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cp_hooks import shared_memory
+from cp_hooks.comm import shared_memory
 from distributed import _free_port
 
 WORKER = os.path.join(os.path.dirname(__file__), "fault_worker.py")

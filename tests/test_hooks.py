@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cp_hooks.hooks import HookRegistry, ModelHook
+from cp_hooks.forward.hooks import HookRegistry, ModelHook
 
 
 class Recorder(ModelHook):

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from cp_hooks.models import kandinsky as K
+from cp_hooks.verify.models import kandinsky as K
 
 
 def test_block_selection_matches_diffusers_block_mask():

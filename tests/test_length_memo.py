@@ -11,10 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cp_hooks import (ContextParallelInput, ContextParallelOutput, comm_stats, disable_parallelism, enable_parallelism,
-                      reduce_gradients)
-from cp_hooks import value_checks
-from cp_hooks.length_memo import LengthMemo, conform, signature
+from cp_hooks import ContextParallelInput, ContextParallelOutput, comm_stats, disable_parallelism, enable_parallelism, reduce_gradients
+from cp_hooks.forward import value_checks
+from cp_hooks.forward.length_memo import LengthMemo, conform, signature
 from cp_testing import FP32_TOL, make_config, rel_err
 from tiny_models import tiny_flux, tiny_wan
 
@@ -170,8 +169,8 @@ def test_training_forwards_remember_lengths(pool, ring, ulysses):
 def prompts_of_one_shape(ring, ulysses):
     """Mochi keeps each rank's valid text tokens: prompts padded to one shape give other per-rank lengths.
     The mask is read into the signature, so a new prompt exchanges again (no error) and a seen one does not."""
-    from cp_hooks.catalogue import get_entry
-    from cp_hooks.catalogue._inputs import padding_mask
+    from cp_hooks.verify.catalogue import get_entry
+    from cp_hooks.verify.catalogue._inputs import padding_mask
 
     config = make_config(ring, ulysses, ulysses_anything=ulysses > 1, ring_anything=ring > 1)
     model, inputs = get_entry("MochiTransformer3DModel").build()

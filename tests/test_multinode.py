@@ -22,8 +22,8 @@ WORKER = textwrap.dedent('''
     import torch
     import torch.distributed as dist
     from cp_hooks import ContextParallelConfig, init_distributed, shutdown_distributed
-    from cp_hooks.catalogue import get_entry
-    from cp_hooks.checker import compare_parallel
+    from cp_hooks.verify.catalogue import get_entry
+    from cp_hooks.verify.checker import compare_parallel
 
     init_distributed()
     node = int(os.environ["GROUP_RANK"])  # the agent (machine) this process runs on

@@ -4,10 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cp_hooks import (ContextParallelConfig, ContextParallelInput, ContextParallelOutput, LocalAttention,
-                      enable_parallelism, get_plan, register_plan)
-from cp_hooks.plan import normalize_plan, registered_plan
-from cp_hooks.resolve import resolve_modules
+from cp_hooks import ContextParallelConfig, ContextParallelInput, ContextParallelOutput, LocalAttention, enable_parallelism, get_plan, register_plan
+from cp_hooks.plans.specs import normalize_plan, registered_plan
+from cp_hooks.plans.resolve import resolve_modules
 
 
 class Block(nn.Module):

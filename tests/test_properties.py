@@ -9,7 +9,7 @@ import torch.distributed as dist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cp_hooks.sharding import gather_tensor, share_replicated_gradient, split_tensor
+from cp_hooks.forward.sharding import gather_tensor, share_replicated_gradient, split_tensor
 from test_attention import attention_parity
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cp_hooks import disable_parallelism, enable_parallelism
-from cp_hooks.catalogue import get_entry
+from cp_hooks.verify.catalogue import get_entry
 from cp_testing import FP32_TOL, make_config, rel_err
 
 

@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 
 from cp_hooks import disable_parallelism, enable_parallelism
-from cp_hooks.catalogue import get_entry
-from cp_hooks.models.qwenimage21 import QwenImage21ContextParallelProcessor
+from cp_hooks.verify.catalogue import get_entry
+from cp_hooks.verify.models.qwenimage21 import QwenImage21ContextParallelProcessor
 from cp_testing import FP32_TOL, make_config, rel_err
 
 CASES = {"t2i": dict(prompts=(7, 4)),
@@ -32,7 +32,7 @@ def _two_steps(model, inputs, step1):
 
 
 def cached_steps_match(ring, ulysses, rotate):
-    from cp_hooks.models.qwenimage21 import qwenimage21_inputs
+    from cp_hooks.verify.models.qwenimage21 import qwenimage21_inputs
 
     entry = get_entry("QwenImage21Transformer2DModel")
     worst = 0.0
@@ -83,7 +83,7 @@ def refusals():
     # A cached step whose ranks hold different numbers of keys, without the anything flags: 10 prefix and 8
     # target tokens, so the prefill's shards of 9 leave 9 prefix rows on rank 0 and 1 on rank 1, beside 4
     # target rows each.
-    from cp_hooks.models.qwenimage21 import qwenimage21_inputs
+    from cp_hooks.verify.models.qwenimage21 import qwenimage21_inputs
 
     inputs = qwenimage21_inputs(entry.config, torch.Generator().manual_seed(0), prompts=(2,), target=(1, 4, 2))
     model, _ = entry.build()

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from cp_hooks.sharding import gather_tensor, shard_sizes, share_replicated_gradient, split_tensor
+from cp_hooks.forward.sharding import gather_tensor, shard_sizes, share_replicated_gradient, split_tensor
 from cp_testing import make_config
 
 

@@ -24,7 +24,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from cp_hooks import comm, shared_memory
+from cp_hooks import comm
+from cp_hooks.comm import shared_memory
 
 
 # Linux on x86-64 with a /dev/shm: elsewhere every group keeps gloo, which the other test files cover.

@@ -106,7 +106,7 @@ def refuse_sea_cache(cache_first: bool) -> str:
     """SeaCache on an enabled model: the same ValueError on every rank, in either order; fine again after."""
     from diffusers.hooks import SeaCacheConfig
 
-    from cp_hooks.catalogue import get_entry
+    from cp_hooks.verify.catalogue import get_entry
 
     model, inputs = get_entry("WanTransformer3DModel").build()
     if cache_first:

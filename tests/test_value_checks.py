@@ -6,7 +6,7 @@ test_length_memo.py; here, what a forward's record holds and when it is read.
 
 import torch
 
-from cp_hooks import value_checks
+from cp_hooks.forward import value_checks
 
 
 class _CountsReads(torch.Tensor):

@@ -21,10 +21,9 @@ import torch
 import torch.distributed as dist
 
 from cp_hooks import disable_parallelism, enable_parallelism
-from cp_hooks.catalogue import get_entry
-from cp_hooks.models import wan_animate
-from cp_hooks.models.wan_animate import (GENERATION_ENTRIES, WanAnimate2ContextParallelProcessor,
-                                         WanAnimate2ReferenceProcessor, animate2_extract, animate2_generate)
+from cp_hooks.verify.catalogue import get_entry
+from cp_hooks.verify.models import wan_animate
+from cp_hooks.verify.models.wan_animate import GENERATION_ENTRIES, WanAnimate2ContextParallelProcessor, WanAnimate2ReferenceProcessor, animate2_extract, animate2_generate
 from cp_testing import FP32_TOL, make_config, rel_err
 
 # (frames, latent height, latent width, segment frames): 24 generation and 16 reference tokens; and 9 and 6, which
@@ -199,8 +198,8 @@ def test_reference_twin_has_a_backward():
 
 
 def generation_gradients(ring, ulysses, rotate):
-    from cp_hooks.checker import compare_parallel_backward
-    from cp_hooks.models.wan_animate import GENERATION_ENTRIES
+    from cp_hooks.verify.checker import compare_parallel_backward
+    from cp_hooks.verify.models.wan_animate import GENERATION_ENTRIES
 
     entry = GENERATION_ENTRIES[0]
     model, inputs = entry.build()

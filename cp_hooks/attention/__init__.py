@@ -1,5 +1,5 @@
 """Context-parallel attention: local kernels with LSE, merge, Ulysses, ring and hybrid."""
 
-from .api import context_parallel_attention
+from cp_hooks.attention.api import context_parallel_attention
 
 __all__ = ["context_parallel_attention"]

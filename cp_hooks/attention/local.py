@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .masks import kernel_mask, rows_with_keys
+from cp_hooks.attention.masks import kernel_mask, rows_with_keys
 
 _aten = torch.ops.aten
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import value_checks
+from cp_hooks.forward import value_checks
 
 
 def _holds(condition: torch.Tensor, message: str) -> bool:

@@ -25,9 +25,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .local import attention_with_lse, attention_with_lse_backward
-from .ring import ring_backward, ring_forward
-from .ulysses import heads_to_seq, pad_heads, seq_to_heads
+from cp_hooks.attention.local import attention_with_lse, attention_with_lse_backward
+from cp_hooks.attention.ring import ring_backward, ring_forward
+from cp_hooks.attention.ulysses import heads_to_seq, pad_heads, seq_to_heads
 
 _RUNTIMES: dict[int, object] = {}  # key -> ContextParallelRuntime (kept alive while registered)
 
@@ -95,7 +95,7 @@ def _inner_backward(runtime, dout, q, k, v, bias, out, lse, kv_sizes, scale, is_
 
 
 def _to_heads(runtime, q, k, v, bias, q_sizes, kv_sizes, reuse_buffer: bool):
-    from .. import comm
+    from cp_hooks import comm
 
     group = runtime.ulysses_group
     uq, ukv = _ulysses_sizes(runtime, q_sizes), _ulysses_sizes(runtime, kv_sizes)

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import comm
-from .local import attention_with_lse, attention_with_lse_backward
-from .masks import key_columns
-from .merge import merge_partial_
+from cp_hooks import comm
+from cp_hooks.attention.local import attention_with_lse, attention_with_lse_backward
+from cp_hooks.attention.masks import key_columns
+from cp_hooks.attention.merge import merge_partial_
 
 
 def _block_kind(src: int, rank: int, is_causal: bool) -> str:

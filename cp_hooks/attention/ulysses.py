@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import comm
+from cp_hooks import comm
 
 
 def seq_to_heads(x: torch.Tensor, group, seq_sizes: list[int], send: torch.Tensor | None = None):

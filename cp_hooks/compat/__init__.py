@@ -1,0 +1,1 @@
+"""Composition with the diffusers stack: caches, offloading, sequential guidance, diffusers' configs."""

@@ -1,1 +1,0 @@
-"""Routing a model's attention calls into context-parallel attention (diffusers processors, plain SDPA)."""

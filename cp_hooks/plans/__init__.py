@@ -1,0 +1,1 @@
+"""Plans: specs, the registry, name resolution, and one file per model family."""

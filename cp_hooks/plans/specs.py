@@ -1,0 +1,335 @@
+"""Plan specs (`ContextParallelInput`, `ContextParallelOutput`, `LocalAttention`, `ContextParallelProcessor`) and
+the plan registry.
+
+A plan is plain data: a dict from module names to what happens at that module.
+
+    {
+        "": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},   # split a forward input
+        "rope": {0: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True)},  # split output 0
+        "blocks.*.attn2": LocalAttention(),                # attention here runs locally (replicated keys)
+        "blocks.*.attn1": ContextParallelProcessor(make),  # a processor of the plan's own while enabled
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),                   # gather the output
+    }
+
+A `ContextParallelOutput` keyed by a parameter name inside an input dict gathers that (already split)
+input back to full length before the module runs: for a module that needs the whole sequence while the
+rest of the model works on shards (HunyuanVideo's token refiner needs the whole text and its mask, which
+the blocks need split).
+
+Names are dotted module paths (`""` is the model itself); `*` stands for every child of a `ModuleList` or
+`Sequential`. diffusers' spec objects of the same names are accepted and converted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class ContextParallelInput:
+    """Split a tensor along `split_dim` so that rank r keeps piece r of `tensor.tensor_split(world, dim)`.
+
+    Args:
+        split_dim: dimension holding the sequence.
+        expected_dims: the tensor's number of dimensions; a tensor with another number is an error.
+        split_output: split the module's output (key = output index) instead of an input (key = parameter
+            name). Use it for positional embeddings computed from the full sequence.
+        skip_other_dims: leave a tensor whose number of dims differs from `expected_dims` whole instead of
+            raising. Only for inputs that carry the sequence in some variants of a model and not in others
+            (Wan 2.2 TI2V's per-token timestep (B, S) vs. the usual (B,)); never needed otherwise.
+        tag: a name under which this split records the full length it cut, for `segments` later in the same
+            forward (e.g. `"image"` on the image tokens' split).
+        segments: split a tensor that holds several token streams back to back, each stream like its own
+            tokens: the tags of earlier splits, in order, whose full lengths are the streams' lengths along
+            `split_dim`. Rank r keeps [its piece of stream 1, its piece of stream 2, ...], which is how a
+            block concatenates its local image and text shards. One entry may be None: a stream that is
+            already local (kept whole), its length being what the tagged streams leave. Use it for a key mask
+            or rotary table built over [image, text] in `forward` and handed whole to every block.
+
+    Example:
+        >>> ContextParallelInput(split_dim=1, expected_dims=3)
+        ContextParallelInput(split_dim=1, expected_dims=3, split_output=False, skip_other_dims=False, tag=None, segments=None)
+        >>> key_mask = ContextParallelInput(split_dim=3, expected_dims=4, segments=("image", "text"))
+    """
+
+    split_dim: int
+    expected_dims: int | None = None
+    split_output: bool = False
+    skip_other_dims: bool = False
+    tag: str | None = None
+    segments: tuple[str | None, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.segments is not None:
+            if not isinstance(self.segments, tuple) or not self.segments or not all(
+                    s is None or isinstance(s, str) for s in self.segments):
+                raise TypeError(f"ContextParallelInput(segments=...) takes a non-empty tuple of tags (str) and at "
+                                f"most one None, got {self.segments!r}.")
+            if list(self.segments).count(None) > 1:
+                raise ValueError(f"ContextParallelInput(segments={self.segments!r}) has more than one None: the "
+                                 "length of a stream kept whole is what the tagged streams leave, so only one can be.")
+            if self.tag is not None:
+                raise ValueError("A ContextParallelInput with segments cannot also be tagged: tag the streams' splits.")
+
+
+@dataclass(frozen=True)
+class ContextParallelOutput:
+    """Gather an output tensor along `gather_dim` so that every rank holds the full sequence again.
+
+    Args:
+        gather_dim: dimension holding the sequence.
+        expected_dims: the tensor's number of dimensions; a tensor with another number is an error.
+
+    Example:
+        >>> ContextParallelOutput(gather_dim=1, expected_dims=3)
+        ContextParallelOutput(gather_dim=1, expected_dims=3)
+    """
+
+    gather_dim: int
+    expected_dims: int | None = None
+
+
+@dataclass(frozen=True)
+class LocalAttention:
+    """Mark a module whose attention calls must run locally, with no communication.
+
+    Use it for cross-attention whose keys and values are replicated on every rank (e.g. a text context
+    that is not split) in models that call `torch.nn.functional.scaled_dot_product_attention` directly.
+    diffusers processors that pass `parallel_config=None` for such calls need no marking.
+
+    Example:
+        >>> plan = {"blocks.*.cross_attn": LocalAttention()}
+    """
+
+
+@dataclass(frozen=True)
+class ContextParallelProcessor:
+    """Give an attention module a processor of the plan's making while context parallelism is enabled.
+
+    For attention that no split of its inputs can serve: a processor that slices queries or keys at absolute
+    positions of the whole sequence, or keeps a cache written by position. `factory(module, processor,
+    runtime)` returns the replacement, which computes the same attention from this rank's shards (through
+    `context_parallel_attention`); `disable_parallelism` puts `processor` back. A forward after the
+    replacement was swapped out (`set_attn_processor`, an adapter) raises on every rank.
+
+    Example:
+        >>> plan = {"transformer_blocks.*.attn": ContextParallelProcessor(MyContextParallelProcessor)}
+    """
+
+    factory: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class UnsupportedConfig:
+    """A model configuration that a registered plan cannot serve: `enable_parallelism` refuses it.
+
+    Some configurations make a module depend on where the whole sequence starts or ends through a plain
+    int (a count of history or first-frame tokens) that no split can shift to each rank's shard. Declaring
+    them turns a silently wrong result into an error, raised on every rank before any communication.
+
+    Args:
+        module: the module(s) holding the attribute, as in plan keys (`""` is the model, `*` allowed).
+        attribute: a dotted attribute path on that module, e.g. `"is_amplify_history"` or
+            `"config.image_condition_type"`.
+        values: the attribute values the plan cannot serve.
+        reason: why, for the error message.
+
+    Example:
+        >>> UnsupportedConfig("blocks.*.attn1", "is_amplify_history", (True,), "the history length is an int")
+    """
+
+    module: str
+    attribute: str
+    values: tuple
+    reason: str
+
+
+InputPlan = dict[Union[str, int], Union[ContextParallelInput, list, tuple]]
+OutputPlan = Union[ContextParallelOutput, list, tuple]
+ModulePlan = Union[InputPlan, OutputPlan, LocalAttention, ContextParallelProcessor]
+Plan = dict[str, ModulePlan]
+
+_REGISTRY: dict[type, Plan] = {}
+_UNSUPPORTED: dict[type, tuple[UnsupportedConfig, ...]] = {}
+_NO_BATCH_SPLIT: dict[type, str] = {}  # class -> why its batch cannot be split over cfg groups
+
+
+def _convert_spec(spec: Any, where: str):
+    """Accept our specs, diffusers' specs (same fields), None placeholders, and lists/tuples/dicts of them,
+    nested as deep as the value they describe (a tuple of (cos, sin) tuples, a dict of tables)."""
+    if spec is None or isinstance(spec, (ContextParallelInput, ContextParallelOutput, LocalAttention,
+                                         ContextParallelProcessor)):
+        return spec
+    if isinstance(spec, (list, tuple)):
+        return type(spec)(_convert_spec(s, where) for s in spec)
+    if isinstance(spec, dict) and where.count("[") > 1:  # inside an input entry: a dict value's specs by key
+        return {k: _convert_spec(s, f"{where}[{k!r}]") for k, s in spec.items()}
+    kind = type(spec).__name__
+    if kind == "ContextParallelInput" and hasattr(spec, "split_dim"):
+        return ContextParallelInput(spec.split_dim, spec.expected_dims, bool(spec.split_output))
+    if kind == "ContextParallelOutput" and hasattr(spec, "gather_dim"):
+        return ContextParallelOutput(spec.gather_dim, spec.expected_dims)
+    raise TypeError(
+        f"Plan entry {where} is a {kind}; expected ContextParallelInput, ContextParallelOutput, LocalAttention, "
+        "or a list/tuple of them."
+    )
+
+
+def normalize_plan(plan: Any) -> Plan:
+    """Return a copy of `plan` with every spec converted to cp_hooks' types, checking its structure.
+
+    Raises:
+        TypeError: the plan is not a dict of module name -> spec, or holds an unknown spec type.
+        ValueError: an input key whose `split_output` does not match its kind (name vs. output index).
+    """
+    if not isinstance(plan, dict):
+        raise TypeError(f"A plan must be a dict of module name -> spec, got {type(plan).__name__}.")
+    result: Plan = {}
+    for module_name, entry in plan.items():
+        if not isinstance(module_name, str):
+            raise TypeError(f"Plan keys are module names (str, '' for the model itself); got {module_name!r}.")
+        if isinstance(entry, dict):
+            inputs = {}
+            for key, spec in entry.items():
+                spec = _convert_spec(spec, f"[{module_name!r}][{key!r}]")
+                _check_input_key(module_name, key, spec)
+                inputs[key] = spec
+            result[module_name] = inputs
+        else:
+            spec = _convert_spec(entry, f"[{module_name!r}]")
+            specs = spec if isinstance(spec, (list, tuple)) else [spec]
+            if isinstance(spec, (LocalAttention, ContextParallelProcessor)):
+                result[module_name] = spec
+                continue
+            if not all(s is None or isinstance(s, ContextParallelOutput) for s in specs):
+                raise TypeError(
+                    f"Plan entry [{module_name!r}] must be a dict of inputs, a ContextParallelOutput (or a list of "
+                    "them, one per output, None to skip one) or LocalAttention()."
+                )
+            result[module_name] = spec
+    return result
+
+
+def _leaves(spec) -> list:
+    if isinstance(spec, (list, tuple)):
+        return [leaf for s in spec for leaf in _leaves(s)]
+    if isinstance(spec, dict):
+        return [leaf for s in spec.values() for leaf in _leaves(s)]
+    return [spec]
+
+
+def _check_input_key(module_name: str, key, spec) -> None:
+    for s in _leaves(spec):
+        if s is None:
+            continue
+        if isinstance(s, ContextParallelOutput) and isinstance(key, str):
+            continue  # gather a split input back to full length before this module (see module docstring)
+        if not isinstance(s, ContextParallelInput):
+            raise TypeError(f"Plan entry [{module_name!r}][{key!r}] must be ContextParallelInput, got {s!r}.")
+        if isinstance(key, int) and not s.split_output:
+            raise ValueError(
+                f"Plan entry [{module_name!r}][{key}] is keyed by an output index, so it needs split_output=True; "
+                "to split a forward parameter, key it by the parameter's name."
+            )
+        if isinstance(key, str) and s.split_output:
+            raise ValueError(
+                f"Plan entry [{module_name!r}][{key!r}] has split_output=True, so key it by the output index "
+                "(0, 1, ...), not by a parameter name."
+            )
+
+
+def register_plan(model_class: type, plan: Plan, unsupported: tuple[UnsupportedConfig, ...] = (),
+                  no_batch_split: str = "") -> None:
+    """Register `plan` as the built-in plan for `model_class` (and its subclasses).
+
+    Args:
+        model_class: the `nn.Module` subclass the plan is for.
+        plan: the plan (see module docstring).
+        unsupported: configurations of the class this plan cannot serve (see `UnsupportedConfig`);
+            `enable_parallelism` refuses them when it uses this registered plan.
+        no_batch_split: when set, the reason why this class's batch cannot be split over cfg groups
+            (`cfg_degree > 1` is then refused): an input whose leading dimension equals the batch size but
+            is not one row per sample (see `cp_hooks.cfg`).
+
+    Raises:
+        TypeError: `model_class` is not an `nn.Module` subclass, or the plan is malformed.
+
+    Example:
+        >>> register_plan(MyDiT, {"": {"x": ContextParallelInput(1, 3)}, "head": ContextParallelOutput(1, 3)})
+    """
+    if not (isinstance(model_class, type) and issubclass(model_class, nn.Module)):
+        raise TypeError(f"register_plan needs an nn.Module subclass, got {model_class!r}.")
+    if not all(isinstance(u, UnsupportedConfig) for u in unsupported):
+        raise TypeError("register_plan(unsupported=...) takes UnsupportedConfig entries.")
+    _REGISTRY[model_class] = normalize_plan(plan)
+    _UNSUPPORTED[model_class] = tuple(unsupported)
+    if no_batch_split:
+        _NO_BATCH_SPLIT[model_class] = no_batch_split
+    else:
+        _NO_BATCH_SPLIT.pop(model_class, None)
+
+
+def registered_plan(model_class: type) -> Plan | None:
+    """The plan registered for `model_class` or its nearest registered base class, else None."""
+    for cls in model_class.__mro__:
+        if cls in _REGISTRY:
+            return _REGISTRY[cls]
+    return None
+
+
+def get_plan(model: nn.Module, plan: Plan | None = None) -> Plan:
+    """The plan `enable_parallelism` would use for `model`.
+
+    Lookup order: the explicit `plan`, then a plan registered for the model's class, then the model's own
+    `_cp_plan` attribute (diffusers' convention).
+
+    Raises:
+        ValueError: no plan is found; the message says how to declare one.
+    """
+    if plan is not None:
+        return normalize_plan(plan)
+    from cp_hooks.plans import builtin as plans  # noqa: F401  registers the built-in plans on first use
+
+    found = registered_plan(type(model))
+    if found is not None:
+        return found
+    own = getattr(model, "_cp_plan", None)
+    if own:
+        return normalize_plan(own)
+    raise ValueError(
+        f"No context-parallel plan for {type(model).__name__}. Pass one with enable_parallelism(model, config, "
+        "plan={...}) or register one with cp_hooks.register_plan(ModelClass, plan): split the sequence inputs "
+        "with ContextParallelInput and gather the final output with ContextParallelOutput (see README, "
+        "'Declaring a plan')."
+    )
+
+
+def refuse_unsupported(model: nn.Module, cfg_degree: int = 1) -> None:
+    """Raise ValueError if `model` is configured in a way its registered plan declares it cannot serve.
+
+    Reads only the model's own attributes (no communication), so every rank raises the same error.
+    """
+    from cp_hooks.plans import builtin as plans  # noqa: F401  registers the built-in plans on first use
+    from cp_hooks.plans.resolve import resolve_modules
+
+    cls = next((c for c in type(model).__mro__ if c in _REGISTRY), None)
+    if cfg_degree > 1 and cls in _NO_BATCH_SPLIT:
+        raise ValueError(
+            f"{type(model).__name__} cannot split its batch over cfg groups (cfg_degree={cfg_degree}): "
+            f"{_NO_BATCH_SPLIT[cls]} Use cfg_degree=1 with this model."
+        )
+    for u in _UNSUPPORTED.get(cls, ()):
+        for name, module in resolve_modules(model, u.module):
+            value = module
+            for part in u.attribute.split("."):
+                value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+            if value in u.values:
+                where = f"{name}.{u.attribute}" if name else u.attribute
+                raise ValueError(
+                    f"{type(model).__name__} with {where}={value!r} is not supported by cp_hooks' built-in plan: "
+                    f"{u.reason} Run this configuration without context parallelism, or pass a plan of your own "
+                    "to enable_parallelism(model, config, plan=...)."
+                )
