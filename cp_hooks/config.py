@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-from cp_hooks.runtime import ContextParallelRuntime
+from cp_hooks.runtime import ContextParallelRuntime, DegreeFacts
 
 _ROTATE_METHODS = ("allgather", "alltoall")
 MESH_DIM_NAMES = ("ring", "ulysses")
@@ -29,7 +29,7 @@ LAUNCH_HINT = (
 
 
 @dataclass
-class ContextParallelConfig:
+class ContextParallelConfig(DegreeFacts):
     """How one sample's sequence is split across processes, and how attention is computed over it.
 
     Field names, meanings and defaults follow diffusers' class of the same name.
@@ -134,21 +134,6 @@ class ContextParallelConfig:
             setattr(self, attr, size)
 
     # ------------------------------------------------------------------ derived facts
-    @property
-    def world_size(self) -> int:
-        """Ranks in the context-parallel group: `ring_degree * ulysses_degree`."""
-        return self.ring_degree * self.ulysses_degree
-
-    @property
-    def total_ranks(self) -> int:
-        """Ranks the config uses: `cfg_degree * ring_degree * ulysses_degree`."""
-        return self.cfg_degree * self.world_size
-
-    @property
-    def anything(self) -> bool:
-        """True when uneven sequence shards are allowed (either anything flag)."""
-        return self.ulysses_anything or self.ring_anything
-
     @property
     def is_setup(self) -> bool:
         """True once `setup()` has bound the config to a process group."""

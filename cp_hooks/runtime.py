@@ -13,8 +13,33 @@ from cp_hooks.forward.length_memo import LengthMemo
 from cp_hooks.forward.lengths import SplitLengths
 
 
+class DegreeFacts:
+    """What follows from the degrees and flags: defined once, for the config and for its runtime."""
+
+    ring_degree: int
+    ulysses_degree: int
+    cfg_degree: int
+    ulysses_anything: bool
+    ring_anything: bool
+
+    @property
+    def world_size(self) -> int:
+        """Ranks in the context-parallel group: `ring_degree * ulysses_degree`."""
+        return self.ring_degree * self.ulysses_degree
+
+    @property
+    def total_ranks(self) -> int:
+        """Ranks that run the model together: `cfg_degree * ring_degree * ulysses_degree`."""
+        return self.cfg_degree * self.world_size
+
+    @property
+    def anything(self) -> bool:
+        """True when uneven sequence shards are allowed (either anything flag)."""
+        return self.ulysses_anything or self.ring_anything
+
+
 @dataclass(frozen=True, eq=False)
-class ContextParallelRuntime:
+class ContextParallelRuntime(DegreeFacts):
     """The bound form of a `ContextParallelConfig` (build it with `config.setup()`; read `config.runtime`).
 
     Attributes:
@@ -61,21 +86,6 @@ class ContextParallelRuntime:
     cfg_rank: int = 0
     cfg_group_key: int = -1
     world_group: object = None
-
-    @property
-    def world_size(self) -> int:
-        """Ranks in the context-parallel group: `ring_degree * ulysses_degree`."""
-        return self.ring_degree * self.ulysses_degree
-
-    @property
-    def total_ranks(self) -> int:
-        """Ranks that run the model together: `cfg_degree * ring_degree * ulysses_degree`."""
-        return self.cfg_degree * self.world_size
-
-    @property
-    def anything(self) -> bool:
-        """True when uneven sequence shards are allowed (either anything flag)."""
-        return self.ulysses_anything or self.ring_anything
 
     @classmethod
     def bind(cls, config, mesh) -> "ContextParallelRuntime":
