@@ -1,4 +1,5 @@
-"""`python -m cp_hooks check MODEL_CLASS ...` (the plan checker) and `python -m cp_hooks table` (README table)."""
+"""`python -m cp_hooks check MODEL_CLASS ...` (the plan checker), `python -m cp_hooks table` (README table) and
+`python -m cp_hooks serve` (the HTTP generation service, docs/serve.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import sys
 USAGE = """usage:
   torchrun --nproc_per_node N -m cp_hooks check MODEL_CLASS [--ring R] [--ulysses U] [--config JSON] [--anything]
                                                             [--case NAME] [--plan MODULE:NAME]
-  python -m cp_hooks table [--readme README.md]   print (or rewrite in README.md) the supported-models section"""
+  python -m cp_hooks table [--readme README.md]   print (or rewrite in README.md) the supported-models section
+  torchrun --nproc_per_node N -m cp_hooks serve [--model M] [--port P] [--ulysses-degree U] ...   HTTP service
+                                                            (docs/serve.md; `serve --help` for every option)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         from cp_hooks.verify.checker import main as check
 
         return check(rest)
+    if command == "serve":
+        from cp_hooks.serve import main as serve
+
+        return serve(rest)
     if command == "table":
         from cp_hooks.verify.catalogue.table import models_section, update_readme
 
