@@ -25,7 +25,8 @@ from cp_hooks.forward.planned_modules import PlannedModulesHook
 from cp_hooks.routing.processor_swap import ProcessorSwap
 from cp_hooks.routing.sdpa import LocalAttentionHook
 from cp_hooks.plans.pipelines import is_pipeline, parallel_components
-from cp_hooks.plans.specs import ContextParallelProcessor, LocalAttention, get_plan, refuse_unsupported
+from cp_hooks.plans.registry import get_plan, refuse_unsupported
+from cp_hooks.plans.specs import ContextParallelProcessor, LocalAttention
 from cp_hooks.plans.resolve import resolve_modules
 from cp_hooks.forward.shard_hooks import GatherHook, ReplicatedOutputHook, SplitHook
 

@@ -1,6 +1,6 @@
 """Every catalogued model under context parallelism against the same model in one process (fp32).
 
-The catalogue (the family files in cp_hooks/models/) lists each model's tiny config, its input cases (as its pipeline shapes
+The catalogue (the family files in cp_hooks/verify/models/, their plans in cp_hooks/plans/) lists each model's tiny config, its input cases (as its pipeline shapes
 them) and the modes it is verified in; this file runs exactly those, so the README table, generated from
 the same list, claims what is tested. Tolerance: FP32_TOL (max |cp - reference| / max(1, max |reference|)).
 """
@@ -65,7 +65,7 @@ def test_uneven_text_without_anything_names_the_flag(pool):
 
 def wrong_class_plan() -> str:
     """Wan's plan on a Flux model: refused before any collective, naming the missing module."""
-    from cp_hooks.verify.models.wan import WAN
+    from cp_hooks.plans.wan import WAN
 
     model, inputs = get_entry("FluxTransformer2DModel").build()
     with pytest.raises(ValueError, match="has no module 'rope'"):
@@ -154,7 +154,7 @@ def test_every_diffusers_transformer_is_verified_or_has_a_reason():
 
     missing = [n for n in _diffusers_transformer_classes() if n not in ENTRIES and n not in UNSUPPORTED]
     assert not missing, ("these diffusers transformer classes are neither verified in a family file under "
-                         f"cp_hooks/models/ nor listed there in UNSUPPORTED with the reason: {missing}")
+                         f"cp_hooks/verify/models/ nor listed there in UNSUPPORTED with the reason: {missing}")
     assert all(reason.strip() for reason in UNSUPPORTED.values())
 
 
@@ -162,11 +162,10 @@ def test_every_builtin_plan_has_verification_cases():
     pytest.importorskip("diffusers")
     import diffusers
 
-    import cp_hooks.plans.builtin  # noqa: F401  (registers the built-in plans)
+    from cp_hooks.plans.index import BUILTIN_FAMILIES
     from cp_hooks.verify.catalogue import ModelEntry
-    from cp_hooks.plans.specs import _REGISTRY
 
-    registered = {cls.__name__ for cls in _REGISTRY if cls.__module__.startswith("diffusers.")}
+    registered = {name for name in BUILTIN_FAMILIES if hasattr(diffusers, name)}
     assert registered == {n for n in ENTRIES if hasattr(diffusers, n)}
     assert all(entry.cases for entry in ENTRIES.values())
     with pytest.raises(ValueError, match="has no input cases"):

@@ -1,9 +1,9 @@
-"""Kandinsky 6 SR's one-process reference: the block selection of cp_hooks.models.kandinsky is diffusers' own."""
+"""Kandinsky 6 SR's one-process reference: the block selection of cp_hooks.plans.kandinsky is diffusers' own."""
 
 import torch
 import torch.nn.functional as F
 
-from cp_hooks.verify.models import kandinsky as K
+from cp_hooks.plans import kandinsky as K
 
 
 def test_block_selection_matches_diffusers_block_mask():

@@ -22,8 +22,10 @@ import torch.distributed as dist
 
 from cp_hooks import disable_parallelism, enable_parallelism
 from cp_hooks.verify.catalogue import get_entry
+from cp_hooks.plans import wan_animate as wan_animate_plan
+from cp_hooks.plans.wan_animate import WanAnimate2ContextParallelProcessor
 from cp_hooks.verify.models import wan_animate
-from cp_hooks.verify.models.wan_animate import GENERATION_ENTRIES, WanAnimate2ContextParallelProcessor, WanAnimate2ReferenceProcessor, animate2_extract, animate2_generate
+from cp_hooks.verify.models.wan_animate import GENERATION_ENTRIES, WanAnimate2ReferenceProcessor, animate2_extract, animate2_generate
 from cp_testing import FP32_TOL, make_config, rel_err
 
 # (frames, latent height, latent width, segment frames): 24 generation and 16 reference tokens; and 9 and 6, which
@@ -96,14 +98,14 @@ def without_the_mask():
     model, _ = entry.build("extract")
     extract, generate, uncond = _inputs(entry, "even")
     ref = _passes(model, extract, generate, uncond)
-    mask = wan_animate._generation_mask
-    wan_animate._generation_mask = lambda *args: torch.ones_like(mask(*args))
+    mask = wan_animate_plan._generation_mask
+    wan_animate_plan._generation_mask = lambda *args: torch.ones_like(mask(*args))
     enable_parallelism(model, make_config(1, 2))
     try:
         out = _passes(model, extract, generate, uncond)
     finally:
         disable_parallelism(model)
-        wan_animate._generation_mask = mask
+        wan_animate_plan._generation_mask = mask
     return [rel_err(a, b) for a, b in zip(out, ref)]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from cp_hooks.plans.specs import registered_plan
+from cp_hooks.plans.registry import registered_plan
 
 
 def is_pipeline(obj) -> bool:
@@ -20,8 +20,6 @@ def is_pipeline(obj) -> bool:
 
 def parallel_components(pipe) -> list[tuple[str, nn.Module]]:
     """(name, module) of every component of `pipe` that has a context-parallel plan, in the pipeline's order."""
-    from cp_hooks.plans import builtin as plans  # noqa: F401  registers the built-in plans on first use
-
     return [(name, module) for name, module in pipe.components.items()
             if isinstance(module, nn.Module) and (registered_plan(type(module)) is not None
                                                   or getattr(module, "_cp_plan", None))]

@@ -1,5 +1,8 @@
-"""Plan specs (`ContextParallelInput`, `ContextParallelOutput`, `LocalAttention`, `ContextParallelProcessor`) and
-the plan registry.
+"""Plan specs (`ContextParallelInput`, `ContextParallelOutput`, `LocalAttention`, `ContextParallelProcessor`,
+`UnsupportedConfig`), the declaration a model family makes (`PlanDeclaration`) and `normalize_plan`.
+
+The registry that maps a model class to its declaration is `cp_hooks.plans.registry`; the built-in
+declarations live one family per file, `cp_hooks.plans.<family>`.
 
 A plan is plain data: a dict from module names to what happens at that module.
 
@@ -25,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
-import torch.nn as nn
 
 
 @dataclass(frozen=True)
@@ -152,10 +154,6 @@ OutputPlan = Union[ContextParallelOutput, list, tuple]
 ModulePlan = Union[InputPlan, OutputPlan, LocalAttention, ContextParallelProcessor]
 Plan = dict[str, ModulePlan]
 
-_REGISTRY: dict[type, Plan] = {}
-_UNSUPPORTED: dict[type, tuple[UnsupportedConfig, ...]] = {}
-_NO_BATCH_SPLIT: dict[type, str] = {}  # class -> why its batch cannot be split over cfg groups
-
 
 def _convert_spec(spec: Any, where: str):
     """Accept our specs, diffusers' specs (same fields), None placeholders, and lists/tuples/dicts of them,
@@ -241,95 +239,33 @@ def _check_input_key(module_name: str, key, spec) -> None:
             )
 
 
-def register_plan(model_class: type, plan: Plan, unsupported: tuple[UnsupportedConfig, ...] = (),
-                  no_batch_split: str = "") -> None:
-    """Register `plan` as the built-in plan for `model_class` (and its subclasses).
+@dataclass(frozen=True)
+class PlanDeclaration:
+    """Everything cp_hooks states about one model class: its plan and the configurations it cannot serve.
+
+    A family file declares `PLANS = {"ClassName": PlanDeclaration(...), ...}`; `register_plan` builds one for a
+    user's class. The plan is normalized (checked, diffusers' specs converted) when the declaration is made.
 
     Args:
-        model_class: the `nn.Module` subclass the plan is for.
-        plan: the plan (see module docstring).
-        unsupported: configurations of the class this plan cannot serve (see `UnsupportedConfig`);
-            `enable_parallelism` refuses them when it uses this registered plan.
-        no_batch_split: when set, the reason why this class's batch cannot be split over cfg groups
-            (`cfg_degree > 1` is then refused): an input whose leading dimension equals the batch size but
-            is not one row per sample (see `cp_hooks.cfg`).
+        plan: module name -> spec (see the module docstring).
+        unsupported: configurations of the class the plan cannot serve (`UnsupportedConfig`); refused by
+            `enable_parallelism` on every rank.
+        no_batch_split: when set, why the class's batch cannot be split over cfg groups (`cfg_degree > 1` is
+            then refused): an input whose leading dimension equals the batch size but is not one row per sample.
 
     Raises:
-        TypeError: `model_class` is not an `nn.Module` subclass, or the plan is malformed.
+        TypeError: a malformed plan, or an `unsupported` entry that is not an `UnsupportedConfig`.
 
     Example:
-        >>> register_plan(MyDiT, {"": {"x": ContextParallelInput(1, 3)}, "head": ContextParallelOutput(1, 3)})
+        >>> PlanDeclaration({"": {"x": ContextParallelInput(1, 3)}, "head": ContextParallelOutput(1, 3)})
     """
-    if not (isinstance(model_class, type) and issubclass(model_class, nn.Module)):
-        raise TypeError(f"register_plan needs an nn.Module subclass, got {model_class!r}.")
-    if not all(isinstance(u, UnsupportedConfig) for u in unsupported):
-        raise TypeError("register_plan(unsupported=...) takes UnsupportedConfig entries.")
-    _REGISTRY[model_class] = normalize_plan(plan)
-    _UNSUPPORTED[model_class] = tuple(unsupported)
-    if no_batch_split:
-        _NO_BATCH_SPLIT[model_class] = no_batch_split
-    else:
-        _NO_BATCH_SPLIT.pop(model_class, None)
 
+    plan: Plan
+    unsupported: tuple[UnsupportedConfig, ...] = ()
+    no_batch_split: str = ""
 
-def registered_plan(model_class: type) -> Plan | None:
-    """The plan registered for `model_class` or its nearest registered base class, else None."""
-    for cls in model_class.__mro__:
-        if cls in _REGISTRY:
-            return _REGISTRY[cls]
-    return None
-
-
-def get_plan(model: nn.Module, plan: Plan | None = None) -> Plan:
-    """The plan `enable_parallelism` would use for `model`.
-
-    Lookup order: the explicit `plan`, then a plan registered for the model's class, then the model's own
-    `_cp_plan` attribute (diffusers' convention).
-
-    Raises:
-        ValueError: no plan is found; the message says how to declare one.
-    """
-    if plan is not None:
-        return normalize_plan(plan)
-    from cp_hooks.plans import builtin as plans  # noqa: F401  registers the built-in plans on first use
-
-    found = registered_plan(type(model))
-    if found is not None:
-        return found
-    own = getattr(model, "_cp_plan", None)
-    if own:
-        return normalize_plan(own)
-    raise ValueError(
-        f"No context-parallel plan for {type(model).__name__}. Pass one with enable_parallelism(model, config, "
-        "plan={...}) or register one with cp_hooks.register_plan(ModelClass, plan): split the sequence inputs "
-        "with ContextParallelInput and gather the final output with ContextParallelOutput (see README, "
-        "'Declaring a plan')."
-    )
-
-
-def refuse_unsupported(model: nn.Module, cfg_degree: int = 1) -> None:
-    """Raise ValueError if `model` is configured in a way its registered plan declares it cannot serve.
-
-    Reads only the model's own attributes (no communication), so every rank raises the same error.
-    """
-    from cp_hooks.plans import builtin as plans  # noqa: F401  registers the built-in plans on first use
-    from cp_hooks.plans.resolve import resolve_modules
-
-    cls = next((c for c in type(model).__mro__ if c in _REGISTRY), None)
-    if cfg_degree > 1 and cls in _NO_BATCH_SPLIT:
-        raise ValueError(
-            f"{type(model).__name__} cannot split its batch over cfg groups (cfg_degree={cfg_degree}): "
-            f"{_NO_BATCH_SPLIT[cls]} Use cfg_degree=1 with this model."
-        )
-    for u in _UNSUPPORTED.get(cls, ()):
-        for name, module in resolve_modules(model, u.module):
-            value = module
-            for part in u.attribute.split("."):
-                value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
-            if value in u.values:
-                where = f"{name}.{u.attribute}" if name else u.attribute
-                raise ValueError(
-                    f"{type(model).__name__} with {where}={value!r} is not supported by cp_hooks' built-in plan: "
-                    f"{u.reason} Run this configuration without context parallelism, or pass a plan of your own "
-                    "to enable_parallelism(model, config, plan=...)."
-                )
+    def __post_init__(self) -> None:
+        if not all(isinstance(u, UnsupportedConfig) for u in self.unsupported):
+            raise TypeError("A plan declaration's `unsupported` takes UnsupportedConfig entries.")
+        object.__setattr__(self, "plan", normalize_plan(self.plan))
+        object.__setattr__(self, "unsupported", tuple(self.unsupported))

@@ -34,8 +34,8 @@ from cp_hooks.verify.catalogue import ENTRIES, ModelEntry, entry_for_class
 from cp_hooks.verify.catalogue.modes import Mode
 from cp_hooks.config import ContextParallelConfig
 from cp_hooks.parallel import disable_parallelism, enable_parallelism
-from cp_hooks.plans import builtin as plans  # noqa: F401  registers the built-in plans
-from cp_hooks.plans.specs import normalize_plan, registered_plan
+from cp_hooks.plans.registry import registered_plan
+from cp_hooks.plans.specs import normalize_plan
 from cp_hooks.training import reduce_gradients
 
 FP32_TOL = 1e-5  # max |cp - reference| / max(1, max |reference|), fp32 (docs/architecture.md, Tolerances)

@@ -1,16 +1,18 @@
 """The model catalogue: every built-in plan together with what verifies it, one file per model family.
 
-A family file (`cp_hooks/models/<family>.py`, found automatically) defines `ENTRIES = [ModelEntry(...), ...]`
-and, for classes of the family that cannot be served, `UNSUPPORTED = {"ClassName": "the precise reason"}`.
-An entry is data: the diffusers class name, its plan (and the configurations the plan refuses), a tiny config
+A family's plans live in `cp_hooks/plans/<family>.py` (its `PLANS`, what the runtime reads); what verifies them
+lives in `cp_hooks/verify/models/<family>.py` (found automatically), which defines
+`ENTRIES = [ModelEntry(...), ...]` and, for classes of the family that cannot be served,
+`UNSUPPORTED = {"ClassName": "the precise reason"}`. An entry is data: the diffusers class name (its plan and the
+configurations the plan refuses are read from the plan registry, so each plan is stated once), a tiny config
 (random weights, nothing downloaded), its input cases (one per way a pipeline calls the model: text-to-video,
-image-to-video, masks, per-token timesteps, ...) and the context-parallel modes it is verified in. The plan
-registry (`register_builtin_plans`), the test suite (`tests/test_catalogue.py`,
-`tests/test_checker_backward.py`), the plan checker (`python -m cp_hooks check`) and the README table
-(`python -m cp_hooks table`) all read this one list: a plan cannot exist without its verification cases, and
-a mode is listed as supported exactly when it is tested. Adding a model family is adding one file.
+image-to-video, masks, per-token timesteps, ...) and the context-parallel modes it is verified in. The test
+suite (`tests/test_catalogue.py`, `tests/test_checker_backward.py`), the plan checker
+(`python -m cp_hooks check`) and the README table (`python -m cp_hooks table`) all read this one list, and
+`tests/test_structure.py` checks that it covers exactly the classes the plan registry's index knows: a plan
+cannot exist without its verification cases, and a mode is listed as supported exactly when it is tested.
 
-    >>> from cp_hooks.catalogue import get_entry
+    >>> from cp_hooks.verify.catalogue import get_entry
     >>> model, inputs = get_entry("FluxTransformer2DModel").build()
     >>> model(**inputs)[0].shape
 """
@@ -26,6 +28,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from cp_hooks.plans.registry import builtin_declaration
 from cp_hooks.verify.catalogue.modes import HYBRID_MODES, MODES_2, Mode
 
 InputBuilder = Callable[[dict, torch.Generator], dict]
@@ -37,7 +40,8 @@ class ModelEntry:
 
     Args:
         class_name: the diffusers class (`getattr(diffusers, class_name)`).
-        plan: the class's context-parallel plan (registered for it when cp_hooks is imported).
+        plan: the plan to verify. None (a built-in class): the plan the registry declares for `class_name`
+            (`cp_hooks/plans/<family>.py`), read when the entry is made; a user's family file gives its own.
         config: keyword arguments of a tiny configuration (a few layers, small widths, random weights).
         cases: case name -> `builder(config, generator) -> forward kwargs`. The builder gets the final config
             (after overrides), so inputs always match the model; it must use only `generator` for randomness.
@@ -46,9 +50,11 @@ class ModelEntry:
             degrees, so the model is verified with `ulysses_anything` / `ring_anything` and uneven inputs.
         modes: the two-rank modes it is verified in.
         hybrid_modes: the four-rank (ring x Ulysses) modes it is verified in; empty when too slow.
-        unsupported: configurations the plan cannot serve (`UnsupportedConfig`), refused on every rank.
+        unsupported: configurations the plan cannot serve (`UnsupportedConfig`), refused on every rank. None:
+            the registry's declaration of a built-in class (else none).
         no_batch_split: why the class's batch cannot be split over cfg groups (`cfg_degree > 1` is then
-            refused); empty when it can (`cp_hooks.cfg` reads batched inputs from their shapes).
+            refused); empty when it can (`cp_hooks.forward.cfg` reads batched inputs from their shapes). None:
+            the registry's declaration of a built-in class (else empty).
         redraw: `fnmatch` patterns of parameter names drawn again (normal, std 0.2) after the model is built:
             weights the class zero-initialises (gates, modulation, output layers) would otherwise hide the
             layers behind them from the comparison.
@@ -63,15 +69,15 @@ class ModelEntry:
     """
 
     class_name: str
-    plan: dict
-    config: dict
-    cases: dict[str, InputBuilder]
+    plan: dict | None = None
+    config: dict = field(default_factory=dict)
+    cases: dict[str, InputBuilder] = field(default_factory=dict)
     case_configs: dict[str, dict] = field(default_factory=dict)
     anything: bool = False
     modes: tuple[Mode, ...] = MODES_2
     hybrid_modes: tuple[Mode, ...] = HYBRID_MODES
-    unsupported: tuple = ()
-    no_batch_split: str = ""
+    unsupported: tuple | None = None
+    no_batch_split: str | None = None
     redraw: tuple[str, ...] = ()
     prepare: Callable[[nn.Module, torch.Generator], None] | None = None
     note: str = ""
@@ -80,6 +86,18 @@ class ModelEntry:
         # A plan is only as good as the cases that verify it: refuse an entry without any.
         if not self.cases:
             raise ValueError(f"ModelEntry {self.class_name!r} has no input cases; every plan needs at least one.")
+        if self.plan is None:
+            # A built-in class: its plan is stated once, in its family's plans file.
+            declared = builtin_declaration(self.class_name)
+            object.__setattr__(self, "plan", declared.plan)
+            if self.unsupported is None:
+                object.__setattr__(self, "unsupported", declared.unsupported)
+            if self.no_batch_split is None:
+                object.__setattr__(self, "no_batch_split", declared.no_batch_split)
+        if self.unsupported is None:
+            object.__setattr__(self, "unsupported", ())
+        if self.no_batch_split is None:
+            object.__setattr__(self, "no_batch_split", "")
         if not self.plan:
             raise ValueError(f"ModelEntry {self.class_name!r} has an empty plan.")
 
@@ -131,7 +149,7 @@ def _redraw(model: nn.Module, patterns: tuple[str, ...], generator: torch.Genera
 
 
 def family_modules() -> list[str]:
-    """The module names of the family files, `cp_hooks.models.<family>`, in alphabetical order."""
+    """The module names of the verification family files, `cp_hooks.verify.models.<family>`, alphabetically."""
     from cp_hooks.verify import models
 
     return [f"{models.__name__}.{info.name}" for info in sorted(pkgutil.iter_modules(models.__path__),
@@ -159,7 +177,7 @@ def _load() -> dict[str, ModelEntry]:
 
 def _entries() -> dict[str, ModelEntry]:
     # Loaded on first use, not at import: a family file imports this package for `ModelEntry`, so importing
-    # one first (`import cp_hooks.models.wan`) must not load the families while it is half-initialised.
+    # one first (`import cp_hooks.verify.models.wan`) must not load the families while it is half-initialised.
     global _loaded
     if _loaded is None:
         _loaded = _load()
@@ -196,17 +214,3 @@ def entry_for_class(model_class: type) -> ModelEntry | None:
         if cls.__name__ in entries:
             return entries[cls.__name__]
     return None
-
-
-def register_builtin_plans() -> None:
-    """Register every entry's plan for its diffusers class (classes the installed diffusers lacks are skipped)."""
-    from cp_hooks.plans.specs import register_plan
-
-    try:
-        import diffusers
-    except ImportError:  # the built-in plans are for diffusers classes
-        return
-    for entry in _entries().values():
-        model_class = getattr(diffusers, entry.class_name, None)
-        if model_class is not None:
-            register_plan(model_class, entry.plan, unsupported=entry.unsupported, no_batch_split=entry.no_batch_split)

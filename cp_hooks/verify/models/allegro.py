@@ -1,37 +1,11 @@
-"""Allegro (AllegroTransformer3DModel): video self-attention split; T5 cross-attention local.
-
-The video tokens are split at the input of the first block (`transformer_blocks.0`): `forward` patchifies
-frame by frame and flattens (frames, patches) into one sequence just before the blocks, with no positional
-table of its own (`pos_embed` has none). The final norm, modulation and `proj_out` are per token, so the
-gather is at `proj_out`, before the unpatchify reshape.
-
-Rotary embedding: the pipeline passes `image_rotary_emb=((freqs_t, freqs_h, freqs_w), (pos_t, pos_h, pos_w))`,
-per-axis (cos, sin) frequency tables indexed by the video grid's coordinates, and per-token position ids of
-shape (1, S) into them; the processor looks each token's angles up with `F.embedding(pos, table)`. So the
-position ids are split with the tokens (a nested spec reaching the second tuple) and the tables, indexed by
-coordinate and not by token, stay whole (None).
-
-The self-attention (`attn1`) calls SDPA directly and is routed as context-parallel attention. The
-cross-attention (`attn2`) attends to the replicated T5 text, with its padding mask turned into a key bias in
-`forward`; its processor calls SDPA directly too, so it is marked LocalAttention().
+"""Verification of the allegro family's plans (`cp_hooks.plans.allegro`, where each plan's reasons are): tiny configs,
+the input cases of its pipelines.
 """
 
 import torch
 
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import padding_mask, randn
-from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput, LocalAttention
-
-_POSITIONS = ContextParallelInput(split_dim=1, expected_dims=2)
-
-ALLEGRO = {
-    # (tables: whole, (pos_t, pos_h, pos_w): split with the tokens)
-    "": {"image_rotary_emb": (None, (_POSITIONS, _POSITIONS, _POSITIONS))},
-    "transformer_blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},
-    "transformer_blocks.*.attn2": LocalAttention(),
-    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-}
-
 
 # cross_attention_dim is the inner dim: the caption projection maps the T5 text to it.
 _ALLEGRO = dict(patch_size=2, patch_size_t=1, num_attention_heads=4, attention_head_dim=12, in_channels=4,
@@ -69,7 +43,7 @@ def _allegro(config, g, frames=2, height=8, width=12, text=9, valid=(5, 9)):
 
 
 ENTRIES = [
-    ModelEntry("AllegroTransformer3DModel", ALLEGRO, _ALLEGRO, {"t2v": _allegro},
+    ModelEntry("AllegroTransformer3DModel", config=_ALLEGRO, cases={"t2v": _allegro},
                note="rotary position ids split inside the nested image_rotary_emb tuple (tables whole); CFG batch "
                     "with a padded text mask; cross-attention marked LocalAttention()"),
 ]

@@ -1,28 +1,11 @@
-"""CogVideoX (CogVideoXTransformer3DModel): joint text + video attention (text first), both split.
-
-`patch_embed` embeds text and video together (adding sincos positions to the video), and `forward` slices
-the two apart by the full text length; both are split at the first block. The 3-D rotary table
-(CogVideoX 1.5 / 5B) is computed by the pipeline for the video tokens only and split with them. 226 text
-tokens do not divide by 4: use the anything flags.
+"""Verification of the cogvideox family's plans (`cp_hooks.plans.cogvideox`, where each plan's reasons are): tiny
+configs, the input cases of its pipelines.
 """
 
 import torch
 
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
-from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput
-
-_ROPE = ContextParallelInput(split_dim=0, expected_dims=2)
-
-COGVIDEOX = {
-    "": {"image_rotary_emb": [_ROPE, _ROPE]},
-    "transformer_blocks.0": {
-        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-        "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-    },
-    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-}
-
 
 _COG = dict(num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=16,
             text_embed_dim=16, num_layers=2, sample_width=12, sample_height=8, sample_frames=5, patch_size=2,
@@ -43,8 +26,8 @@ def _cogvideox(config, g, text=13, frames=2, height=8, width=12, rotary=False):
 
 
 ENTRIES = [
-    ModelEntry("CogVideoXTransformer3DModel", COGVIDEOX, _COG,
-               {"sincos": _cogvideox, "rotary": lambda c, g: _cogvideox(c, g, rotary=True)},
+    ModelEntry("CogVideoXTransformer3DModel", config=_COG,
+               cases={"sincos": _cogvideox, "rotary": lambda c, g: _cogvideox(c, g, rotary=True)},
                case_configs={"rotary": dict(use_rotary_positional_embeddings=True)}, anything=True,
                note="226 text tokens (odd per rank at 4 ranks); 1.0 sincos and 1.5 rotary positions"),
 ]

@@ -1,66 +1,11 @@
-"""Flux family (Flux.1, Flux.2, Flux.3, Chroma): joint text + image attention; text and image tokens both split.
-
-Rotary embeddings are computed from the split position ids, so they stay aligned with their tokens: the
-ids must be split exactly like the tokens they describe. Flux.2's pipeline passes ids as (B, S, 4),
-Flux.1 and Chroma as (S, 3).
-
-Flux.3 (Flux3Transformer2DModel) has three token modes, text, image and (optional) reference images, each
-passed to `forward` with its own (S, 4) ids, so each is split at the input with its ids. The per-mode blocks
-attend within one mode: their attention is context-parallel over that mode's shards. The joint blocks
-concatenate the local [text, image, reference] shards with their rotary tables in the same order, and
-attention needs no particular key order. The per-token modulation is built in `forward` from the local
-lengths (`expand` to the shard's tokens), and the output slice `content[:, :image_seq_len]` takes the local
-image tokens, since `image_seq_len` is read from the split `hidden_states`. The text window is padded to a
-multiple of 80 tokens, but images and references of any size on the 16-pixel grid give odd token counts:
-anything flags.
+"""Verification of the flux family's plans (`cp_hooks.plans.flux`, where each plan's reasons are): tiny configs, the
+input cases of its pipelines.
 """
 
 import torch
 
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import grid_ids, randn
-from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput
-
-def _joint_plan(ids_dim: int) -> dict:
-    ids = ContextParallelInput(split_dim=ids_dim - 2, expected_dims=ids_dim)
-    return {
-        "": {
-            "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-            "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-            "img_ids": ids,
-            "txt_ids": ids,
-        },
-        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-    }
-
-
-FLUX = _joint_plan(ids_dim=2)
-FLUX2 = _joint_plan(ids_dim=3)
-# Flux.3: three token modes, each split with its own ids (see the module docstring).
-_FLUX3_IDS = ContextParallelInput(split_dim=0, expected_dims=2)
-FLUX3 = {
-    "": {
-        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-        "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-        "image_cond_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-        "img_ids": _FLUX3_IDS,
-        "txt_ids": _FLUX3_IDS,
-        "image_cond_ids": _FLUX3_IDS,
-    },
-    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-}
-# Chroma: ChromaPipeline passes a (B, S_txt + S_img) boolean mask, [text padding, ones for the image], and
-# every block expands it to v[q] & v[k], which cp_hooks reads as a key-padding mask over the local [text, image]
-# tokens (padded text queries get zero, as SDPA gives). So it is split like the blocks' sequence, stream by
-# stream: its text part with the text, its image part with the image.
-CHROMA = _joint_plan(ids_dim=2)
-CHROMA[""] = {
-    **CHROMA[""],
-    "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, tag="image"),
-    "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, tag="text"),
-    "attention_mask": ContextParallelInput(split_dim=1, expected_dims=2, segments=("text", "image")),
-}
-
 
 # Flux.1: 512 T5 tokens; 2x2-packed latents become (B, H*W, 64) tokens.
 _FLUX = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
@@ -154,17 +99,18 @@ def _chroma(config, g, text=8, height=4, width=6, prompt_lengths=None):
 
 
 ENTRIES = [
-    ModelEntry("FluxTransformer2DModel", FLUX, _FLUX, {"t2i": _flux, "kontext": lambda c, g: _flux(c, g, reference=True)},
+    ModelEntry("FluxTransformer2DModel", config=_FLUX,
+               cases={"t2i": _flux, "kontext": lambda c, g: _flux(c, g, reference=True)},
                note="Kontext: reference-image tokens concatenated to the sequence"),
-    ModelEntry("Flux2Transformer2DModel", FLUX2, _FLUX2, {"t2i": _flux2}),
-    ModelEntry("Flux3Transformer2DModel", FLUX3, _FLUX3,
-               {"t2i": _flux3, "edit": lambda c, g: _flux3(c, g, references=((3, 3), (2, 3))),
+    ModelEntry("Flux2Transformer2DModel", config=_FLUX2, cases={"t2i": _flux2}),
+    ModelEntry("Flux3Transformer2DModel", config=_FLUX3,
+               cases={"t2i": _flux3, "edit": lambda c, g: _flux3(c, g, references=((3, 3), (2, 3))),
                 "distilled": lambda c, g: _flux3(c, g, flow_map=True)},
                case_configs={"distilled": dict(flow_map=True)}, anything=True,
                note="three token modes split with their own ids; two reference images of other sizes; "
                     "flow-map target_timestep; odd token counts"),
-    ModelEntry("ChromaTransformer2DModel", CHROMA, _CHROMA,
-               {"t2i": _chroma, "masked": lambda c, g: _chroma(c, g, text=8, prompt_lengths=(2, 5))},
+    ModelEntry("ChromaTransformer2DModel", config=_CHROMA,
+               cases={"t2i": _chroma, "masked": lambda c, g: _chroma(c, g, text=8, prompt_lengths=(2, 5))},
                note="ChromaPipeline's [text, image] mask, which the blocks expand to v[q] & v[k]: split stream by "
                     "stream with the text and the image (segments); two prompts with padded text"),
 ]

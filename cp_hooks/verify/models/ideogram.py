@@ -1,32 +1,11 @@
-"""Ideogram 4 (Ideogram4Transformer2DModel): one packed [left-padded text, image] sequence per sample.
-
-Ideogram4Pipeline calls the model twice per step: the conditional pass over [padding, text, image] and the
-unconditional pass over the image alone (a second instance, `unconditional_transformer`, of the same class).
-Every input has one row per token; `forward` masks the text and image features by their role (`indicator`),
-computes the (cos, sin) MRoPE table from `position_ids` in the `rotary_emb` module, and builds the attention
-mask from `segment_ids` as `seg[q] == seg[k]` (B, 1, S, S): the padding (segment -1) attends only to itself,
-the prompt and image only to themselves.
-
-That mask varies along queries, so it is left whole: `segment_ids` is not split, `forward` builds the mask over
-the whole sequence on every rank, and cp_hooks' attention takes the rows of each rank's queries and each key
-block's columns (docs/architecture.md, "Masks"). The sequence is split once, at the first layer's input, which
-keeps the whole order the mask is written in; the rotary table is split at its module's output, and the
-output is gathered at `final_layer`. The conditioning (`adaln_input`, one row per sample) stays whole.
+"""Verification of the ideogram family's plans (`cp_hooks.plans.ideogram`, where each plan's reasons are): tiny
+configs, the input cases of its pipelines.
 """
 
 import torch
 
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
-from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput
-
-_TABLE = ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)  # (B, S, head_dim)
-
-IDEOGRAM4 = {
-    "rotary_emb": {0: _TABLE, 1: _TABLE},
-    "layers.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},
-    "final_layer": ContextParallelOutput(gather_dim=1, expected_dims=3),
-}
 
 _CONFIG = dict(in_channels=8, num_layers=2, attention_head_dim=16, num_attention_heads=2, intermediate_size=48,
                adaln_dim=16, llm_features_dim=24, mrope_section=(4, 2, 2))
@@ -63,8 +42,8 @@ def _ideogram4(config, g, text_lengths=(4, 7), max_text=9, grid=(3, 5), uncondit
 
 
 ENTRIES = [
-    ModelEntry("Ideogram4Transformer2DModel", IDEOGRAM4, _CONFIG,
-               {"cond": _ideogram4, "uncond": lambda c, g: _ideogram4(c, g, unconditional=True),
+    ModelEntry("Ideogram4Transformer2DModel", config=_CONFIG,
+               cases={"cond": _ideogram4, "uncond": lambda c, g: _ideogram4(c, g, unconditional=True),
                 "long_prompt": lambda c, g: _ideogram4(c, g, text_lengths=(11, 2), max_text=11, grid=(2, 3))},
                anything=True,
                note="segment mask seg[q] == seg[k] built in forward over the whole packed [left-padded text, image] "

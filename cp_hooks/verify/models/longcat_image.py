@@ -1,23 +1,11 @@
-"""LongCat-Image (LongCatImageTransformer2DModel): Flux-style joint text + image attention, both streams split.
-
-The dual-stream blocks concatenate [text, image] queries, keys and values inside the processor and the
-single-stream blocks concatenate the two streams before their attention, both in the local order
-[text shard, image shard]. `forward` computes the rotary tables from `cat(txt_ids, img_ids)`, so the
-(S, 3) ids are split exactly like their tokens and the tables come out in that same local order. No mask
-reaches the transformer. The edit pipeline appends the reference image's tokens (and ids, modality 2) to
-the noisy image's, so they are split with the image stream, and takes the first image tokens of the
-gathered output. The text is the prompt (at most 512 tokens) plus the chat template's prefix and suffix:
-its length is odd in general, so the model is verified with the anything flags and an odd text.
+"""Verification of the longcat_image family's plans (`cp_hooks.plans.longcat_image`, where each plan's reasons are):
+tiny configs, the input cases of its pipelines.
 """
 
 import torch
 
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
-from cp_hooks.verify.models.flux import FLUX
-
-# Flux.1's plan: text, image and their (S, 3) ids split at the model's input, gathered at proj_out.
-LONGCAT_IMAGE = FLUX
 
 _LONGCAT = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
                 num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
@@ -51,7 +39,7 @@ def _longcat(config, g, text=9, height=3, width=4, edit=False):
 
 
 ENTRIES = [
-    ModelEntry("LongCatImageTransformer2DModel", LONGCAT_IMAGE, _LONGCAT,
-               {"t2i": _longcat, "edit": lambda c, g: _longcat(c, g, edit=True)}, anything=True,
+    ModelEntry("LongCatImageTransformer2DModel", config=_LONGCAT,
+               cases={"t2i": _longcat, "edit": lambda c, g: _longcat(c, g, edit=True)}, anything=True,
                note="odd text length (prompt + chat template); edit: reference-image tokens appended to the image"),
 ]

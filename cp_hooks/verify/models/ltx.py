@@ -1,36 +1,11 @@
-"""LTX-Video (LTXVideoTransformer3DModel): video self-attention split; T5 text cross-attention local.
-
-The text (and its padding mask) stays whole on every rank and the cross-attention (`attn2`) runs
-locally: LTX's processor passes its parallel config for every call, so `attn2` is marked LocalAttention().
-The rotary table is computed in `forward` for the whole sequence (from the grid size or the pipeline's
-`video_coords`) and split with the tokens. Image-to-video and conditioning pipelines pass one timestep per
-token, (B, S): split with the tokens; the usual (B,) timestep is left whole (skip_other_dims).
-LTXConditionPipeline *without* conditions passes a (B, 1) timestep, which a plan cannot tell from a
-per-token one: it is refused on every rank (a length of 1 does not divide), not computed wrongly.
-
-diffusers' own `_cp_plan` splits the text and its mask instead, which is exact for (B,) timesteps but
-sends the cross-attention's keys around the ring, and it leaves a per-token timestep whole, so the
-(B, S) modulation meets (B, S / N) tokens and the forward fails.
+"""Verification of the ltx family's plans (`cp_hooks.plans.ltx`, where each plan's reasons are): tiny configs, the
+input cases of its pipelines.
 """
 
 import torch
 
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import grid_ids, padding_mask, randn
-from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput, LocalAttention
-
-_ROPE = ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)
-
-LTX = {
-    "": {
-        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-        "timestep": ContextParallelInput(split_dim=1, expected_dims=2, skip_other_dims=True),
-    },
-    "rope": {0: _ROPE, 1: _ROPE},
-    "transformer_blocks.*.attn2": LocalAttention(),
-    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-}
-
 
 _LTX = dict(in_channels=8, out_channels=8, num_attention_heads=4, attention_head_dim=8, cross_attention_dim=32,
             num_layers=2, caption_channels=16)
@@ -65,8 +40,8 @@ def _ltx(config, g, text=9, frames=2, height=4, width=6, conditioned=False, coor
 
 
 ENTRIES = [
-    ModelEntry("LTXVideoTransformer3DModel", LTX, _LTX,
-               {"t2v": _ltx, "i2v": lambda c, g: _ltx(c, g, conditioned=True),
+    ModelEntry("LTXVideoTransformer3DModel", config=_LTX,
+               cases={"t2v": _ltx, "i2v": lambda c, g: _ltx(c, g, conditioned=True),
                 "condition": lambda c, g: _ltx(c, g, conditioned=True, coords=True, extra=24)},
                note="CFG batch with a padded text mask; I2V / condition per-token timesteps and video_coords; "
                     "text cross-attention local (diffusers' _cp_plan fails on per-token timesteps)"),

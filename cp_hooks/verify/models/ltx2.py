@@ -1,52 +1,11 @@
-"""LTX-2 (LTX2VideoTransformer3DModel): a video and an audio stream, both split; text cross-attention local.
-
-Each block runs video and audio self-attention, video->text and audio->text cross-attention, and the
-audio-to-video / video-to-audio cross-attention between the two streams. Both streams are split, so the
-cross-modal attention has sharded queries and sharded keys of another length, which cp_hooks' attention
-handles like self-attention. The prompt embeddings (and their masks) stay whole and `attn2` / `audio_attn2`
-run locally (the processor passes its parallel config for every call).
-
-All four rotary tables (video, audio, and the temporal ones of the cross-modal attention) are computed
-from the `(B, axes, S, 2)` coordinates, position by position: the coordinates are split at each rope
-module's input, which works for both rope types ("interleaved" (B, S, D) and "split" (B, H, S, D/2)
-tables) and whether the pipeline passes the coordinates or `forward` builds them. Image-to-video passes
-one video timestep per token (B, S): split with the video tokens, like LTX-2.5's `video_keyframes_mask`.
-
-diffusers' own `_cp_plan` splits only the video and the text and splits the rope tables' outputs by dim 1:
-the audio stream stays whole, the cross-modal rope tables are not split (the forward fails on their
-length), and "split" rope tables (B, H, S, D/2) would be split along heads.
-
-Refused (not expressible per shard): `video_self_attention_mask` (IC-LoRA), a (B, S, S) query x key mask.
-Audio lengths follow the clip duration (126 latent frames for 121 frames at 24 fps): use the anything flags.
+"""Verification of the ltx2 family's plans (`cp_hooks.plans.ltx2`, where each plan's reasons are): tiny configs, the
+input cases of its pipelines.
 """
 
 import torch
 
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import padding_mask, randn
-from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput, LocalAttention
-
-_COORDS = {"coords": ContextParallelInput(split_dim=2, expected_dims=4)}
-_PER_TOKEN = ContextParallelInput(split_dim=1, expected_dims=2, skip_other_dims=True)
-
-LTX2 = {
-    "": {
-        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-        "audio_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-        "timestep": _PER_TOKEN,
-        "audio_timestep": _PER_TOKEN,
-        "video_keyframes_mask": ContextParallelInput(split_dim=1, expected_dims=3),
-    },
-    "rope": _COORDS,
-    "audio_rope": _COORDS,
-    "cross_attn_rope": _COORDS,
-    "cross_attn_audio_rope": _COORDS,
-    "transformer_blocks.*.attn2": LocalAttention(),
-    "transformer_blocks.*.audio_attn2": LocalAttention(),
-    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-    "audio_proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-}
-
 
 _LTX2 = dict(in_channels=8, out_channels=8, num_attention_heads=4, attention_head_dim=8, cross_attention_dim=32,
              audio_in_channels=8, audio_out_channels=8, audio_num_attention_heads=4, audio_attention_head_dim=4,
@@ -98,8 +57,8 @@ def _ltx2(config, g, text=9, frames=2, height=4, width=6, audio_frames=7, i2v=Fa
 
 
 ENTRIES = [
-    ModelEntry("LTX2VideoTransformer3DModel", LTX2, _LTX2,
-               {"t2av": _ltx2, "i2av": lambda c, g: _ltx2(c, g, i2v=True),
+    ModelEntry("LTX2VideoTransformer3DModel", config=_LTX2,
+               cases={"t2av": _ltx2, "i2av": lambda c, g: _ltx2(c, g, i2v=True),
                 "ltx2.3": lambda c, g: _ltx2(c, g, i2v=True, v23=True)},
                case_configs={"ltx2.3": _LTX23}, anything=True,
                note="video and audio streams both split (cross-modal attention over sharded keys); odd audio length; "

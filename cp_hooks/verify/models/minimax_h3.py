@@ -1,35 +1,11 @@
-"""MiniMax-H3 (MiniMaxH3Transformer3DModel): one packed [text, video, audio] sequence, split for the blocks.
-
-`forward` scatters the refined text, video and audio rows into the packed sequence by their index tensors
-and computes the rotary table (S, D) from the packed (t, h, w) positions; the sequence is split at the
-first block with the table, and every block splits its own copy of the per-row AdaLN indices (it reads them
-from `forward`, whole), as does `norm_out` with its per-row timestep indices. Both heads run on the split
-rows and are gathered before `forward` selects each modality's rows. The text refiner runs on the whole
-text before packing; its attention is marked local (no communication for replicated text).
-
-This is diffusers' `_cp_plan` plus that marking. The packed length is whatever the request holds (no
-padding): use the anything flags.
+"""Verification of the minimax_h3 family's plans (`cp_hooks.plans.minimax_h3`, where each plan's reasons are): tiny
+configs, the input cases of its pipelines.
 """
 
 import torch
 
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import grid_ids, randn
-from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput, LocalAttention
-
-_ROPE = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)
-_GATHER = ContextParallelOutput(gather_dim=1, expected_dims=3)
-
-MINIMAX_H3 = {
-    "rope": {0: _ROPE, 1: _ROPE},
-    "token_refiner.refiner_blocks.*.attn": LocalAttention(),
-    "transformer_blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},
-    "transformer_blocks.*": {"adaln_indices": ContextParallelInput(split_dim=0, expected_dims=1)},
-    "norm_out": {"timestep_indices": ContextParallelInput(split_dim=0, expected_dims=1)},
-    "proj_out": _GATHER,
-    "audio_proj_out": _GATHER,
-}
-
 
 _MINIMAX_H3 = dict(num_attention_heads=4, attention_head_dim=12, hidden_size=32, num_layers=2, num_refiner_layers=1,
                    ffn_dim=64, in_channels=4, audio_in_channels=8, text_dim=16, freq_dim=32,
@@ -57,9 +33,7 @@ def _minimax_h3(config, g, text=8, frames=2, height=4, width=6, audio=5):
 
 
 ENTRIES = [
-    ModelEntry("MiniMaxH3Transformer3DModel", MINIMAX_H3, _MINIMAX_H3, {"ti2av": _minimax_h3}, anything=True,
-               no_batch_split="its `timestep` holds the distinct noise levels of the packed rows, not one per "
-                              "sample, so its leading dimension says nothing about the batch.",
+    ModelEntry("MiniMaxH3Transformer3DModel", config=_MINIMAX_H3, cases={"ti2av": _minimax_h3}, anything=True,
                note="packed [text, video, audio] rows with per-row modality tags and timestep indices "
                     "(a clean conditioning frame); token refiner marked LocalAttention()"),
 ]

@@ -1,58 +1,11 @@
-"""Wan 2.x family (Wan, ChronoEdit, SkyReels-V2): video self-attention split; text cross-attention local.
-
-The text (and I2V image) context is replicated: the Wan and ChronoEdit processors pass
-parallel_config=None for cross-attention, so those calls run locally. SkyReels-V2's processor passes its
-config for every call, so its cross-attention (`attn2`) is marked LocalAttention(). Rotary embeddings
-are split after they are computed for the full video grid.
-
-Per-token timesteps: Wan 2.2 TI2V passes a (B, S) timestep (one per video token), split with the tokens;
-the usual (B,) timestep is left whole (skip_other_dims). SkyReels-V2's diffusion forcing passes one
-timestep per frame and expands it to tokens inside `forward` (a (B, 6, S, D) modulation for every block and
-a (B, S, D) one for the output norm), so its plan splits the blocks' `temb` and gathers at `norm_out`,
-whose output is modulated by the full-length embedding; `proj_out` then runs on the whole sequence.
-
-VACE (WanVACETransformer3DModel): the control video's tokens are zero-padded in `forward` to the video's
-length (the pipeline passes as many control frames as latent frames, reference images prepended to both),
-so they are split after that padding, at the first VACE block, together with that block's copy of the video
-tokens (it adds them); the main blocks split the video at `blocks.0`. The VACE blocks' hints come out split
-and are added to split video tokens. Later VACE blocks also receive the whole video but do not use it.
+"""Verification of the wan family's plans (`cp_hooks.plans.wan`, where each plan's reasons are): tiny configs, the
+input cases of its pipelines.
 """
 
 import torch
 
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
-from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput, LocalAttention
-
-_ROPE = {
-    0: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True),
-    1: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True),
-}
-
-WAN = {
-    "": {"timestep": ContextParallelInput(split_dim=1, expected_dims=2, skip_other_dims=True)},
-    "rope": _ROPE,
-    "blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},
-    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-}
-
-_TOKENS = ContextParallelInput(split_dim=1, expected_dims=3)
-
-WAN_VACE = {
-    "rope": _ROPE,
-    "vace_blocks.0": {"hidden_states": _TOKENS, "control_hidden_states": _TOKENS},
-    "blocks.0": {"hidden_states": _TOKENS},
-    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-}
-
-SKYREELS_V2 = {
-    "rope": _ROPE,
-    "blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},
-    "blocks.*": {"temb": ContextParallelInput(split_dim=2, expected_dims=4, skip_other_dims=True)},
-    "blocks.*.attn2": LocalAttention(),
-    "norm_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-}
-
 
 _WAN = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=4,
             text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, rope_max_seq_len=32)
@@ -98,15 +51,15 @@ def _vace(config, g, frames=2, height=8, width=12, scale=None):
 
 
 ENTRIES = [
-    ModelEntry("WanTransformer3DModel", WAN, _WAN,
-               {"t2v": _wan, "i2v": lambda c, g: _wan(c, g, text=512, image=257), "ti2v": lambda c, g: _wan(c, g, per_token_timestep=True)},
+    ModelEntry("WanTransformer3DModel", config=_WAN,
+               cases={"t2v": _wan, "i2v": lambda c, g: _wan(c, g, text=512, image=257), "ti2v": lambda c, g: _wan(c, g, per_token_timestep=True)},
                case_configs={"i2v": _I2V}, note="I2V image tokens; Wan 2.2 TI2V per-token timestep"),
-    ModelEntry("ChronoEditTransformer3DModel", WAN, {**_WAN, "rope_temporal_skip_len": 2},
-               {"edit": lambda c, g: _wan(c, g, text=512, image=257)}, case_configs={"edit": _I2V}),
-    ModelEntry("SkyReelsV2Transformer3DModel", SKYREELS_V2, _WAN,
-               {"t2v": _wan, "i2v": lambda c, g: _wan(c, g, text=512, image=257), "diffusion_forcing": _skyreels_df},
+    ModelEntry("ChronoEditTransformer3DModel", config={**_WAN, "rope_temporal_skip_len": 2},
+               cases={"edit": lambda c, g: _wan(c, g, text=512, image=257)}, case_configs={"edit": _I2V}),
+    ModelEntry("SkyReelsV2Transformer3DModel", config=_WAN,
+               cases={"t2v": _wan, "i2v": lambda c, g: _wan(c, g, text=512, image=257), "diffusion_forcing": _skyreels_df},
                case_configs={"i2v": _I2V}, note="diffusion forcing (per-frame timesteps)"),
-    ModelEntry("WanVACETransformer3DModel", WAN_VACE, _VACE,
-               {"control": _vace, "reference": lambda c, g: _vace(c, g, frames=3, scale=[1.0, 0.5])},
+    ModelEntry("WanVACETransformer3DModel", config=_VACE,
+               cases={"control": _vace, "reference": lambda c, g: _vace(c, g, frames=3, scale=[1.0, 0.5])},
                note="control video split after its padding, at the first VACE block; per-layer control scales"),
 ]
