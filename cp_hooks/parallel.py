@@ -17,16 +17,17 @@ from cp_hooks.runtime import ContextParallelRuntime
 from cp_hooks.forward.cfg import CfgBatchHook
 from cp_hooks.compat.sequential_cfg import SequentialCfg, supports_sequential
 from cp_hooks.forward.consistency import ConsistencyHook
+from cp_hooks.forward.context import ForwardContextHook, ModelContext
 from cp_hooks.forward.hooks import HookRegistry
 from cp_hooks.compat import caches
 from cp_hooks.routing.hook import AttentionRoutingHook
 from cp_hooks.compat.offload import InputDeviceHook, execution_device
 from cp_hooks.forward.planned_modules import PlannedModulesHook
+from cp_hooks.routing.patches import PatchLease
 from cp_hooks.routing.processor_swap import ProcessorSwap
 from cp_hooks.routing.sdpa import LocalAttentionHook
 from cp_hooks.plans.pipelines import is_pipeline, parallel_components
-from cp_hooks.plans.registry import get_plan, refuse_unsupported
-from cp_hooks.plans.specs import ContextParallelProcessor, LocalAttention
+from cp_hooks.plans.specs import ContextParallelProcessor, LocalAttention, get_plan, refuse_unsupported
 from cp_hooks.plans.resolve import resolve_modules
 from cp_hooks.forward.shard_hooks import GatherHook, ReplicatedOutputHook, SplitHook
 
@@ -40,6 +41,7 @@ class _ParallelState:
     config: ContextParallelConfig
     runtime: ContextParallelRuntime
     plan: dict
+    lease: PatchLease  # the patches outside the model it holds (routing/patches.py)
     hooks: list = field(default_factory=list)  # (module, hook name)
     attention: AttentionRoutingHook | None = None
     processors: ProcessorSwap | None = None  # the plan's own attention processors
@@ -100,28 +102,28 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
     # the runtime that setup binds right after. On the model, the eager checks come first (plain Python also
     # under torch.compile), then the traced hooks, so that each kind is one pair of torch hooks there
     # (cp_hooks.hooks, _Segment).
-    plan_hooks, swaps = [], []
+    plan_hooks, swaps, factories = [], [], []
     for name, spec in plan.items():
         for full_name, module in resolve_modules(model, name):
             if isinstance(spec, ContextParallelProcessor):
                 swaps.append((full_name, module, spec.factory))
                 continue
-            if isinstance(spec, LocalAttention):
-                hook = LocalAttentionHook()
-            elif isinstance(spec, dict):
-                hook = SplitHook(module, full_name, spec)
-            else:
-                hook = GatherHook(full_name, spec)
-            plan_hooks.append((module, f"{_HOOK_PREFIX}{type(hook).__name__}[{name}]", hook))
+            factory = _plan_hook_factory(full_name, spec)
+            hook = factory(module)
+            hook_name = f"{_HOOK_PREFIX}{type(hook).__name__}[{name}]"
+            plan_hooks.append((module, hook_name, hook))
+            factories.append((module, hook_name, factory))
     # cfg_degree alone: each group runs the whole sequence, nothing to split. A mesh whose dimensions are all 1
     # runs the whole context-parallel path with nothing to exchange (a one-GPU check of compile and kernels).
     splits_sequence = config.world_size > 1 or config.cfg_degree == 1
-    hooks = []
+    installed: list = []  # (module, hook name) as installed; kept current when planned modules are replaced
+    # First: the forward context (this model's forward is running on this thread) brackets everything else.
+    context_hook = ForwardContextHook(None)
+    hooks = [(model, f"{_HOOK_PREFIX}forward_context", context_hook)]
     if splits_sequence:
         # Before anything communicates: no planned module was replaced since enable.
-        hooks.append((model, f"{_HOOK_PREFIX}planned_modules",
-                      PlannedModulesHook(model, [module for module, _, _ in plan_hooks] +
-                                         [module for _, module, _ in swaps])))
+        planned = PlannedModulesHook(model, factories + [(module, None, None) for _, module, _ in swaps], installed)
+        hooks.append((model, f"{_HOOK_PREFIX}planned_modules", planned))
     # On the model itself, so that attention calls anywhere in its forward are routed, and processors set after
     # enable are routed before the forward that uses them.
     attention = AttentionRoutingHook(model) if splits_sequence else None
@@ -148,7 +150,9 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
     runtime = config.setup().runtime
     _check_model_device(model, runtime)
 
-    state = _ParallelState(config=config, runtime=runtime, plan=plan, attention=attention, processors=processors)
+    context_hook.context = ModelContext(model, runtime)
+    state = _ParallelState(config=config, runtime=runtime, plan=plan, lease=PatchLease(model), hooks=installed,
+                           attention=attention, processors=processors)
     try:
         for module, hook_name, hook in hooks:
             if hasattr(hook, "runtime"):
@@ -157,12 +161,12 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
         if processors is not None:
             processors.install(runtime)
         if attention is not None:
-            attention.install(runtime)
+            attention.install(runtime, state.lease)
         if runtime.cfg_degree == 2 and supports_sequential(model):
             # Pipelines that call the model twice per step (cond, uncond) run the two calls on the two groups.
             state.sequential_cfg = SequentialCfg(model, runtime)
             state.sequential_cfg.install(model)
-        caches.acquire(model)
+        state.lease.acquire_cache_patches()
     except BaseException:
         _remove_everything(model, state)
         raise
@@ -219,13 +223,21 @@ def _enable_pipeline(pipe, config: ContextParallelConfig, plan, strict: bool):
     return pipe
 
 
+def _plan_hook_factory(full_name: str, spec):
+    """How to build the plan's hook of `spec` for the module at `full_name` (again, for a replacement)."""
+    if isinstance(spec, LocalAttention):
+        return lambda module: LocalAttentionHook()
+    if isinstance(spec, dict):
+        return lambda module: SplitHook(module, full_name, spec)
+    return lambda module: GatherHook(full_name, spec)
+
+
 def _add_hook(state: _ParallelState, module: nn.Module, name: str, hook) -> None:
     HookRegistry.of(module).add(name, hook)
     state.hooks.append((module, name))
 
 
 def _remove_everything(model: nn.Module, state: _ParallelState) -> None:
-    caches.release(model)
     if state.sequential_cfg is not None:
         state.sequential_cfg.remove(model)
         state.sequential_cfg = None
@@ -235,7 +247,8 @@ def _remove_everything(model: nn.Module, state: _ParallelState) -> None:
         state.processors.remove()
     for module, name in reversed(state.hooks):
         HookRegistry.of(module, create=False).remove(name)
-    state.hooks = []
+    state.hooks.clear()
+    state.lease.release()
 
 
 def _check_model_device(model: nn.Module, runtime: ContextParallelRuntime) -> None:

@@ -186,7 +186,7 @@ def modules_added_after_enable(ring: int, ulysses: int) -> dict:
             _forward(model, inputs)  # a forward before the change: the attention modules are listed
             model.transformer_blocks.append(copy.deepcopy(block))
             if case.startswith("control"):  # as if nothing had been registered: the new block attends locally
-                _routing_hook(model).processors._registrations = diffusers_attention._registrations[0]
+                _routing_hook(model).processors._registrations = routing.registration_count()
             errors[case] = rel_err(_forward(model, inputs), reference)
         finally:
             disable_parallelism(model)

@@ -2,7 +2,7 @@
 
 Each rank holds a shard of the tokens, so a metric computed on the shard could tell one rank to skip the
 remaining blocks and the other to run them (and their attention collectives): a hang. cp_hooks reduces the
-metric over the context-parallel group (`cp_hooks.integration.caches`); these tests run a few cached
+metric over the context-parallel group (`cp_hooks.compat.caches`); these tests run a few cached
 "denoising" steps in both orders of enabling and compare with the single-process cached run.
 """
 
@@ -11,7 +11,7 @@ import torch
 
 import tiny_models
 from cp_hooks import disable_parallelism, enable_parallelism
-from cp_hooks.compat import caches
+from cp_hooks.routing import diffusers_caches as caches
 from cp_testing import FP32_TOL, make_config, rel_err
 
 STEPS = 6

@@ -82,20 +82,35 @@ def lora_parity(ring: int, ulysses: int) -> dict:
     disable_parallelism(model)
     assert torch.equal(_forward(model, inputs), references["b"])
 
-    # An adapter on a module the plan hooks (Flux's proj_out gathers the tokens): fine before enable; after
-    # enable peft replaces the hooked module, which is refused before the first collective of the forward.
+    # Adapters on a module the plan hooks (Flux's proj_out gathers the tokens), added after enable: peft puts a
+    # wrapper in proj_out's place, and the plan's gather follows it at the next forward. Switching, fusing and
+    # unloading adapters between calls, as a service does per request.
+    plan_targets = {"c": ["proj_out"], "d": ["proj_out", "to_q"]}
     model, inputs = tiny_models.tiny_flux()
-    _add_lora(model, "c", 3, targets=["proj_out"])
-    reference = _forward(model, inputs)
+    for seed, (name, targets) in enumerate(plan_targets.items(), start=3):
+        _add_lora(model, name, seed, targets=targets)
+    references = {}
+    for case, adapters in {"c": ("c",), "d": ("d",), "c+d": (["c", "d"], [0.5, 1.0])}.items():
+        model.set_adapters(*adapters)
+        references[case] = _forward(model, inputs)
+    assert rel_err(references["c"], base) > 100 * FP32_TOL
     model, inputs = tiny_models.tiny_flux()
     enable_parallelism(model, make_config(ring, ulysses))
-    _add_lora(model, "c", 3, targets=["proj_out"])
-    with pytest.raises(ValueError, match="'proj_out' was replaced after enable_parallelism"):
-        _forward(model, inputs)
+    errors["no adapter yet"] = rel_err(_forward(model, inputs), base)
+    for seed, (name, targets) in enumerate(plan_targets.items(), start=3):
+        _add_lora(model, name, seed, targets=targets)
+    for case, adapters in {"c": ("c",), "d": ("d",), "c+d": (["c", "d"], [0.5, 1.0]), "c again": ("c",)}.items():
+        model.set_adapters(*adapters)
+        errors[f"proj_out adapters after enable: {case}"] = rel_err(_forward(model, inputs),
+                                                                    references[case.removesuffix(" again")])
+    model.set_adapters("d")
+    model.fuse_lora()
+    errors["d fused"] = rel_err(_forward(model, inputs), references["d"])
+    model.unfuse_lora()
+    model.unload_lora()  # peft puts the original proj_out back: the gather follows it again
+    errors["adapters unloaded"] = rel_err(_forward(model, inputs), base)
     disable_parallelism(model)
-    enable_parallelism(model, make_config(ring, ulysses))
-    errors["proj_out adapter, enabled again"] = rel_err(_forward(model, inputs), reference)
-    disable_parallelism(model)
+    assert not any(hasattr(m, "_cp_hook_registry") for m in model.modules())  # disable found every moved hook
     return errors
 
 

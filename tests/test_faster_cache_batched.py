@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 from cp_hooks import disable_parallelism
+from cp_hooks.forward import context
 from cp_testing import FP32_TOL, ORDERS, apply_around_enable, make_config, rel_err
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
@@ -160,14 +161,13 @@ def refuse_with_cfg_groups(order: str) -> str:
     """cfg_degree=2 with FasterCache (is_guidance_distilled=False): the same ValueError on every rank; fine after."""
     import _tiny
 
-    from cp_hooks.compat import caches
 
     pipe = _tiny.tiny_cogvideox_pipeline(seed=0)
     apply_around_enable(pipe, make_config(1, 1, cfg=2), lambda p: p.transformer.enable_cache(_faster_cache(p)), order)
     try:
         with pytest.raises(ValueError, match="FasterCache with is_guidance_distilled=False"):
             _run(pipe)
-        assert not caches._stack()  # the refusal came before the forward was marked
+        assert not context.state().forwards  # the refusal came before the forward was marked
     finally:
         disable_parallelism(pipe)
         pipe.transformer.disable_cache()

@@ -21,11 +21,12 @@ and the shards together are the whole sequence, so the sum over ranks is the sin
 gathered before the head block would make every rank hold every token; the sums would then count each token N
 times in numerator and denominator alike, and the ratio is still the single-process one.)
 
-Only models cp_hooks has enabled are affected: `enable_parallelism` adds `CacheMetricsHook` to the model, which
-marks "inside this enabled model's forward, with this runtime" (a thread-local stack); the replaced method
-reduces only when such a mark is present and otherwise calls diffusers' original. The method is replaced on the
-class (so a cache enabled before or after `enable_parallelism` is covered) while at least one model is enabled,
-and restored when the last one is disabled.
+Only models cp_hooks has enabled are affected: the replaced method reduces only inside an enabled model's
+forward (the forward context, `cp_hooks.forward.context`) and otherwise calls diffusers' original. The method
+is replaced on the class (so a cache enabled before or after `enable_parallelism` is covered) while at least
+one model is enabled, and restored when the last one is disabled or collected: the patch itself lives in
+`routing/diffusers_caches.py`, with every other patch of torch or diffusers; this module holds what the
+replacements compute.
 
 Other diffusers caches, checked against diffusers 0.42: TaylorSeer, FasterCache and Pyramid Attention Broadcast
 decide from the step index / timestep only, identical on every rank; MagCache decides from its precomputed
@@ -45,39 +46,15 @@ enabling); with `cfg_degree` 1 the batch stays whole and FasterCache is exact (t
 
 from __future__ import annotations
 
-import threading
-import weakref
-
 import torch
 import torch.distributed as dist
 
+from cp_hooks.forward.context import current_runtime
 from cp_hooks.forward.hooks import ModelHook
 
-class _Local(threading.local):
-    def __init__(self) -> None:
-        # Set in every thread before use: a compiled graph guards on it (see attention.routing._State).
-        self.stack: list = []
-
-
-_local = _Local()
-_enabled_models: "weakref.WeakSet" = weakref.WeakSet()
-_lock = threading.Lock()
-_original = None  # diffusers' FBCHeadBlockHook._should_compute_remaining_blocks while ours is installed
-
-
-def _stack() -> list:
-    return _local.stack
-
-
-def current_runtime():
-    """The runtime of the innermost enabled model whose forward is running on this thread, or None."""
-    stack = _stack()
-    return stack[-1] if stack else None
-
-
 class CacheMetricsHook(ModelHook):
-    """On an enabled model: marks its forward so that cache metrics computed inside are reduced over its group;
-    with `cfg_degree > 1`, refuses FasterCache's split of the batch into guidance branches first."""
+    """On an enabled model with `cfg_degree > 1`: refuses FasterCache's split of the batch into guidance
+    branches before the forward (see the module docstring)."""
 
     def __init__(self, runtime=None) -> None:
         self.runtime = runtime
@@ -86,14 +63,6 @@ class CacheMetricsHook(ModelHook):
         if self.runtime is not None and self.runtime.cfg_degree > 1:
             _refuse_batched_faster_cache(module)
         return args, kwargs
-
-    def enter(self, module) -> None:
-        _stack().append(self.runtime)
-
-    def exit(self, module) -> None:  # also when the forward raises (always_call)
-        stack = _stack()
-        if stack:
-            stack.pop()
 
 
 def _refuse_batched_faster_cache(module) -> None:
@@ -109,14 +78,6 @@ def _refuse_batched_faster_cache(module) -> None:
             "so FasterCache would take the wrong samples for the two branches. Use cfg_degree=1 (Ulysses and ring "
             "split the sequence and keep the batch whole), or model.disable_cache()."
         )
-
-
-def _fbc_hook_class():
-    try:
-        from diffusers.hooks.first_block_cache import FBCHeadBlockHook
-    except Exception:  # no diffusers, or a version without First Block Cache: nothing to patch
-        return None
-    return FBCHeadBlockHook if hasattr(FBCHeadBlockHook, "_should_compute_remaining_blocks") else None
 
 
 def global_relative_change(current: torch.Tensor, previous: torch.Tensor, runtime) -> float:
@@ -135,96 +96,38 @@ def global_relative_change(current: torch.Tensor, previous: torch.Tensor, runtim
     return (numerator / count) / (denominator / count)
 
 
-@torch.compiler.disable
-def _should_compute_remaining_blocks(self, hidden_states_residual: torch.Tensor) -> bool:
-    runtime = current_runtime()
-    if runtime is None or runtime.total_ranks == 1:
-        return _original(self, hidden_states_residual)
-    shared_state = self.state_manager.get_state()
-    if shared_state.head_block_residual is None:  # the same on every rank: the states advance in lockstep
-        return True
-    diff = global_relative_change(hidden_states_residual, shared_state.head_block_residual, runtime)
-    return diff > self.threshold
+def group_reduced_fbc_decision(original):
+    """A replacement for `FBCHeadBlockHook._should_compute_remaining_blocks` that decides on the metric reduced
+    over the enabled model's group, and calls `original` outside enabled forwards."""
+
+    @torch.compiler.disable
+    def _should_compute_remaining_blocks(self, hidden_states_residual: torch.Tensor) -> bool:
+        runtime = current_runtime()
+        if runtime is None or runtime.total_ranks == 1:
+            return original(self, hidden_states_residual)
+        shared_state = self.state_manager.get_state()
+        if shared_state.head_block_residual is None:  # the same on every rank: the states advance in lockstep
+            return True
+        diff = global_relative_change(hidden_states_residual, shared_state.head_block_residual, runtime)
+        return diff > self.threshold
+
+    _should_compute_remaining_blocks._cp_hooks_global_metric = True
+    return _should_compute_remaining_blocks
 
 
-_should_compute_remaining_blocks._cp_hooks_global_metric = True
+def sea_cache_refusal(original):
+    """A replacement for `SeaCacheSharedState.resolve_gate` that refuses inside enabled forwards (see the module
+    docstring) and calls `original` elsewhere."""
 
+    def _refuse_sea_cache(self, *args, **kwargs):
+        if current_runtime() is not None:
+            raise ValueError(
+                "SeaCache does not work with context parallelism: its skip metric filters the hidden states with "
+                "an FFT over the whole latent grid, and each rank holds only its shard, so the ranks would decide "
+                "differently from one process. Use First Block Cache, TaylorSeer, MagCache or Pyramid Attention "
+                "Broadcast (exact under cp_hooks), or model.disable_cache()."
+            )
+        return original(self, *args, **kwargs)
 
-def _sea_cache_hook_class():
-    # Every SeaCache hook (root or leader block) decides through its shared state's `resolve_gate`.
-    try:
-        from diffusers.hooks.sea_cache import SeaCacheSharedState
-    except Exception:  # no diffusers, or a version without SeaCache
-        return None
-    return SeaCacheSharedState if hasattr(SeaCacheSharedState, "resolve_gate") else None
-
-
-_sea_original = None  # diffusers' SeaCacheSharedState.resolve_gate while ours is installed
-
-
-def _refuse_sea_cache(self, *args, **kwargs):
-    if current_runtime() is not None:
-        raise ValueError(
-            "SeaCache does not work with context parallelism: its skip metric filters the hidden states with an "
-            "FFT over the whole latent grid, and each rank holds only its shard, so the ranks would decide "
-            "differently from one process. Use First Block Cache, TaylorSeer, MagCache or Pyramid Attention "
-            "Broadcast (exact under cp_hooks), or model.disable_cache()."
-        )
-    return _sea_original(self, *args, **kwargs)
-
-
-_refuse_sea_cache._cp_hooks_refusal = True
-
-
-def _patch_sea_cache() -> None:
-    global _sea_original
-    cls = _sea_cache_hook_class()
-    if cls is None or _sea_original is not None or getattr(cls.__dict__.get("resolve_gate"), "_cp_hooks_refusal", False):
-        return
-    _sea_original = cls.__dict__["resolve_gate"]
-    cls.resolve_gate = _refuse_sea_cache
-
-
-def _unpatch_sea_cache() -> None:
-    global _sea_original
-    cls = _sea_cache_hook_class()
-    if cls is not None and _sea_original is not None and cls.__dict__.get("resolve_gate") is _refuse_sea_cache:
-        cls.resolve_gate = _sea_original
-    _sea_original = None
-
-
-def acquire(model) -> None:
-    """Reduce cache metrics over the group inside `model`'s forwards (call after adding `CacheMetricsHook`)."""
-    global _original
-    with _lock:
-        _enabled_models.add(model)
-        _patch_sea_cache()
-        cls = _fbc_hook_class()
-        if cls is None or _original is not None:
-            return
-        current = cls.__dict__.get("_should_compute_remaining_blocks")
-        if getattr(current, "_cp_hooks_global_metric", False):  # already ours (e.g. module reloaded)
-            return
-        _original = current
-        cls._should_compute_remaining_blocks = _should_compute_remaining_blocks
-
-
-def release(model) -> None:
-    """Undo `acquire(model)`; diffusers' method is restored when no enabled model is left. Idempotent."""
-    global _original
-    with _lock:
-        _enabled_models.discard(model)
-        if len(_enabled_models):
-            return
-        _unpatch_sea_cache()
-        if _original is None:
-            return
-        cls = _fbc_hook_class()
-        if cls is not None and cls.__dict__.get("_should_compute_remaining_blocks") is _should_compute_remaining_blocks:
-            cls._should_compute_remaining_blocks = _original
-        _original = None
-
-
-def is_patched() -> bool:
-    """True while diffusers' First Block Cache metric is replaced by the group-reduced one."""
-    return _original is not None
+    _refuse_sea_cache._cp_hooks_refusal = True
+    return _refuse_sea_cache

@@ -35,7 +35,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from cp_hooks.forward.cfg import paired_call
+from cp_hooks.forward.context import paired_call
+from cp_hooks.forward.tree import map_tensors
 from cp_hooks.runtime import ContextParallelRuntime
 
 _STATE_ATTR = "_cp_hooks_sequential_cfg"
@@ -193,8 +194,6 @@ def _differences(cond: _Snapshot, uncond: dict) -> dict | None:
 
 def _exchange(output, runtime: ContextParallelRuntime):
     """(group 0's output, group 1's output) on every rank: one all-gather per tensor over the cfg group."""
-    from cp_hooks.forward.shard_hooks import _map_tensors
-
     parts: list[list[torch.Tensor]] = [[], []]
 
     def gather(t: torch.Tensor) -> torch.Tensor:
@@ -204,9 +203,9 @@ def _exchange(output, runtime: ContextParallelRuntime):
         parts[1].append(pieces[1])
         return t
 
-    _map_tensors(output, gather)
+    map_tensors(output, gather)
     iters = [iter(parts[0]), iter(parts[1])]
-    return tuple(_map_tensors(_copy_structure(output), lambda t, it=it: next(it)) for it in iters)
+    return tuple(map_tensors(_copy_structure(output), lambda t, it=it: next(it)) for it in iters)
 
 
 def _copy_structure(value):
@@ -217,7 +216,7 @@ def _copy_structure(value):
         return copy
     if isinstance(value, list):
         return list(value)
-    return value  # tensors and tuples are rebuilt by _map_tensors
+    return value  # tensors and tuples are rebuilt by map_tensors
 
 
 def _dynamo_active() -> bool:

@@ -25,44 +25,13 @@ on every rank alike, before any collective.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import torch
 
+from cp_hooks.forward.context import in_paired_call
 from cp_hooks.forward.hooks import ModelHook
+from cp_hooks.forward.tree import has_tensor, map_tensors
 from cp_hooks.runtime import ContextParallelRuntime
 from cp_hooks.forward.sharding import gather_tensor, split_tensor
-
-
-class _Paired(threading.local):
-    def __init__(self) -> None:
-        self.depth = 0
-        self.predicted = 0
-
-
-_paired = _Paired()
-
-
-@contextlib.contextmanager
-def paired_call(predicted: bool = False):
-    """Inside: one call of a sequential-guidance pair (cp_hooks.cfg_sequential); the batch is not split.
-
-    `predicted`: the cfg groups compute different calls (group 0 the conditional one, group 1 the predicted
-    unconditional one), whose inputs may differ in shape (an unpadded negative prompt).
-    """
-    _paired.depth += 1
-    _paired.predicted += int(predicted)
-    try:
-        yield
-    finally:
-        _paired.depth -= 1
-        _paired.predicted -= int(predicted)
-
-
-def groups_compute_different_calls() -> bool:
-    """True inside a predicted pair: only the ranks of one cfg group share the call's inputs."""
-    return _paired.predicted > 0
 
 
 class CfgBatchHook(ModelHook):
@@ -73,7 +42,7 @@ class CfgBatchHook(ModelHook):
         self._batch: int | None = None
 
     def pre_forward(self, module, args, kwargs):
-        if _paired.depth:  # one call of a sequential-guidance pair: each group runs a whole call
+        if in_paired_call():  # one call of a sequential-guidance pair: each group runs a whole call
             self._batch = None
             return args, kwargs
         batch = _batch_size(args, kwargs)
@@ -107,9 +76,7 @@ class CfgBatchHook(ModelHook):
             return gather_tensor(t, 0, runtime.cfg_group, runtime.cfg_degree, uneven=False,
                                  group_key=runtime.cfg_group_key)
 
-        from cp_hooks.forward.shard_hooks import _map_tensors
-
-        return _map_tensors(output, gather)
+        return map_tensors(output, gather)
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int | None:
@@ -136,18 +103,8 @@ class _Splitter:
         if isinstance(value, dict):
             return {key: self(item) for key, item in value.items()}
         if isinstance(value, list):
-            if len(value) == self.batch and not _has_tensor(value):
+            if len(value) == self.batch and not has_tensor(value):
                 part = self.batch // self.degree  # per-sample metadata, one item per sample
                 return value[self.rank * part:(self.rank + 1) * part]
             return [self(item) for item in value]
         return value
-
-
-def _has_tensor(value) -> bool:
-    if isinstance(value, torch.Tensor):
-        return True
-    if isinstance(value, dict):
-        return any(_has_tensor(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_has_tensor(v) for v in value)
-    return False

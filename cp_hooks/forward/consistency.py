@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from cp_hooks import comm
-from cp_hooks.forward.cfg import groups_compute_different_calls
+from cp_hooks.forward.context import groups_compute_different_calls
 from cp_hooks.runtime import ContextParallelRuntime
 from cp_hooks.forward.hooks import ModelHook
 

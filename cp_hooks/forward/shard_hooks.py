@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from cp_hooks import comm
 from cp_hooks.forward import length_memo, value_checks
-from cp_hooks.forward.cfg import groups_compute_different_calls
+from cp_hooks.forward.context import groups_compute_different_calls
+from cp_hooks.forward.tree import map_tensors
 from cp_hooks.forward.length_memo import conform
 from cp_hooks.runtime import ContextParallelRuntime
 from cp_hooks.forward.hooks import ModelHook
@@ -252,7 +253,7 @@ class ReplicatedOutputHook(ModelHook):
         if not torch.compiler.is_compiling():  # a compiled forward defers no check (value_checks, length_memo)
             self._agree()
         # Every rank of every cfg group back-propagates the same loss from the same whole output.
-        return _map_tensors(output, lambda t: share_replicated_gradient(t, self.runtime.total_ranks))
+        return map_tensors(output, lambda t: share_replicated_gradient(t, self.runtime.total_ranks))
 
     def _agree(self) -> None:
         """A check that failed on some rank raises on every rank, now that no collective is pending. When the
@@ -266,20 +267,6 @@ class ReplicatedOutputHook(ModelHook):
             if length_memo.MISMATCH_KIND in error.kinds:
                 self.runtime.length_memo.forget(signature)  # on every rank: they all raise here
             raise
-
-
-def _map_tensors(value, fn):
-    """`value` with `fn` applied to every tensor in it (tensors, tuples/lists, dicts and diffusers outputs)."""
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, (list, tuple)):
-        items = [_map_tensors(v, fn) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)  # namedtuple or not
-    if isinstance(value, dict):  # diffusers' BaseOutput is an OrderedDict whose fields are also attributes
-        for key in list(value.keys()):
-            value[key] = _map_tensors(value[key], fn)
-        return value
-    return value
 
 
 def _parameter_positions(module: nn.Module, module_name: str, names: list[str]) -> dict[str, int | None]:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from cp_hooks.forward import context
+
 
 class _Forward:
     """The value checks of one forward: how many ran, and the messages of those that failed.
@@ -77,7 +79,9 @@ class ValueCheckError(ValueError):
         self.kinds = kinds
 
 
-_ACTIVE: list[_Forward] = []  # the enabled forwards in progress, innermost last
+def _active() -> list:
+    """The value-check records of the enabled forwards in progress on this thread, innermost last."""
+    return context.state().checks
 
 
 def holds(condition: torch.Tensor, message: str) -> bool:
@@ -88,31 +92,34 @@ def holds(condition: torch.Tensor, message: str) -> bool:
     if torch.compiler.is_compiling():
         torch._assert_async(condition, message)
         return True
-    if not _ACTIVE:
+    active = _active()
+    if not active:
         return bool(condition)
-    _ACTIVE[-1].add(condition, message, "mask")  # read at the forward's end, with the others
+    active[-1].add(condition, message, "mask")  # read at the forward's end, with the others
     return True
 
 
 def record(ok: bool, message: str, kind: str = "mask") -> bool:
     """Record a check already evaluated on this rank; as `holds`, False only where the caller must refuse at once."""
-    if not _ACTIVE:
+    active = _active()
+    if not active:
         return ok
-    _ACTIVE[-1].add(ok, message, kind)
+    active[-1].add(ok, message, kind)
     return True
 
 
 def begin_forward(owner: object) -> None:
     """`owner`'s forward starts (eager): its value checks are collected until `end_forward(owner)`."""
     if not torch.compiler.is_compiling():
-        _ACTIVE.append(_Forward(owner))
+        _active().append(_Forward(owner))
 
 
 def end_forward(owner: object) -> "_Forward | None":
     """`owner`'s forward has ended, normally or by an exception: stop collecting; its record, to `agree` on."""
-    if torch.compiler.is_compiling() or not _ACTIVE or _ACTIVE[-1].owner is not owner:
+    active = _active()
+    if torch.compiler.is_compiling() or not active or active[-1].owner is not owner:
         return None
-    return _ACTIVE.pop()
+    return active.pop()
 
 
 def agree(forward: "_Forward | None", group, device_type: str, always: bool = False) -> None:

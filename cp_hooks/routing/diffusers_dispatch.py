@@ -23,9 +23,8 @@ import sys
 from dataclasses import dataclass
 
 import torch.nn as nn
-from torch.nn.modules.module import register_module_module_registration_hook
 
-from cp_hooks.forward import context as routing
+from cp_hooks.forward import context
 from cp_hooks.attention.api import context_parallel_attention
 from cp_hooks.runtime import ContextParallelRuntime
 
@@ -38,22 +37,6 @@ _ATTENTION_ARGS = {"query": _MISSING, "key": _MISSING, "value": _MISSING, "attn_
                    "is_causal": False, "scale": None, "enable_gqa": False}
 # What it may ignore: the backend and its options choose a local kernel, and cp_hooks runs its own.
 _IGNORED_ON_CP_PATH = frozenset({"attention_kwargs", "backend", "parallel_config"})
-
-
-_registrations = [0]  # submodules registered anywhere since the hook below was added
-_registration_handle = None
-
-
-def _count_registration(module, name, submodule):
-    _registrations[0] += 1
-
-
-def _registration_count() -> int:
-    """Module registrations so far (a cheap test of "was any module added since")."""
-    global _registration_handle
-    if _registration_handle is None:
-        _registration_handle = register_module_module_registration_hook(_count_registration)
-    return _registrations[0]
 
 
 @dataclass(frozen=True)
@@ -156,7 +139,7 @@ def _make_wrapper(original):
         if parallel_config is _MISSING:
             parallel_config = arguments.get(args, kwargs, "parallel_config", None)
         if isinstance(parallel_config, CPHandle):
-            if routing.is_local():
+            if context.is_local():
                 # A module the plan marks LocalAttention() (cross-attention over replicated keys, in a processor
                 # that passes its parallel config for every call, e.g. SkyReels-V2): run it as diffusers would alone.
                 args, kwargs = arguments.replace(args, kwargs, "parallel_config", None)
@@ -166,7 +149,7 @@ def _make_wrapper(original):
                     k, v = _repeat_kv_heads(q, k, v)
                 return context_parallel_attention(q, k, v, attn_mask, dropout_p, is_causal, scale,
                                                   config=parallel_config.runtime)
-        with routing.run_locally():
+        with context.run_locally():
             return original(*args, **kwargs)
 
     dispatch_attention_fn.__cp_hooks_original__ = original
@@ -180,7 +163,9 @@ def _dispatch_module_name(processor) -> str:
     return getattr(call, "__module__", None) or type(processor).__module__
 
 
-def _patch_module(module_name: str) -> bool:
+def patch_module(module_name: str) -> bool:
+    """Swap `dispatch_attention_fn` of `module_name` for the routing wrapper (reference-counted); False where
+    the module has none."""
     module = sys.modules.get(module_name)
     if module is None or not callable(getattr(module, _DISPATCH_NAME, None)):
         return False
@@ -193,7 +178,8 @@ def _patch_module(module_name: str) -> bool:
     return True
 
 
-def _unpatch_module(module_name: str) -> None:
+def unpatch_module(module_name: str) -> None:
+    """Ends one `patch_module(module_name)`; the last one puts diffusers' function back."""
     entry = _patched_modules[module_name]
     entry[1] -= 1
     if entry[1] == 0:
@@ -212,13 +198,14 @@ class ProcessorRouting:
         self._model = model
         self._undo: dict = {}  # id(processor) -> (processor, previous _parallel_config, patched module or None)
         self._handle: CPHandle | None = None
+        self._lease = None
         self._list_modules()
 
     def _list_modules(self) -> None:
         # Attention modules are listed again only when a module was registered somewhere since: processors
         # change often (set_attn_processor), modules rarely. Their __dict__s are kept so that a steady forward
         # compares processors without attribute lookups.
-        self._registrations = _registration_count()
+        self._registrations = context.registration_count()
         self.modules = list(self._model.modules())
         self._dicts = [m.__dict__ for m in self.modules if getattr(m, "processor", None) is not None]
         self._seen: list = [None] * len(self._dicts)  # the processor each module had at the last sync
@@ -229,9 +216,11 @@ class ProcessorRouting:
         # A processor that is an nn.Module lives in the module's _modules, every other one in its __dict__.
         return [d.get("processor") or d["_modules"].get("processor") for d in self._dicts]
 
-    def install(self, runtime: ContextParallelRuntime) -> None:
-        """Mark the current processors (and patch their modules' dispatch function)."""
+    def install(self, runtime: ContextParallelRuntime, lease) -> None:
+        """Mark the current processors; their modules' dispatch functions are patched under `lease` (the
+        model's `PatchLease`, which releases them)."""
         self._handle = CPHandle(runtime)
+        self._lease = lease
         self.sync()
 
     def sync(self) -> bool:
@@ -239,7 +228,7 @@ class ProcessorRouting:
 
         When nothing changed: one integer and one list compared (a few microseconds for Flux's 57 modules).
         """
-        if _registrations[0] != self._registrations:  # a module was added somewhere: maybe an attention module
+        if context.registration_count() != self._registrations:  # a module was added somewhere: maybe an attention module
             self._list_modules()
         current = self.processors
         if current == self._seen:  # list equality tests identity first; processors compare by identity
@@ -252,20 +241,17 @@ class ProcessorRouting:
 
     def _route(self, processor) -> None:
         previous = processor.__dict__.get("_parallel_config", _MISSING)
-        module_name = _dispatch_module_name(processor)
-        patched = _patch_module(module_name)
+        self._lease.patch_dispatch(_dispatch_module_name(processor))
         processor._parallel_config = self._handle
         # The undo entry holds the processor, so its id stays unique while it is recorded.
-        self._undo[id(processor)] = (processor, previous, module_name if patched else None)
+        self._undo[id(processor)] = (processor, previous)
 
     def restore(self) -> None:
-        """Undo every mark and patch exactly: processors' configs and the swapped dispatch functions."""
-        for processor, previous, module_name in reversed(list(self._undo.values())):
+        """Undo every mark exactly: processors' configs (the dispatch functions are the lease's to put back)."""
+        for processor, previous in reversed(list(self._undo.values())):
             if previous is _MISSING:
                 processor.__dict__.pop("_parallel_config", None)
             else:
                 processor._parallel_config = previous
-            if module_name is not None:
-                _unpatch_module(module_name)
         self._undo.clear()
         self._seen = [None] * len(self._dicts)

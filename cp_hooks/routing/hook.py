@@ -3,26 +3,27 @@
 Before each forward it routes attention processors set since the last forward (`ProcessorRouting.sync`: one
 identity comparison per attention module when nothing changed) and decides how SDPA calls made outside
 diffusers' dispatch are routed: through the cheap SDPA guard, or through the SDPA router mode where the guard
-would not see them (`sdpa.py`). docs/architecture.md, "Attention routing".
+would not see them (`sdpa.py`). Which calls are the model's own is the forward context's business
+(`cp_hooks.forward.context`). docs/architecture.md, "Attention routing".
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from cp_hooks.forward.hooks import ModelHook
-from cp_hooks.runtime import ContextParallelRuntime
 from cp_hooks.routing import sdpa
 from cp_hooks.routing.diffusers_dispatch import ProcessorRouting
+from cp_hooks.routing.patches import PatchLease
+from cp_hooks.runtime import ContextParallelRuntime
 
 
 class AttentionRoutingHook(ModelHook):
     """Routes the model's attention: diffusers processors (also ones set after enable) and SDPA calls.
 
-    Built before any collective; `install(runtime)` marks the processors and takes the SDPA guard, `remove()`
-    undoes both. The guard routes every `F.scaled_dot_product_attention` call of the forward; the router mode
-    is used where the guard is not enough (see `needs_router`).
+    Built before any collective; `install(runtime, lease)` marks the processors and takes the SDPA guard under
+    the model's patch lease, `remove()` undoes both. The guard routes every `F.scaled_dot_product_attention`
+    call of the model's modules; the router mode is used where the guard is not enough (see `needs_router`).
     """
 
     # Runs as plain Python under torch.compile too: processors set after compiling are routed before the
@@ -33,23 +34,18 @@ class AttentionRoutingHook(ModelHook):
         self.runtime: ContextParallelRuntime | None = None
         self.processors = ProcessorRouting(model)
         self.use_router = False
-        self._guarded = False
         self._active: list = []  # a stack: an enabled model may run inside another's forward
 
-    def install(self, runtime: ContextParallelRuntime) -> None:
+    def install(self, runtime: ContextParallelRuntime, lease: PatchLease) -> None:
         """Mark the processors as context-parallel and take the SDPA guard (after the config's setup)."""
         self.runtime = runtime
-        self.processors.install(runtime)
+        self.processors.install(runtime, lease)
         self.use_router = self.needs_router()
-        sdpa.acquire_guard()
-        self._guarded = True
+        lease.acquire_sdpa_guard()
 
     def remove(self) -> None:
-        """Undo `install` exactly (safe to call when it did not run, or ran partly)."""
+        """Undo the processors' marks (the lease's patches are released by its owner)."""
         self.processors.restore()
-        if self._guarded:
-            sdpa.release_guard()
-            self._guarded = False
 
     def needs_router(self) -> bool:
         """Whether SDPA calls need the torch-function mode, for the processors the model holds now.
@@ -69,9 +65,8 @@ class AttentionRoutingHook(ModelHook):
             self.use_router = self.needs_router()
         # The guard routes calls through the attribute F.scaled_dot_product_attention; the mode, where used,
         # the others (a call the guard routed reaches the mode only inside cp_hooks' kernels: local).
-        sdpa.push(self.runtime)
         if self.use_router:
-            mode = sdpa.SDPARouter(self.runtime)
+            mode = sdpa.SDPARouter()
             mode.__enter__()
             self._active.append(mode)
         else:
@@ -81,38 +76,3 @@ class AttentionRoutingHook(ModelHook):
         mode = self._active.pop()
         if mode is not None:
             mode.__exit__(None, None, None)
-        sdpa.pop()
-
-    def post_forward(self, module, output):
-        if torch.is_grad_enabled():
-            _route_when_backward_starts(output, self.runtime)
-        return output
-
-
-def _route_when_backward_starts(output, runtime: ContextParallelRuntime) -> None:
-    """Route SDPA calls during the backward of this forward's outputs (see `sdpa.route_during_backward`): the
-    first output gradient computed starts the scope, the end of that backward pass ends it."""
-    started = [False]
-
-    def start(grad):
-        if not started[0]:
-            started[0] = True
-            sdpa.route_during_backward(runtime)
-            torch.autograd.Variable._execution_engine.queue_callback(lambda: started.__setitem__(0, False))
-        return grad
-
-    for tensor in _tensors(output):
-        if tensor.requires_grad:
-            tensor.register_hook(start)
-
-
-def _tensors(value):
-    """The tensors in a model's output (tensors, tuples / lists, dicts and diffusers' output objects)."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)

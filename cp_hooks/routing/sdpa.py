@@ -1,12 +1,18 @@
 """Route `torch.nn.functional.scaled_dot_product_attention` calls made inside a parallelized model.
 
-Every SDPA call made during an enabled model's forward is treated as self-attention over sequence-sharded
-tensors, except inside modules the plan marks `LocalAttention()`, inside diffusers' dispatch (routed by
-`diffusers_attention`) and inside cp_hooks' own kernels (docs/architecture.md, "Attention routing"):
+Every SDPA call that a module of an enabled model makes during its forward (or, for blocks recomputed by
+activation checkpointing, during its backward) is treated as self-attention over sequence-sharded tensors,
+except inside modules the plan marks `LocalAttention()`, inside diffusers' dispatch (routed by
+`diffusers_dispatch`) and inside cp_hooks' own kernels. A module that is not part of the enabled model is
+never routed, whatever calls it (`cp_hooks.forward.context.attention_runtime`; docs/architecture.md,
+"Attention routing").
+
+Patches (each taken by an enabled model and released by its disable, or when it is garbage-collected:
+`routing/patches.py`):
 
 * The SDPA guard, for every enabled model: while any model is enabled, the attribute
-  `F.scaled_dot_product_attention` is a thin function that routes when an enabled model's forward is running
-  on this thread and otherwise calls what it replaced. One Python call per SDPA call and nothing per other
+  `F.scaled_dot_product_attention` is a thin function that routes when the forward context says so and
+  otherwise calls what it replaced. One Python call per SDPA call and nothing per other
   torch call; it sees every caller that looks the function up on `torch.nn.functional` (diffusers,
   transformers, and nearly all model code). dynamo traces it like any Python function and guards on the
   attribute (installed at enable, never swapped inside a forward).
@@ -31,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from cp_hooks.forward import context as routing
+from cp_hooks.forward import context
 from cp_hooks.attention.api import context_parallel_attention
 from cp_hooks.forward.hooks import ModelHook
 from cp_hooks.runtime import ContextParallelRuntime
@@ -43,17 +49,16 @@ _SDPA = getattr(F.scaled_dot_product_attention, "__cp_hooks_original__", F.scale
 class SDPARouter(TorchFunctionMode):
     """Sends SDPA calls to `context_parallel_attention` (layout (B, H, S, D) in and out, as SDPA)."""
 
-    def __init__(self, runtime: ContextParallelRuntime) -> None:
-        super().__init__()
-        self.runtime = runtime
-
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         # Under torch.compile dynamo hands the mode the function that F.scaled_dot_product_attention names now:
         # the guard, while one is installed.
-        if (func is not _SDPA and getattr(func, "__cp_hooks_original__", None) is not _SDPA) or routing.is_local():
+        if func is not _SDPA and getattr(func, "__cp_hooks_original__", None) is not _SDPA:
             return func(*args, **kwargs)
-        return _route(self.runtime, *args, **kwargs)
+        runtime = context.attention_runtime()
+        if runtime is None:
+            return func(*args, **kwargs)
+        return _route(runtime, *args, **kwargs)
 
 
 def _route(runtime, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
@@ -65,18 +70,6 @@ def _route(runtime, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
     return out.transpose(1, 2)
 
 
-class _GuardState(threading.local):
-    def __init__(self) -> None:
-        # Set in every thread before any use (a compiled graph guards on it, see routing._State): the runtimes
-        # of the enabled models whose forward is running on this thread, innermost last.
-        self.runtimes: list = []
-
-
-_guard_state = _GuardState()
-# The runtimes of enabled models whose backward pass is running (on any thread: the autograd engine may run a
-# backward's nodes on device threads). Activation checkpointing recomputes blocks there, outside the model's
-# forward, and their SDPA calls must be routed as in the forward (`route_during_backward`).
-_backward_runtimes: list = []
 _guard_lock = threading.Lock()
 _guard_users = 0
 _guard = None  # the installed guard
@@ -86,9 +79,9 @@ _replaced = None  # what F.scaled_dot_product_attention was before the guard
 def _make_guard(replaced):
     @functools.wraps(_SDPA)
     def scaled_dot_product_attention(*args, **kwargs):
-        runtimes = _guard_state.runtimes or _backward_runtimes
-        if runtimes and not routing.is_local():
-            return _route(runtimes[-1], *args, **kwargs)
+        runtime = context.attention_runtime()
+        if runtime is not None:
+            return _route(runtime, *args, **kwargs)
         return replaced(*args, **kwargs)
 
     scaled_dot_product_attention.__cp_hooks_original__ = _SDPA
@@ -124,29 +117,6 @@ def guard_installed() -> bool:
     return _guard_users > 0
 
 
-def push(runtime: ContextParallelRuntime) -> None:
-    """Marks an enabled model's forward as running on this thread: the guard routes SDPA calls with `runtime`."""
-    _guard_state.runtimes.append(runtime)
-
-
-def pop() -> None:
-    """Ends one `push`."""
-    _guard_state.runtimes.pop()
-
-
-def route_during_backward(runtime: ContextParallelRuntime) -> None:
-    """Route SDPA calls with `runtime` until the running backward pass ends (call it from inside one).
-
-    A checkpointed block (`torch.utils.checkpoint`, diffusers' gradient checkpointing) recomputes its forward
-    during the backward, after the model's forward has returned; without this its attention would attend to
-    the local shard only (non-reentrant checkpoints then fail their recomputation check, reentrant ones give
-    wrong gradients). The guard routes through this scope only (calls through a name bound to SDPA elsewhere,
-    which need the router mode, are not routed in a recomputation).
-    """
-    _backward_runtimes.append(runtime)
-    torch.autograd.Variable._execution_engine.queue_callback(lambda: _backward_runtimes.remove(runtime))
-
-
 def sdpa_bound_elsewhere(objects) -> str | None:
     """Where the code of `objects` holds torch's SDPA under its own name, or None.
 
@@ -176,7 +146,7 @@ class LocalAttentionHook(ModelHook):
     """Runs the module's attention calls locally (replicated keys: no communication)."""
 
     def enter(self, module) -> None:
-        routing.enter_local()
+        context.enter_local()
 
     def exit(self, module) -> None:
-        routing.exit_local()
+        context.exit_local()
