@@ -1,7 +1,7 @@
 """Every catalogued model under context parallelism against the same model in one process (fp32).
 
 The catalogue (the family files in cp_hooks/verify/models/, their plans in cp_hooks/plans/) lists each model's tiny config, its input cases (as its pipeline shapes
-them) and the modes it is verified in; this file runs exactly those, so the README table, generated from
+them) and the modes it is verified in; this file runs exactly those, so the models table of docs/models.md, generated from
 the same list, claims what is tested. Tolerance: FP32_TOL (max |cp - reference| / max(1, max |reference|)).
 """
 
@@ -79,13 +79,13 @@ def test_plan_for_the_wrong_class_is_refused(pool):
 
 # ----------------------------------------------------------------------------- README
 def test_readme_table_is_generated():
-    from cp_hooks.verify.catalogue.table import models_section, readme_section
+    from cp_hooks.verify.catalogue.table import MODELS_PAGE, models_section, readme_section
 
-    with open(os.path.join(ROOT, "README.md")) as f:
+    with open(os.path.join(ROOT, MODELS_PAGE)) as f:
         section = readme_section(f.read())
     assert section == models_section(), (
-        "README.md's models section differs from the catalogue; regenerate it with "
-        "`python -m cp_hooks table --readme README.md`"
+        f"{MODELS_PAGE}'s models section differs from the catalogue; regenerate it with "
+        f"`python -m cp_hooks table --readme {MODELS_PAGE}`"
     )
 
 

@@ -1,4 +1,4 @@
-"""The short plan-writing guide printed under the model table (part of the generated README section)."""
+"""The short plan-writing guide printed under the model table (part of the generated section of docs/models.md)."""
 
 GUIDE = """### Writing a plan for a new model
 
@@ -76,5 +76,5 @@ registers its plans, and the tests and this table read it).
    case in Ulysses 2, ring 2 (both rotations) and the 2 x 2 hybrid, outputs and gradients, against one process.
    For a model outside diffusers, keep the file anywhere and run
    `torchrun --nproc_per_node 2 -m cp_hooks check my_family:MyModel --entry my_family:ENTRIES --backward`.
-5. **Regenerate this table**: `python -m cp_hooks table --readme README.md`.
+5. **Regenerate this table**: `python -m cp_hooks table --readme docs/models.md`.
 """

@@ -1,7 +1,8 @@
-"""The README's "Supported models" section, generated from the catalogue (never edited by hand).
+"""The "Supported models" section of docs/models.md, generated from the catalogue (never edited by hand).
 
-`python -m cp_hooks table` prints it, `python -m cp_hooks table --readme README.md` rewrites that section; `tests/test_catalogue.py` fails when README.md's section between
-`<!-- models:start -->` and `<!-- models:end -->` differs from it.
+`python -m cp_hooks table` prints it, `python -m cp_hooks table --readme docs/models.md` rewrites that section;
+`tests/test_catalogue.py` fails when the section of `MODELS_PAGE` between `<!-- models:start -->` and
+`<!-- models:end -->` differs from it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from cp_hooks.verify.catalogue.guide import GUIDE
 from cp_hooks.verify.catalogue.modes import HYBRID_MODES, MODES_2
 
 START, END = "<!-- models:start -->", "<!-- models:end -->"
+MODELS_PAGE = "docs/models.md"  # the page that holds the section, relative to the repository root
 
 
 def models_table() -> str:
@@ -54,7 +56,7 @@ def readme_section(readme_text: str) -> str:
         ValueError: the markers are missing.
     """
     if START not in readme_text or END not in readme_text:
-        raise ValueError(f"README.md lacks the markers {START} / {END}.")
+        raise ValueError(f"The page lacks the markers {START} / {END} (the section lives in {MODELS_PAGE}).")
     inner = readme_text.split(START, 1)[1].split(END, 1)[0]
     return inner[1:] if inner.startswith("\n") else inner
 
@@ -71,8 +73,8 @@ def replace_section(readme_text: str) -> str:
     return f"{before}{START}\n{models_section()}{END}{after}"
 
 
-def update_readme(path: str) -> None:
-    """Rewrite the models section of the README at `path` in place (the rest is left as it is)."""
+def update_readme(path: str = MODELS_PAGE) -> None:
+    """Rewrite the models section of the page at `path` (default `MODELS_PAGE`) in place; the rest is left as it is."""
     with open(path) as f:
         text = f.read()
     text = replace_section(text)  # read fully before opening for writing
