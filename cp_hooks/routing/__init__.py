@@ -1,1 +1,23 @@
-"""The only code that patches torch or diffusers (see the docstring of each module)."""
+"""Routing: the only code that patches torch or diffusers, each patch owned by the model that took it.
+
+Outside the enabled model (process-wide, reference-counted, released by `disable_parallelism` or when the model
+is garbage-collected — `patches.PatchLease`):
+
+- `torch.nn.functional.scaled_dot_product_attention` -> the SDPA guard (`sdpa.py`);
+- `dispatch_attention_fn` in each diffusers module that defines a routed processor's `__call__` -> the
+  dispatch wrapper (`diffusers_dispatch.py`);
+- `FBCHeadBlockHook._should_compute_remaining_blocks` and `SeaCacheSharedState.resolve_gate` -> the
+  group-reduced First Block Cache decision and the SeaCache refusal (`diffusers_caches.py`).
+
+On the enabled model itself (undone by `disable_parallelism`, gone with the model):
+
+- each attention processor's `_parallel_config` -> a `CPHandle` (`diffusers_dispatch.ProcessorRouting`);
+- the plan's own processors (`ContextParallelProcessor`) swapped in (`processor_swap.py`);
+- the SDPA router, a torch-function mode entered during the model's forward where the guard cannot see
+  every call (`sdpa.SDPARouter`, chosen by `hook.AttentionRoutingHook`);
+- for sequential guidance, the model's class and `cache_context` (`compat/sequential_cfg.py`: diffusers
+  composition, kept with the other compositions).
+
+Which calls are routed is decided by the forward context (`cp_hooks.forward.context.attention_runtime`): only
+the enabled model's own modules. docs/architecture.md, "Attention routing".
+"""
