@@ -42,12 +42,15 @@ GUIDE = """### Writing a plan for a new model
    refused rather than computed wrongly.
 6. **Check it.** `torchrun --nproc_per_node 2 -m cp_hooks check MyModel --plan my_plans:PLAN`: a split that
    misses a tensor carrying the sequence gives a wrong result, not a crash, and the checker prints FAIL. Then
-   `cp_hooks.register_plan(MyModel, PLAN)`, or add a family file under `cp_hooks/models/` (see "Adding a model family").
+   `cp_hooks.register_plan(MyModel, PLAN)`, or add a family to cp_hooks (see "Adding a model family").
 
 ### Adding a model family, end to end (CogView 4)
 
-One file, `cp_hooks/models/cogview.py`, holds everything; nothing else is edited (the catalogue finds the file,
-registers its plans, and the tests and this table read it).
+Three places, nothing else: the plan in `cp_hooks/plans/cogview.py` (its `PLANS`, the reasons in the module
+docstring), one line per class in `cp_hooks/plans/index.py` (class name -> family file, so that enabling a class
+imports its own family only), and the verification in `cp_hooks/verify/models/cogview.py` (tiny config and cases,
+its `ENTRIES`). The registry finds the plan through the index, the catalogue finds the entries, and the tests and
+this table read both.
 
 1. **Read `forward`.** `patch_embed` returns the image and the text streams separately; `rope` returns the 2-D
    rotary table `(cos, sin)` for the whole image grid, one row per image token; each block's processor
@@ -61,20 +64,24 @@ registers its plans, and the tests and this table read it).
        "rope": {0: ContextParallelInput(0, 2, split_output=True), 1: ContextParallelInput(0, 2, split_output=True)},
        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
    }
+   PLANS = {"CogView4Transformer2DModel": PlanDeclaration(plan=COGVIEW4)}
    ```
+
+   and `"CogView4Transformer2DModel": "cogview"` in `BUILTIN_FAMILIES` (`cp_hooks/plans/index.py`).
 2. **Read the pipeline** (`pipeline_cogview4.py`) for the inputs: GLM text padded to a multiple of 16, one
    call per guidance branch, size conditions per sample, no mask; CogView4-Control doubles the input channels.
    Write a tiny config (1 layer, 4 heads of 8) and a builder `(config, generator) -> forward kwargs` that makes
    exactly those inputs, one case per way the pipeline calls the model (`"t2i"`, `"control"`).
-3. **Declare the entry** with what it cannot serve (here: the optional query x key `attention_mask`, which
-   cp_hooks refuses by itself, so only a note):
-   `ENTRIES = [ModelEntry("CogView4Transformer2DModel", COGVIEW4, CONFIG, {"t2i": build, "control": build},
+3. **Declare the entry** (its plan comes from the registry) with what it cannot serve (here: the optional
+   query x key `attention_mask`, which cp_hooks refuses by itself, so only a note):
+   `ENTRIES = [ModelEntry("CogView4Transformer2DModel", config=CONFIG, cases={"t2i": build, "control": build},
    case_configs={"control": dict(in_channels=8)}, note="...")]`. A configuration the plan cannot serve goes in
-   `unsupported=(UnsupportedConfig(...),)`; a class that cannot be served at all in `UNSUPPORTED = {name: reason}`;
-   zero-initialised gates that would hide layers from the check in `redraw=("*.gate*",)`.
+   its declaration, `PlanDeclaration(plan=..., unsupported=(UnsupportedConfig(...),))`; a class that cannot be
+   served at all in the verification file's `UNSUPPORTED = {name: reason}`; zero-initialised gates that would
+   hide layers from the check in the entry's `redraw=("*.gate*",)`.
 4. **Verify**: `python -m pytest -q tests/test_catalogue.py tests/test_checker_backward.py -k CogView4` runs every
    case in Ulysses 2, ring 2 (both rotations) and the 2 x 2 hybrid, outputs and gradients, against one process.
-   For a model outside diffusers, keep the file anywhere and run
+   For a model outside diffusers, keep one file with its `ModelEntry` (giving `plan=`) anywhere and run
    `torchrun --nproc_per_node 2 -m cp_hooks check my_family:MyModel --entry my_family:ENTRIES --backward`.
 5. **Regenerate this table**: `python -m cp_hooks table --readme docs/models.md`.
 """
