@@ -356,7 +356,7 @@ def create_app(service: Service):
         model = VideoRequest if request.url.path.startswith("/v1/videos") else ImageRequest
         fields = [f for f in model.model_fields if f != "fault_injection" or limits.fault_injection]
         message, param = _validation_message(exc.errors(), fields)
-        service.metrics.observe_request(request.url.path, 400, 0.0)
+        service.metrics.observe_request(request.url.path, 400, None)
         return _error(400, message, "invalid_request_error", param)
 
     @app.exception_handler(StarletteHTTPException)

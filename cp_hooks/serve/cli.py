@@ -133,9 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from cp_hooks import disable_parallelism, enable_parallelism, init_distributed, shutdown_distributed
     from cp_hooks.serve.app import Limits, Service, create_app
-    from cp_hooks.serve.broadcast import FATAL, OK, ControlChannel
-    from cp_hooks.serve.worker import (DTYPES, TINY_MODELS, Worker, build_config, build_pipeline, call_defaults,
-                                       default_threads, describe_mode)
+    from cp_hooks.serve.broadcast import FATAL, ControlChannel
+    from cp_hooks.serve.worker import DTYPES, Worker, build_config, build_pipeline, default_threads, describe_mode
 
     if rank == 0 and sock is not None:
         # The service object exists before the model: the app answers /health with 503 until `ready`.

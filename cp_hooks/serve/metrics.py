@@ -37,10 +37,13 @@ class Metrics:
         self._last_steps_per_second = 0.0
         self._images = 0
 
-    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        """Count one answered request and, for the latency histogram, how long it took from arrival to answer."""
+    def observe_request(self, endpoint: str, status: int, seconds: float | None) -> None:
+        """Count one answered request and, for the latency histogram, how long it took from arrival to answer
+        (None: not timed, e.g. a body refused by the schema before the handler ran)."""
         with self._lock:
             self._requests[(endpoint, str(status))] += 1
+            if seconds is None:
+                return
             buckets = self._buckets.setdefault(endpoint, [0] * (len(LATENCY_BUCKETS) + 1))
             buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
             self._sum[endpoint] += seconds

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from cp_hooks import ContextParallelConfig, enable_parallelism
+from cp_hooks import ContextParallelConfig
 from cp_hooks.serve.broadcast import FAILED, FATAL, OK, ControlChannel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
