@@ -27,7 +27,8 @@ from cp_hooks.routing.patches import PatchLease
 from cp_hooks.routing.processor_swap import ProcessorSwap
 from cp_hooks.routing.sdpa import LocalAttentionHook
 from cp_hooks.plans.pipelines import is_pipeline, parallel_components
-from cp_hooks.plans.specs import ContextParallelProcessor, LocalAttention, get_plan, refuse_unsupported
+from cp_hooks.plans.registry import get_plan, refuse_unsupported
+from cp_hooks.plans.specs import ContextParallelProcessor, LocalAttention
 from cp_hooks.plans.resolve import resolve_modules
 from cp_hooks.forward.shard_hooks import GatherHook, ReplicatedOutputHook, SplitHook
 
@@ -59,19 +60,20 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
     """Give `model` context parallelism as `plan` describes; returns the same model.
 
     Args:
-        model: any `nn.Module` (a diffusers transformer, or a model that calls SDPA), or a diffusers pipeline:
-            then every component with a plan (`transformer`, `transformer_2`, ...) is parallelized and the
-            rest (text encoders, VAE) is left alone.
-        config: the degrees and options, as cp_hooks' `ContextParallelConfig` or diffusers'
+        model (nn.Module | DiffusionPipeline): any `nn.Module` (a diffusers transformer, or a model that calls
+            SDPA), or a diffusers pipeline: then every component with a plan (`transformer`, `transformer_2`,
+            ...) is parallelized and the rest (text encoders, VAE) is left alone.
+        config (ContextParallelConfig): the degrees and options, as cp_hooks' `ContextParallelConfig` or diffusers'
             `ContextParallelConfig` / `ParallelConfig(context_parallel_config=...)`; set up here if it is not yet.
-        plan: module name -> spec (see `cp_hooks.plan`). Default: the plan registered for the model's
+        plan: module name -> spec (see `cp_hooks.plans`). Default: the plan registered for the model's
             class, else the model's own `_cp_plan`.
         strict: before each forward, check that every rank passes inputs of the same shapes and dtypes
             (one 8-byte all-gather per forward); a mismatch raises on every rank instead of hanging a
             collective. Turn off only for the last microseconds of a tuned deployment.
 
     Returns:
-        `model`, whose forward now takes and returns full (unsplit) tensors on every rank.
+        (nn.Module | DiffusionPipeline): `model` itself, whose forward now takes and returns full (unsplit)
+            tensors on every rank.
 
     Raises:
         RuntimeError: no process group (the message says how to launch), or already enabled.

@@ -31,7 +31,7 @@ def _batched_cases(entry) -> list[str]:
     return cases
 
 
-# With context parallelism inside the groups: models of the batched-guidance pipelines named in the README
+# With context parallelism inside the groups: models of the batched-guidance pipelines named in docs/cfg.md
 # (cfg alone runs every catalogue model with an even batch; the split of the batch is the same code).
 WITH_CP = ("PixArtTransformer2DModel", "LTXVideoTransformer3DModel", "HunyuanVideoTransformer3DModel",
            "CogView3PlusTransformer2DModel")

@@ -1,6 +1,6 @@
 """A plain nn.Module transformer (not diffusers) that calls SDPA, parallelized by a user-declared plan.
 
-This file doubles as the README's complete example of a custom plan: self-attention is sequence-parallel
+This file doubles as the complete example of a custom plan that docs/models.md points to: self-attention is sequence-parallel
 (every SDPA call is routed), the text cross-attention over a replicated context is marked LocalAttention,
 and positional embeddings computed for the full sequence are split with split_output.
 """

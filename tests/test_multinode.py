@@ -1,6 +1,6 @@
 """Two machines simulated on this one: two torchrun agents of 2 processes each, rendezvous on localhost.
 
-Checks what the README's multi-node section promises: the default mesh puts Ulysses inside a node (its
+Checks what docs/modes.md's "Several machines" section promises: the default mesh puts Ulysses inside a node (its
 ranks share the agent, i.e. the machine) and the ring / cfg groups across nodes, and the result equals one
 process (fp32 relative 1e-5) for ring 2 x Ulysses 2 and for cfg 2 x Ulysses 2.
 """

@@ -3,11 +3,18 @@
 Layout legend: B batch, S sequence (Sq queries, Sk keys), H heads, D head dim. Public functions take and
 return (B, S, H, D) tensors; the log-sum-exp is float32 (B, H, Sq). Kernels see (B, H, S, D) views.
 
-Kernel choice, per call:
-  * CPU: `aten._scaled_dot_product_flash_attention_for_cpu` (returns the LSE, has a backward, takes a mask).
-  * CUDA, fp16/bf16 without mask: `aten._scaled_dot_product_flash_attention`; otherwise the memory-efficient
-    kernel (takes a bias and returns the LSE).
-  * Anything else, or a kernel that refuses the inputs: a math fallback that computes the LSE itself.
+Kernel choice, per call (each returns the LSE):
+  * CPU, fp32/fp64/bf16/fp16: `aten._scaled_dot_product_flash_attention_for_cpu`, forward and backward (it
+    takes a mask).
+  * CUDA forward, tried in the order of `CUDA_KERNELS`: cuDNN (`_scaled_dot_product_cudnn_attention`), then
+    flash (`_scaled_dot_product_flash_attention`), both for fp16/bf16 without a mask; then the
+    memory-efficient kernel, which also takes a mask and fp32. A kernel that refuses the inputs hands over to
+    the next; one that runs out of memory raises.
+  * CUDA backward, in the order of `CUDA_BACKWARD_KERNELS`: cuDNN, then flash (fp16/bf16 without a mask).
+    Masked and fp32 blocks take the math backward: the memory-efficient kernel's backward is not used (see
+    the comment above `CUDA_KERNELS`).
+  * Any other device or dtype, or CUDA inputs that every kernel refused: the math path, which computes the LSE
+    itself (and holds the whole score matrix of the block; a CUDA fallback to it is logged).
 
 The backward of a block takes the *merged* output and LSE of the whole row of blocks (the standard
 flash-attention trick): P = exp(S - lse_global) is then the block's slice of the global softmax, so the

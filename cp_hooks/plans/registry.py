@@ -113,7 +113,7 @@ def get_plan(model: nn.Module, plan: Plan | None = None) -> Plan:
     raise ValueError(
         f"No context-parallel plan for {type(model).__name__}. Pass one with enable_parallelism(model, config, "
         "plan={...}) or register one with cp_hooks.register_plan(ModelClass, plan): split the sequence inputs "
-        "with ContextParallelInput and gather the final output with ContextParallelOutput (see README, "
+        "with ContextParallelInput and gather the final output with ContextParallelOutput (see docs/models.md, "
         "'Declaring a plan')."
     )
 
