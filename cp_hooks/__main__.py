@@ -1,5 +1,5 @@
-"""`python -m cp_hooks check MODEL_CLASS ...` (the plan checker), `python -m cp_hooks table` (README table) and
-`python -m cp_hooks serve` (the HTTP generation service, docs/serve.md)."""
+"""`python -m cp_hooks check MODEL_CLASS ...` (the plan checker), `python -m cp_hooks table` (the models table of
+docs/models.md) and `python -m cp_hooks serve` (the HTTP generation service, docs/serve.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 USAGE = """usage:
   torchrun --nproc_per_node N -m cp_hooks check MODEL_CLASS [--ring R] [--ulysses U] [--config JSON] [--anything]
                                                             [--case NAME] [--plan MODULE:NAME]
-  python -m cp_hooks table [--readme README.md]   print (or rewrite in README.md) the supported-models section
+  python -m cp_hooks table [--readme docs/models.md]   print (or rewrite in docs/models.md) the supported-models section
   torchrun --nproc_per_node N -m cp_hooks serve [--model M] [--port P] [--ulysses-degree U] ...   HTTP service
                                                             (docs/serve.md; `serve --help` for every option)"""
 

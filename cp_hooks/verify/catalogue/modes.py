@@ -1,4 +1,4 @@
-"""The context-parallel modes the catalogue verifies, by name (the README table's columns)."""
+"""The context-parallel modes the catalogue verifies, by name (the columns of the models table, docs/models.md)."""
 
 from __future__ import annotations
 
