@@ -18,8 +18,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
-# The tiny Flux's default call, as the service makes it (cp_hooks.serve.worker.call_defaults).
+# The tiny models' default calls, as the service makes them (cp_hooks.serve.worker.call_defaults).
 TINY_FLUX_DEFAULTS = dict(height=128, width=128, max_sequence_length=32, num_inference_steps=4)
+TINY_WAN_DEFAULTS = dict(height=64, width=64, num_frames=5, max_sequence_length=32, num_inference_steps=4)
 
 
 def free_port() -> int:
@@ -91,7 +92,7 @@ def decode_png(b64: str):
 
 
 def reference_images(pipe, prompt: str, seed: int, n: int = 1, **call):
-    """What one process makes of a request: the same call, a CPU generator seeded with `seed`."""
+    """What one process makes of an image request: the same call, a CPU generator seeded with `seed`."""
     import numpy as np
     import torch
 
@@ -99,6 +100,17 @@ def reference_images(pipe, prompt: str, seed: int, n: int = 1, **call):
     out = pipe(prompt=prompt, num_images_per_prompt=n, generator=torch.Generator("cpu").manual_seed(seed),
                output_type="pil", **kwargs)
     return [np.array(image.convert("RGB")) for image in out.images]
+
+
+def reference_video(pipe, prompt: str, seed: int, **call):
+    """What one process makes of a video request (one video): its frames as uint8 arrays."""
+    import numpy as np
+    import torch
+
+    kwargs = dict(TINY_WAN_DEFAULTS, **call)
+    out = pipe(prompt=prompt, num_videos_per_prompt=1, generator=torch.Generator("cpu").manual_seed(seed),
+               output_type="pil", **kwargs)
+    return [np.array(frame.convert("RGB")) for frame in out.frames[0]]
 
 
 def stop(procs: list[subprocess.Popen], sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:

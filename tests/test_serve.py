@@ -1,8 +1,8 @@
 """`python -m cp_hooks serve` over 2 CPU ranks on loopback, through real HTTP requests.
 
-One service (torchrun, 2 ranks, Ulysses 2) serves most tests and is shut down by the last of them with SIGTERM;
-the killed-rank test starts its own short-lived one (one process per rank, so that each rank's exit status is
-seen). Every wait is bounded.
+One service (torchrun, 2 ranks, Ulysses 2, tiny Flux) serves most tests and is shut down by the last of them
+with SIGTERM; a second, short-lived one (tiny Wan: the video endpoint, one process per rank so that each rank's
+exit status is seen) serves a video request, then has a rank killed. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -18,11 +18,26 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from serve_support import (children, decode_png, free_port, post, reference_images, start_ranks,  # noqa: E402
-                           start_torchrun, stop, tail, wait_healthy)
+from serve_support import (children, decode_png, free_port, post, reference_images, reference_video,  # noqa: E402
+                           start_ranks, start_torchrun, stop, tail, wait_healthy)
 
 START_TIMEOUT = 120.0  # two ranks import torch + diffusers and build the tiny pipeline on a shared 2-core machine
 SLOW = {"sleep_per_step_s": 0.4}  # fault_injection that makes a 4-step request take about 1.6 s
+
+
+def assert_same_pixels(got, expected) -> None:
+    """`got` (from the service) is what one process made, within fp32 rounding.
+
+    Context parallelism equals one process within fp32 rounding (relative 1e-5: cp_hooks' own bound for the
+    latents and the decoded image); scaled to 0..255 that is under 0.003 of a level, so a pixel can only round
+    the other way, by 1, when its value lies within 0.003 of a rounding boundary (at most 0.6 % of them). Most
+    requests come out bit-identical; anything else (a desynchronised rank, the wrong seed or size) changes
+    nearly every pixel by far more.
+    """
+    assert got.shape == expected.shape
+    diff = np.abs(got.astype(int) - expected.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01, \
+        f"max pixel difference {diff.max()}, {(diff > 0).mean():.2%} of the values differ"
 
 
 class Served:
@@ -39,21 +54,13 @@ class Served:
         return self._references[key]
 
     def check_image(self, response, prompt: str, seed: int, n: int = 1, **call) -> None:
-        """`response` is a 200 whose images equal, pixel for pixel, what one process makes of the request."""
+        """`response` is a 200 whose images are what one process makes of the request (`assert_same_pixels`)."""
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["seed"] == seed and len(body["data"]) == n
         for item, expected in zip(body["data"], self.reference(prompt, seed, n, **call)):
             got = decode_png(item["b64_json"])
-            assert got.shape == expected.shape
-            # Context parallelism equals one process within fp32 rounding (relative 1e-5: cp_hooks' own bound for
-            # the latents and the decoded image); scaled to 0..255 that is under 0.003 of a level, so a pixel can
-            # only round the other way, by 1, when its value lies within 0.003 of a rounding boundary (at most 0.6 %
-            # of them). Most requests come out bit-identical; anything else (a desynchronised rank, the wrong seed
-            # or size) changes nearly every pixel by far more.
-            diff = np.abs(got.astype(int) - expected.astype(int))
-            assert diff.max() <= 1 and (diff > 0).mean() < 0.01, \
-                f"max pixel difference {diff.max()}, {(diff > 0).mean():.2%} of the values differ"
+            assert_same_pixels(got, expected)
 
     def metrics(self) -> str:
         return httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10).text
@@ -213,29 +220,60 @@ def test_sigterm_finishes_the_running_request_and_every_rank_exits_0(served):
     assert served.proc.wait(30) == 0, tail(served.log)
 
 
-def test_killed_rank_gives_503_and_survivors_exit_nonzero(tmp_path):
+@pytest.fixture(scope="module")
+def video_service(tmp_path_factory):
+    """A second, short-lived service: the tiny video pipeline, one process per rank (each exit status is seen),
+    a 5 s process-group timeout. Its last test kills a rank."""
+    import torch
+
+    logs_dir = tmp_path_factory.mktemp("serve_video")
     port = free_port()
-    procs = start_ranks(port, ["--fault-injection", "--pg-timeout", "5"], tmp_path)
-    logs = [tmp_path / "rank0.log", tmp_path / "rank1.log"]
+    procs = start_ranks(port, ["--model", "tiny-wan", "--fault-injection", "--pg-timeout", "5"], logs_dir)
+    logs = [logs_dir / "rank0.log", logs_dir / "rank1.log"]
+    threads = torch.get_num_threads()
     try:
+        torch.set_num_threads(1)
+        from cp_hooks.verify.tiny_pipelines import tiny_wan_pipeline
+
+        pipe = tiny_wan_pipeline(seed=0)  # the reference, built while the service starts
+        pipe.set_progress_bar_config(disable=True)
         wait_healthy(port, procs, START_TIMEOUT, logs)
-        result = {}
-        running = threading.Thread(target=lambda: result.update(r=post(
-            port, {"prompt": "a cat", "seed": 1, "num_inference_steps": 20, "fault_injection": SLOW})))
-        running.start()
-        _wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["in_flight"] == 1, 10,
-                  "the request to start")
-        time.sleep(0.5)
-        procs[1].kill()
-        running.join(30)
-        assert result["r"].status_code == 503, result["r"].text
-        assert "a rank failed" in result["r"].json()["error"]["message"]
-        after = post(port, {"prompt": "a cat", "seed": 2}, timeout=10)
-        assert after.status_code == 503
-        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 503
-        assert procs[0].wait(30) != 0, "\n".join(tail(log) for log in logs)
+        yield port, procs, logs, pipe
     finally:
+        torch.set_num_threads(threads)
         stop(procs, signal.SIGKILL, timeout=10)
+
+
+def test_video_request_equals_one_process(video_service):
+    port, _, _, pipe = video_service
+    r = post(port, {"prompt": "a cat", "seed": 3, "num_frames": 5, "fps": 8}, path="/v1/videos/generations")
+    assert r.status_code == 200, r.text
+    (video,) = r.json()["data"]
+    assert video["fps"] == 8 and len(video["frames"]) == 5
+    for frame, expected in zip(video["frames"], reference_video(pipe, "a cat", 3, num_frames=5)):
+        assert_same_pixels(decode_png(frame), expected)
+    wrong = post(port, {"prompt": "a cat"})
+    assert wrong.status_code == 404 and "/v1/videos/generations" in wrong.json()["error"]["message"]
+
+
+def test_killed_rank_gives_503_and_survivors_exit_nonzero(video_service):
+    port, procs, logs, _ = video_service
+    result = {}
+    running = threading.Thread(target=lambda: result.update(r=post(
+        port, {"prompt": "a cat", "seed": 1, "num_inference_steps": 20, "fault_injection": SLOW},
+        path="/v1/videos/generations")))
+    running.start()
+    _wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["in_flight"] == 1, 10,
+              "the request to start")
+    time.sleep(0.5)
+    procs[1].kill()
+    running.join(30)
+    assert result["r"].status_code == 503, result["r"].text
+    assert "a rank failed" in result["r"].json()["error"]["message"]
+    after = post(port, {"prompt": "a cat", "seed": 2}, timeout=10, path="/v1/videos/generations")
+    assert after.status_code == 503
+    assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 503
+    assert procs[0].wait(30) == 1, "\n".join(tail(log) for log in logs)
 
 
 def _metric(text: str, name: str) -> float:
