@@ -18,7 +18,7 @@ from cp_hooks.forward.cfg import CfgBatchHook
 from cp_hooks.compat.sequential_cfg import SequentialCfg, supports_sequential
 from cp_hooks.forward.consistency import ConsistencyHook
 from cp_hooks.forward.context import ForwardContextHook, ModelContext
-from cp_hooks.forward.hooks import HookRegistry
+from cp_hooks.forward.hooks import HookRegistry, ModelHook
 from cp_hooks.compat import caches
 from cp_hooks.routing.hook import AttentionRoutingHook
 from cp_hooks.compat.offload import InputDeviceHook, execution_device
@@ -119,9 +119,9 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
     # runs the whole context-parallel path with nothing to exchange (a one-GPU check of compile and kernels).
     splits_sequence = config.world_size > 1 or config.cfg_degree == 1
     installed: list = []  # (module, hook name) as installed; kept current when planned modules are replaced
-    # First: the forward context (this model's forward is running on this thread) brackets everything else.
-    context_hook = ForwardContextHook(None)
-    hooks = [(model, f"{_HOOK_PREFIX}forward_context", context_hook)]
+    # First: the forward context (this model's forward is running on this thread) brackets everything else; it
+    # is put in front once the runtime is set up, below.
+    hooks: list[tuple[nn.Module, str, ModelHook]] = []
     if splits_sequence:
         # Before anything communicates: no planned module was replaced since enable.
         planned = PlannedModulesHook(model, factories + [(module, None, None) for _, module, _ in swaps], installed)
@@ -152,7 +152,7 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
     runtime = config.setup().runtime
     _check_model_device(model, runtime)
 
-    context_hook.context = ModelContext(model, runtime)
+    hooks.insert(0, (model, f"{_HOOK_PREFIX}forward_context", ForwardContextHook(ModelContext(model, runtime))))
     state = _ParallelState(config=config, runtime=runtime, plan=plan, lease=PatchLease(model), hooks=installed,
                            attention=attention, processors=processors)
     try:
@@ -248,7 +248,9 @@ def _remove_everything(model: nn.Module, state: _ParallelState) -> None:
     if state.processors is not None:
         state.processors.remove()
     for module, name in reversed(state.hooks):
-        HookRegistry.of(module, create=False).remove(name)
+        registry = HookRegistry.of(module, create=False)
+        assert registry is not None  # every (module, name) in state.hooks was added through its registry
+        registry.remove(name)
     state.hooks.clear()
     state.lease.release()
 
