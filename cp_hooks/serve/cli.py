@@ -167,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             failure = f"rank {rank} could not load {args.model!r}: {type(exc).__name__}: {exc}"
     channel.barrier(args.load_timeout)
     if channel.agree(int(bool(failure)))[0]:
-        if failure:
-            _log(failure)
+        _log(failure or f"rank {rank}: exiting, the start-up failed on another rank (its log says why)")
         return 1
     try:
         config = build_config(device, args.ulysses, args.ring, args.cfg_degree, args.rotate_method, args.anything,
@@ -178,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the same on every rank (degrees, heads)
         failure = f"rank {rank}: cannot parallelize the pipeline: {type(exc).__name__}: {exc}"
     if channel.agree(int(bool(failure)))[0]:
-        if failure:
-            _log(failure)
+        _log(failure or f"rank {rank}: exiting, the start-up failed on another rank (its log says why)")
         return 1
 
     worker = Worker(pipe, channel, device)
