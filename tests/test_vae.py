@@ -61,6 +61,8 @@ def parity_cases(cases, dtype_name: str = "float32") -> list[str]:
 
 IMAGE = [("kl", 5, "decode"), ("kl", 3, "encode"), ("kl3", 7, "decode"), ("kl3", 5, "encode"),
          ("flux2", 5, "decode"), ("flux2", 4, "encode")]
+CAUSAL3D = [("hunyuan", 5, "decode"), ("hunyuan", 4, "encode"), ("ltx", 5, "decode"), ("ltx", 4, "encode"),
+            ("cog", 5, "decode"), ("cog", 4, "encode"), ("mochi", 5, "decode"), ("mochi", 4, "encode")]
 VIDEO = [("wan21", 5, "decode"), ("wan21", 4, "encode"), ("wan22", 5, "decode"), ("wan22", 4, "encode"),
          ("qwen", 5, "decode"), ("qwen", 3, "encode")]
 
@@ -77,7 +79,7 @@ def test_video_vaes(pool, world):
 
 # Too small to split (fewer latent rows than ranks): the whole decode/encode on every rank, same result.
 SMALL = [("kl", 1, "decode"), ("kl", 1, "encode"), ("wan21", 1, "decode")]
-BF16 = [("kl3", 5, "decode"), ("kl", 5, "encode"), ("wan21", 5, "decode"), ("qwen", 5, "decode")]
+BF16 = [("kl3", 5, "decode"), ("kl", 5, "encode"), ("wan21", 5, "decode"), ("qwen", 5, "decode"), ("hunyuan", 5, "decode")]
 
 
 def restore_and_tiling() -> list[str]:
@@ -178,3 +180,8 @@ def test_disable_restores_and_tiling(pool):
 def test_comm_stats_formula(pool, world):
     pool(world).run(halo_formula, "kl3", 5)
     pool(world).run(halo_formula, "wan21", 5)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_causal_3d_vaes(pool, world):
+    print("\n".join(pool(world).run(parity_cases, CAUSAL3D, timeout=600)[0]))

@@ -30,6 +30,25 @@ def build_vae(name: str):
     elif name == "qwen":
         vae = d.AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 1, 2], num_res_blocks=1,
                                        temperal_downsample=[False, True])
+    elif name == "hunyuan":
+        vae = d.AutoencoderKLHunyuanVideo(latent_channels=4, down_block_types=("HunyuanVideoDownBlock3D",) * 3,
+                                          up_block_types=("HunyuanVideoUpBlock3D",) * 3, block_out_channels=(8, 8, 16),
+                                          layers_per_block=1, norm_num_groups=4, spatial_compression_ratio=4,
+                                          temporal_compression_ratio=4)
+    elif name == "ltx":
+        vae = d.AutoencoderKLLTXVideo(latent_channels=4, block_out_channels=(8, 8, 16, 16),
+                                      decoder_block_out_channels=(8, 8, 16, 16), layers_per_block=(1, 1, 1, 1, 1),
+                                      decoder_layers_per_block=(1, 1, 1, 1, 1),
+                                      spatio_temporal_scaling=(True, True, False, False),
+                                      decoder_spatio_temporal_scaling=(True, True, False, False))
+    elif name == "cog":
+        vae = d.AutoencoderKLCogVideoX(down_block_types=("CogVideoXDownBlock3D",) * 3,
+                                       up_block_types=("CogVideoXUpBlock3D",) * 3, block_out_channels=(8, 8, 16),
+                                       latent_channels=4, layers_per_block=1, norm_num_groups=4,
+                                       temporal_compression_ratio=4)
+    elif name == "mochi":
+        vae = d.AutoencoderKLMochi(latent_channels=4, encoder_block_out_channels=(32, 32, 32, 32),
+                                   decoder_block_out_channels=(32, 32, 32, 32), layers_per_block=(1, 1, 1, 1, 1))
     else:
         raise KeyError(name)
     return vae.eval()
@@ -47,9 +66,7 @@ def image_shape(vae, name: str, rows: int, cols: int = 3, frames: int = 5) -> tu
     from cp_hooks.vae.api import spatial_compression
 
     f = spatial_compression(vae)
-    channels = vae.config.in_channels if hasattr(vae.config, "in_channels") else 3
-    if name == "wan22":
-        channels = 3
+    channels = 3
     if name in ("kl", "kl3", "flux2"):
         return (1, channels, rows * f, cols * f)
     return (1, channels, frames, rows * f, cols * f)

@@ -33,7 +33,8 @@ from torch import nn
 
 from cp_hooks import comm
 from cp_hooks.vae import slab
-from cp_hooks.vae.attention import WAN_ATTENTION_CLASSES, SlabAttnProcessor, make_wan_attention_forward
+from cp_hooks.vae.attention import (LOCAL_PROCESSORS, SPATIAL_PROCESSORS, WAN_ATTENTION_CLASSES, SlabAttnProcessor,
+                                    make_wan_attention_forward)
 from cp_hooks.vae.conv import UnsupportedLayer, find_units, make_unit_forward
 from cp_hooks.vae.norm import find_group_norms, make_group_norm_forward
 
@@ -49,6 +50,10 @@ SUPPORTED_CLASSES = {
     "AutoencoderKLFlux2": "decode, encode",
     "AutoencoderKLWan": "decode, encode (2.1 and 2.2)",
     "AutoencoderKLQwenImage": "decode, encode",
+    "AutoencoderKLHunyuanVideo": "decode, encode",
+    "AutoencoderKLLTXVideo": "decode, encode",
+    "AutoencoderKLCogVideoX": "decode, encode",
+    "AutoencoderKLMochi": "decode, encode",
 }
 
 # Known classes that are not supported yet, and why (docs/vae.md lists them too).
@@ -76,6 +81,12 @@ def supports_vae(vae: nn.Module) -> bool | str:
         find_units(vae)
     except UnsupportedLayer as e:
         return f"{name}: {e}"
+    for module_name, module in vae.named_modules():
+        processor = getattr(module, "processor", None)
+        if processor is not None and hasattr(module, "to_q"):
+            kind = type(processor).__name__
+            if kind not in SPATIAL_PROCESSORS + LOCAL_PROCESSORS + ("SlabAttnProcessor",):
+                return f"{name}: attention {module_name} uses processor {kind}, which has no slab form"
     return True
 
 
@@ -209,7 +220,7 @@ def enable_vae_parallelism(vae: nn.Module, group=None) -> nn.Module:
     for module in vae.modules():
         if type(module).__name__ in WAN_ATTENTION_CLASSES:
             _install(state, module, "forward", functools.partial(make_wan_attention_forward, module))
-        elif hasattr(module, "processor") and hasattr(module, "to_q") and hasattr(module, "set_processor"):
+        elif hasattr(module, "to_q") and type(getattr(module, "processor", None)).__name__ in SPATIAL_PROCESSORS:
             state["processors"].append((module, module.processor))
             module.processor = SlabAttnProcessor(module.processor)
     _install(state, vae, "_decode", functools.partial(_make_decode, vae))

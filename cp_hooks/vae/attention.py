@@ -56,15 +56,29 @@ class SlabAttnProcessor:
         layout = slab.current()
         if layout is None:
             return self.previous(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        if hidden_states.ndim != 4 or encoder_hidden_states is not None or attention_mask is not None:
-            raise RuntimeError("cp_hooks VAE parallelism: the slab attention handles unmasked self-attention on "
-                               "(B, C, H, W) feature maps only")
+        if encoder_hidden_states is not None or hidden_states.ndim not in (3, 4) or (
+                (hidden_states.ndim == 3) != (attention_mask is not None)):
+            raise RuntimeError("cp_hooks VAE parallelism: the slab attention handles spatial self-attention on "
+                               "(B, C, H, W) maps, or on (B, frames*H*W, C) tokens with a frame-causal mask")
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
-        batch, channels, height, width = hidden_states.shape
-        _, _, sizes = layout.rows(height)
-        hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+        frame_mask = None
+        if hidden_states.ndim == 4:
+            batch, channels, height, width = hidden_states.shape
+            _, _, sizes = layout.rows(height)
+            frames, rank_tokens = 1, [r * width for r in sizes]   # tokens per frame of every rank
+            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+        else:
+            batch, length, channels = hidden_states.shape
+            frames, frame_tokens = _frame_causal_structure(attention_mask)
+            own = layout.units[layout.rank]
+            rank_tokens = [frame_tokens * u // own for u in layout.units]
+            # Query i (frame i // frame_tokens) sees key j of the gathered frames iff frame(j) <= frame(i).
+            total = sum(rank_tokens)
+            q_frame = torch.arange(length, device=hidden_states.device) // frame_tokens
+            k_frame = torch.arange(frames * total, device=hidden_states.device) // total
+            frame_mask = k_frame[None, :] <= q_frame[:, None]
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
@@ -76,16 +90,44 @@ class SlabAttnProcessor:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        # Every query attends to every position of the image: gather the keys and values of all rows.
-        key = gather_rows(key, sizes, width, layout, dim=2)
-        value = gather_rows(value, sizes, width, layout, dim=2)
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        # Every query attends to every position of the image (of each visible frame): gather the keys and values
+        # of all ranks' rows, per frame, so the gathered tokens are in the whole map's (frame, row, column) order.
+        key = _gather_frames(key, frames, rank_tokens, layout)
+        value = _gather_frames(value, frames, rank_tokens, layout)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=frame_mask, dropout_p=0.0, is_causal=False)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
-        out = out.transpose(-1, -2).reshape(batch, channels, height, width)
+        if residual.ndim == 4:
+            out = out.transpose(-1, -2).reshape(residual.shape)
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+
+def _gather_frames(t: torch.Tensor, frames: int, rank_tokens: list[int], layout: slab.SlabLayout) -> torch.Tensor:
+    """(B, heads, frames*local, D) -> (B, heads, frames*total, D): every rank's tokens of each frame."""
+    batch, heads, _, dim = t.shape
+    t = t.reshape(batch, heads, frames, -1, dim)
+    t = comm.all_gather(t.contiguous(), rank_tokens, layout.group, dim=3, payload=ATTENTION_PAYLOAD)
+    return t.reshape(batch, heads, -1, dim)
+
+
+def _frame_causal_structure(mask: torch.Tensor) -> tuple[int, int]:
+    """(frames, tokens per frame) of a frame-causal mask (HunyuanVideo's), checked element by element.
+
+    Raises:
+        RuntimeError: the mask is not frame-causal (a rank's local mask would not say what to do with the
+            other ranks' keys).
+    """
+    allowed = (mask.reshape(-1, mask.shape[-2], mask.shape[-1])[0] == 0) if mask.dtype != torch.bool else \
+        mask.reshape(-1, mask.shape[-2], mask.shape[-1])[0]
+    length = allowed.shape[-1]
+    frame_tokens = int(allowed[0].sum())
+    index = torch.arange(length, device=mask.device) // max(frame_tokens, 1)
+    if frame_tokens == 0 or length % frame_tokens or not torch.equal(allowed, index[None, :] <= index[:, None]):
+        raise RuntimeError("cp_hooks VAE parallelism: an attention mask that is not frame-causal cannot be split "
+                           "over image rows")
+    return length // frame_tokens, frame_tokens
 
 
 def make_wan_attention_forward(module, inner):
@@ -125,3 +167,8 @@ def make_wan_attention_forward(module, inner):
 
 
 WAN_ATTENTION_CLASSES = ("WanAttentionBlock", "QwenImageAttentionBlock")
+
+# diffusers processors of the VAEs' attention: spatial ones get the slab processor; temporal ones (Mochi's
+# attention runs over the frames of each position: every rank holds whole sequences) stay as they are.
+SPATIAL_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")
+LOCAL_PROCESSORS = ("MochiVaeAttnProcessor2_0",)

@@ -87,6 +87,7 @@ _PADDING_OWNERS = {
     "QwenImageCausalConv3d": lambda m: m._padding[2],
     "HunyuanVideoCausalConv3d": lambda m: m.time_causal_padding[2],
     "CogVideoXCausalConv3d": lambda m: m.time_causal_padding[2] if m.pad_mode == "replicate" else None,
+    "CogVideoXDownsample3D": lambda m: 0,                 # F.pad (0, 1, 0, 1) then a stride-2 conv
     "Sequential": _sequential_zero_pad,
 }
 
