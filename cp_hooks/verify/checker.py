@@ -12,7 +12,15 @@ every process without context parallelism (the reference), then with the plan, a
 compared: max |difference| and the difference relative to the output's scale. A plan that misses a tensor
 carrying the sequence gives a wrong result, not a crash, which is why the comparison is the test.
 `--backward` also compares the gradients of a weighted sum of the outputs: every parameter's (after
-`reduce_gradients`) and every floating-point input's (see `compare_parallel_backward`).
+`reduce_gradients`) and every floating-point input's (see `compare_parallel_backward`), except for the cases
+an entry marks forward-only (`ModelEntry.forward_only_cases`, whose reason is printed instead).
+
+A wrong plan may also make the model raise (a shape `RuntimeError` in a layer that got a shard it cannot take,
+a refused plan): every rank that raises prints a FAIL line naming the module whose forward raised (the
+innermost one running), and the ranks then agree, through the process group's store and not a collective, on
+how the case ended. A rank that another rank's exception left waiting in a collective is released by ending the
+process groups (it then prints its own FAIL line, naming the module it waited in) and the remaining cases are
+not run: the checker never hangs and never ends in a bare traceback.
 Exit status: 0 when every output (and gradient) of every case passes, 1 otherwise.
 """
 
@@ -21,11 +29,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import itertools
 import json
 import os
 import sys
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -39,6 +49,11 @@ from cp_hooks.plans.specs import normalize_plan
 from cp_hooks.training import reduce_gradients
 
 FP32_TOL = 1e-5  # max |cp - reference| / max(1, max |reference|), fp32 (docs/architecture.md, Tolerances)
+# How long a rank that finished a case waits for the others before it concludes that they are stuck in a
+# collective (left there by a rank that raised) and ends the process groups: longer for a rank whose own case
+# passed (a peer may just be slower), shorter for one that raised (its peers cannot complete without it).
+AGREE_TIMEOUT_S = 300.0
+AGREE_AFTER_FAILURE_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -507,17 +522,27 @@ def _check_cases(args, entry: ModelEntry, model_class: type, plan: dict | None, 
         f"{' with the anything flags' if anything else ''}{', outputs and gradients' if args.backward else ''}; "
         f"tolerance {FP32_TOL:g} (fp32, relative)")
     ok = True
-    for case in cases:
+    agreement = _Agreement()
+    for number, case in enumerate(cases):
+        backward = args.backward and case not in entry.forward_only_cases
+        tracker = ModuleTracker()
         try:
             model, inputs, config = _prepare(entry, case, mode, anything, overrides, args.seed, None, model_class,
                                              device)
-            diffs = compare_parallel(model, inputs, config, plan)
-            grads = _backward_with_notes(case, model, inputs, config, plan, args.seed, say) if args.backward else []
-        except (ValueError, TypeError, KeyError) as e:
+            with tracker.watching(model):
+                diffs = compare_parallel(model, inputs, config, plan)
+                grads = _backward_with_notes(case, model, inputs, config, plan, args.seed, say) if backward else []
+        except Exception as e:  # whatever a wrong plan makes the model raise: reported, never a bare traceback
             fix = "" if anything or "anything" not in str(e) else " Rerun with --anything."
-            say(f"  {case}: ERROR {e}{fix}")
+            print(f"  [rank {dist.get_rank()}] {case}: FAIL {tracker.describe(e)}{fix}", flush=True)
             ok = False
+            if not agreement.after_case(number, failed=True):
+                say("FAIL")
+                return False
             continue
+        if not agreement.after_case(number, failed=False):
+            say("FAIL")
+            return False
         for d in diffs:
             say(f"  {case} output {d.index} {list(d.shape)}: max diff {d.max_abs:.3e}, relative {d.rel:.3e} "
                 f"-> {'PASS' if d.passed else 'FAIL'}")
@@ -526,10 +551,126 @@ def _check_cases(args, entry: ModelEntry, model_class: type, plan: dict | None, 
             say(f"  {case}: the context-parallel result is wrong. A tensor that carries the sequence is probably not "
                 "split (text tokens, masks, per-token conditioning), a positional embedding is not split with its "
                 "tokens (split_output=True), or attention over replicated keys is not marked LocalAttention().")
-        if args.backward:
+        if backward:
             ok = _report_gradients(case, grads, say) and ok
+        elif args.backward:
+            say(f"  {case} gradients: not checked, the case is forward-only: {entry.forward_only_cases[case]}")
     say("PASS" if ok else "FAIL")
     return ok
+
+
+class ModuleTracker:
+    """Which module of a model is running: the stack of modules whose forward has started and not returned.
+
+    Global forward pre- and post-hooks (torch's `register_module_forward_pre_hook` / `_hook`) push and pop
+    the names of the model's modules while `watching(model)` is active. A forward that raises never reaches
+    its post-hook, so after an exception the stack ends with the module whose forward raised (or, on a rank
+    that a peer's failure left waiting, the module whose collective it waited in).
+
+    Example:
+        >>> tracker = ModuleTracker()
+        >>> with tracker.watching(model):
+        ...     model(**inputs)   # raises in blocks.0.attn
+        >>> tracker.describe(error)  # "RuntimeError in module 'blocks.0.attn' (Attention): ..."
+    """
+
+    def __init__(self) -> None:
+        self.stack: list[tuple[str, str]] = []  # (name, class name), outermost first
+        self._names: dict[int, str] = {}
+
+    @contextlib.contextmanager
+    def watching(self, model: torch.nn.Module):
+        """Track the forwards of `model`'s modules (the names as in `named_modules()`, "" for the model)."""
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+        self._names = {id(module): name for name, module in model.named_modules()}
+        self.stack.clear()
+        handles = [register_module_forward_pre_hook(self._enter), register_module_forward_hook(self._leave)]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _enter(self, module, args) -> None:
+        name = self._names.get(id(module))
+        if name is not None:
+            self.stack.append((name, type(module).__name__))
+
+    def _leave(self, module, args, output) -> None:
+        name = self._names.get(id(module))
+        if name is None:
+            return
+        # Drop this module and anything above it that did not return (an exception caught inside the model).
+        for i in range(len(self.stack) - 1, -1, -1):
+            if self.stack[i][0] == name:
+                del self.stack[i:]
+                break
+
+    def describe(self, error: BaseException) -> str:
+        """One line: the exception, the module whose forward raised, and its message's first line."""
+        message = " ".join(str(error).split()) or "(no message)"
+        if self.stack:
+            name, cls = self.stack[-1]
+            where = f"in module '{name or '<model>'}' ({cls})"
+            if len(self.stack) > 1 and name:
+                where += f", inside {' > '.join(n or '<model>' for n, _ in self.stack[:-1])}"
+        else:
+            where = "outside any module's forward (enabling the plan, comparing, or the backward)"
+        return f"{type(error).__name__} {where}: {message}"
+
+
+class _Agreement:
+    """After each case the ranks agree, through the default process group's store (no collective), that all of
+    them finished it; see the module docstring. `after_case` returns False when the checking must stop: some
+    rank did not finish (it waited in a collective that a failing rank never joined), and the process groups
+    were ended to release it."""
+
+    _runs = itertools.count()  # every rank makes the same checks in the same order: the same run numbers
+
+    def __init__(self) -> None:
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.store = dist.distributed_c10d._get_default_store()
+        self.prefix = f"cp_hooks_check/run{next(self._runs)}/"
+
+    def after_case(self, number: int, failed: bool) -> bool:
+        if self.world == 1:
+            return True
+        key = f"{self.prefix}case{number}"
+        self.store.set(f"{key}/rank{self.rank}", "1" if failed else "0")
+        try:
+            if self.store.check([f"{key}/abort"]):
+                raise TimeoutError  # a peer already gave up on this case and ended the groups
+            timeout = AGREE_AFTER_FAILURE_S if failed else AGREE_TIMEOUT_S
+            self.store.wait([f"{key}/rank{r}" for r in range(self.world)], timedelta(seconds=timeout))
+            if not self.store.check([f"{key}/abort"]):
+                return True
+        except Exception:  # noqa: BLE001  a timeout (its type differs between torch versions), or a gone store
+            pass
+        missing = [r for r in range(self.world) if not self._has(f"{key}/rank{r}")]
+        if missing:
+            print(f"  [rank {self.rank}] FAIL: rank(s) {missing} did not finish case {number + 1}: they wait in a "
+                  "collective that a failing rank left; ending the process groups to release them, the remaining "
+                  "cases are not run", flush=True)
+        self._set(f"{key}/abort")
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+        if missing:
+            # Give the released ranks a moment to print their own FAIL lines before this one exits (a launcher
+            # ends every rank once one has exited).
+            with contextlib.suppress(Exception):
+                self.store.wait([f"{key}/rank{r}" for r in missing], timedelta(seconds=AGREE_AFTER_FAILURE_S))
+        return False
+
+    def _has(self, key: str) -> bool:
+        try:
+            return bool(self.store.check([key]))
+        except Exception:  # noqa: BLE001
+            return False
+
+    def _set(self, key: str) -> None:
+        with contextlib.suppress(Exception):
+            self.store.set(key, "1")
 
 
 def _backward_with_notes(case: str, model, inputs: dict, config, plan, seed: int, say) -> list[GradientDiff]:

@@ -8,9 +8,9 @@ configurations the plan refuses are read from the plan registry, so each plan is
 (random weights, nothing downloaded), its input cases (one per way a pipeline calls the model: text-to-video,
 image-to-video, masks, per-token timesteps, ...) and the context-parallel modes it is verified in. The test
 suite (`tests/test_catalogue.py`, `tests/test_checker_backward.py`), the plan checker
-(`python -m cp_hooks check`) and the README table (`python -m cp_hooks table`) all read this one list, and
-`tests/test_structure.py` checks that it covers exactly the classes the plan registry's index knows: a plan
-cannot exist without its verification cases, and a mode is listed as supported exactly when it is tested.
+(`python -m cp_hooks check`) and the models table of docs/models.md (`python -m cp_hooks table`) all read this
+one list, and `tests/test_structure.py` checks that it covers exactly the classes the plan registry's index knows:
+a plan cannot exist without its verification cases, and a mode is listed as supported exactly when it is tested.
 
     >>> from cp_hooks.verify.catalogue import get_entry
     >>> model, inputs = get_entry("FluxTransformer2DModel").build()
@@ -61,7 +61,9 @@ class ModelEntry:
         prepare: `prepare(model, generator)` after the model is built and redrawn, for anything else a pipeline
             does to the model (a processor it installs, weights it always loads); randomness only from
             `generator`.
-        note: one line for the README table.
+        note: one line for the models table (docs/models.md).
+        forward_only_cases: case name -> why its gradients are not compared: the checker (`--backward`) and the
+            gradient tests run its forward only and print the reason (e.g. a kernel without a backward on CPU).
 
     Example:
         >>> entry = get_entry("WanTransformer3DModel")
@@ -81,6 +83,7 @@ class ModelEntry:
     redraw: tuple[str, ...] = ()
     prepare: Callable[[nn.Module, torch.Generator], None] | None = None
     note: str = ""
+    forward_only_cases: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # A plan is only as good as the cases that verify it: refuse an entry without any.
@@ -98,6 +101,10 @@ class ModelEntry:
             object.__setattr__(self, "unsupported", ())
         if self.no_batch_split is None:
             object.__setattr__(self, "no_batch_split", "")
+        unknown = set(self.forward_only_cases) - set(self.cases)
+        if unknown or not all(str(reason).strip() for reason in self.forward_only_cases.values()):
+            raise ValueError(f"ModelEntry {self.class_name!r}: forward_only_cases maps cases of the entry to the reason "
+                             f"their gradients are not compared; unknown cases {sorted(unknown)} or an empty reason.")
         if not self.plan:
             raise ValueError(f"ModelEntry {self.class_name!r} has an empty plan.")
 
