@@ -88,7 +88,8 @@ def _flag_device(runtime) -> torch.device:
 
 
 def _buckets(grads: list[torch.Tensor], bucket_bytes: int):
-    bucket, size = [], 0
+    bucket: list[torch.Tensor] = []
+    size = 0
     for grad in grads:
         nbytes = grad.numel() * grad.element_size()
         if bucket and size + nbytes > bucket_bytes:

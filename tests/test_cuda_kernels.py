@@ -79,8 +79,8 @@ def test_blockwise_attention_matches_sdpa(only_kernel, kernel, dtype, masked, bl
     bb = [None] * blocks if bias is None else bias.tensor_split(blocks, dim=1)
     out = lse = None
     for i in range(blocks):
-        o, l = attention_with_lse(q, kb[i], vb[i], bb[i])
-        out, lse = (o.float().clone(), l) if out is None else merge_partial_(out, lse, o, l)
+        o, block_lse = attention_with_lse(q, kb[i], vb[i], bb[i])
+        out, lse = (o.float().clone(), block_lse) if out is None else merge_partial_(out, lse, o, block_lse)
     dq = torch.zeros_like(q, dtype=torch.float32)
     dks, dvs = [], []
     for i in range(blocks):

@@ -16,7 +16,6 @@ disabling one model never recompiles another, already compiled one (dynamo's cou
 
 from __future__ import annotations
 
-import copy
 import gc
 import threading
 

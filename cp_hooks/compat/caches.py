@@ -52,6 +52,7 @@ import torch.distributed as dist
 from cp_hooks.forward.context import current_runtime
 from cp_hooks.forward.hooks import ModelHook
 
+
 class CacheMetricsHook(ModelHook):
     """On an enabled model with `cfg_degree > 1`: refuses FasterCache's split of the batch into guidance
     branches before the forward (see the module docstring)."""

@@ -52,8 +52,8 @@ class _Snapshot:
     def __init__(self, value) -> None:
         self.value = _freeze(value)
 
-    def __eq__(self, other: "_Snapshot") -> bool:
-        return _same(self.value, other.value)
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Snapshot) and _same(self.value, other.value)
 
 
 def _freeze(value):
@@ -156,7 +156,8 @@ class SequentialCfg:
                 warnings.warn(
                     f"cp_hooks cfg_degree=2: the unconditional call of {type(model).__name__} did not match the one "
                     "predicted from the conditional call, so it was computed again (correct, but without the "
-                    "speed-up for this step); the next step learns the difference again.", RuntimeWarning)
+                    "speed-up for this step); the next step learns the difference again.", RuntimeWarning,
+                    stacklevel=1)
                 self.warned = True
             self.substitutions = None
         elif self.substitutions is None and self.cond is not None:
@@ -166,7 +167,7 @@ class SequentialCfg:
                 warnings.warn(
                     f"cp_hooks cfg_degree=2: the conditional and unconditional calls of {type(model).__name__} take "
                     f"different arguments ({', '.join(keys)} in one only), so they are not paired: both groups "
-                    "compute both calls (correct, without the speed-up).", RuntimeWarning)
+                    "compute both calls (correct, without the speed-up).", RuntimeWarning, stacklevel=1)
                 self.warned = True
         self.cond = None
         with paired_call():
@@ -204,8 +205,12 @@ def _exchange(output, runtime: ContextParallelRuntime):
         return t
 
     map_tensors(output, gather)
-    iters = [iter(parts[0]), iter(parts[1])]
-    return tuple(map_tensors(_copy_structure(output), lambda t, it=it: next(it)) for it in iters)
+
+    def rebuild(pieces: list[torch.Tensor]):
+        it = iter(pieces)
+        return map_tensors(_copy_structure(output), lambda t: next(it))
+
+    return rebuild(parts[0]), rebuild(parts[1])
 
 
 def _copy_structure(value):

@@ -29,9 +29,9 @@ import torch
 
 from cp_hooks.forward.context import in_paired_call
 from cp_hooks.forward.hooks import ModelHook
+from cp_hooks.forward.sharding import gather_tensor, split_tensor
 from cp_hooks.forward.tree import has_tensor, map_tensors
 from cp_hooks.runtime import ContextParallelRuntime
-from cp_hooks.forward.sharding import gather_tensor, split_tensor
 
 
 class CfgBatchHook(ModelHook):

@@ -18,8 +18,8 @@ import torch.distributed as dist
 
 from cp_hooks import comm
 from cp_hooks.forward.context import groups_compute_different_calls
-from cp_hooks.runtime import ContextParallelRuntime
 from cp_hooks.forward.hooks import ModelHook
+from cp_hooks.runtime import ContextParallelRuntime
 
 
 def describe_inputs(args: tuple, kwargs: dict) -> str:

@@ -30,6 +30,7 @@ import contextlib
 import sys
 import threading
 import weakref
+from types import FrameType
 
 import torch
 import torch.nn as nn
@@ -94,7 +95,7 @@ class ModelContext:
 
 def innermost_module(skip: int = 2):
     """The `nn.Module` whose call is innermost on this thread's Python stack, or None outside any module."""
-    frame = sys._getframe(skip)
+    frame: FrameType | None = sys._getframe(skip)
     while frame is not None:
         if frame.f_code in _MODULE_CALL_CODES:
             return frame.f_locals.get("self")

@@ -21,7 +21,7 @@ process groups. Disable first, copy, then enable each.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn as nn
@@ -123,11 +123,19 @@ class HookRegistry:
 
     def __init__(self, module: nn.Module) -> None:
         self._module = module
-        self._hooks: "OrderedDict[str, _Entry]" = OrderedDict()
+        self._hooks: OrderedDict[str, _Entry] = OrderedDict()
         self._segments: list[_Segment] = []
 
+    @overload
     @classmethod
-    def of(cls, module: nn.Module, create: bool = True) -> "HookRegistry | None":
+    def of(cls, module: nn.Module, create: Literal[True] = True) -> HookRegistry: ...
+
+    @overload
+    @classmethod
+    def of(cls, module: nn.Module, create: bool) -> HookRegistry | None: ...
+
+    @classmethod
+    def of(cls, module: nn.Module, create: bool = True) -> HookRegistry | None:
         """The registry of `module`, created on first use when `create` is true."""
         registry = module.__dict__.get(_REGISTRY_ATTR)
         if registry is None and create:
@@ -190,6 +198,6 @@ def _refuse_deepcopy(module: nn.Module):
             "on each copy that should run in parallel."
         )
 
-    __deepcopy__._cp_hooks_refusal = True
+    setattr(__deepcopy__, "_cp_hooks_refusal", True)  # noqa: B010 (a marker attribute on the function)
     return __deepcopy__
 

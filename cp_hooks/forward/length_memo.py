@@ -24,7 +24,7 @@ forward's end every rank learns of it from the forward's value-check all-reduce 
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -74,7 +74,7 @@ def _digest(value: torch.Tensor) -> bytes | None:
 class _Forward:
     """One forward in progress: its signature and how many calls it has made."""
 
-    def __init__(self, key: tuple) -> None:
+    def __init__(self, key: tuple | None) -> None:
         self.key = key
         self.calls = 0
 
@@ -87,8 +87,8 @@ class LengthMemo:
         self._unstable: set[tuple] = set()  # signatures whose lengths changed: exchanged every call
         self._active: list[_Forward] = []
 
-    def begin(self, key: tuple) -> None:
-        """A forward with signature `key` starts (the model's first hook, eager only)."""
+    def begin(self, key: tuple | None) -> None:
+        """A forward with signature `key` starts (the model's first hook, eager only); None: one not remembered."""
         self._active.append(_Forward(key))
 
     def end(self) -> tuple | None:
@@ -122,9 +122,9 @@ class LengthMemo:
             mine = tuple(column[rank] for column in remembered)
             same = tuple(local) == mine
             message = "" if same else (
-                f"cp_hooks: this rank's lengths {tuple(local)} differ from {mine}, which an earlier forward with the "
-                "same input shapes had at this call: the model's shard lengths depend on values, not shapes alone. "
-                "Its lengths are exchanged every call from now on; run the forward again.")
+                f"cp_hooks: this rank's lengths {tuple(local)} differ from {mine}, which an earlier forward "
+                "with the same input shapes had at this call: the model's shard lengths depend on values, "
+                "not shapes alone. Its lengths are exchanged every call from now on; run the forward again.")
             value_checks.record(same, message, kind=MISMATCH_KIND)
             return remembered
         columns = _columns(exchange())

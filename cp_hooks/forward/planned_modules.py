@@ -13,7 +13,7 @@ have given had the new module been there at enable. A module that carries a proc
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 
@@ -82,6 +82,7 @@ class PlannedModulesHook(ModelHook):
             if old_registry is not None and old_registry.get(hook_name) is not None:
                 old_registry.remove(hook_name)
                 self._installed.remove((slot.module, hook_name))
+            assert factory is not None  # a None factory was refused above
             hook = factory(replacement)
             if hasattr(hook, "runtime"):
                 hook.runtime = self.runtime

@@ -16,12 +16,12 @@ import torch.nn as nn
 from cp_hooks import comm
 from cp_hooks.forward import length_memo, value_checks
 from cp_hooks.forward.context import groups_compute_different_calls
-from cp_hooks.forward.tree import map_tensors
-from cp_hooks.forward.length_memo import conform
-from cp_hooks.runtime import ContextParallelRuntime
 from cp_hooks.forward.hooks import ModelHook
-from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput
+from cp_hooks.forward.length_memo import conform
 from cp_hooks.forward.sharding import gather_tensor, share_replicated_gradient, split_tensor
+from cp_hooks.forward.tree import map_tensors
+from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput
+from cp_hooks.runtime import ContextParallelRuntime
 
 
 def _check_dims(x: torch.Tensor, spec, what: str) -> None:
@@ -226,10 +226,11 @@ class ReplicatedOutputHook(ModelHook):
 
     def __init__(self, runtime: ContextParallelRuntime | None = None) -> None:
         self.runtime = runtime
-        self._checks = None  # the value checks of the forward that just ended (cp_hooks.value_checks)
-        self._signature = None  # the input shapes of the forward about to run (cp_hooks.length_memo)
+        # the value checks of the forward that just ended (cp_hooks.value_checks)
+        self._checks: value_checks._Forward | None = None
+        self._signature: tuple | None = None  # the input shapes of the forward about to run (cp_hooks.length_memo)
         self._memo_owner = object()  # this enabling of the model, in the signatures of its forwards
-        self._ended = None  # the signature of the forward that just ended, for its post_forward
+        self._ended: tuple | None = None  # the signature of the forward that just ended, for its post_forward
 
     def pre_forward(self, module, args, kwargs):
         self.runtime.split_lengths.reset()  # a new forward: its splits are recorded afresh
@@ -237,17 +238,21 @@ class ReplicatedOutputHook(ModelHook):
             self._signature = length_memo.signature(self._memo_owner, args, kwargs)
         return args, kwargs
 
+    def _bound_runtime(self) -> ContextParallelRuntime:
+        assert self.runtime is not None  # enable_parallelism binds the runtime before installing the hook
+        return self.runtime
+
     def enter(self, module) -> None:
         value_checks.begin_forward(self)
         if not torch.compiler.is_compiling():
             signature, self._signature = self._signature, None
-            self.runtime.length_memo.begin(signature)
+            self._bound_runtime().length_memo.begin(signature)
 
     def exit(self, module) -> None:
         # Also when the forward raised: its checks stop collecting (a later direct attention call refuses at once).
         self._checks = value_checks.end_forward(self)
         if not torch.compiler.is_compiling():
-            self._ended = self.runtime.length_memo.end()
+            self._ended = self._bound_runtime().length_memo.end()
 
     def post_forward(self, module, output):
         if not torch.compiler.is_compiling():  # a compiled forward defers no check (value_checks, length_memo)
@@ -260,12 +265,13 @@ class ReplicatedOutputHook(ModelHook):
         cfg groups computed different calls, whether a check ran can differ between them: they always agree."""
         checks, self._checks = self._checks, None
         signature, self._ended = self._ended, None
+        runtime = self._bound_runtime()
         try:
-            value_checks.agree(checks, self.runtime.world_group, self.runtime.device_type,
+            value_checks.agree(checks, runtime.world_group, runtime.device_type,
                                always=groups_compute_different_calls())
         except value_checks.ValueCheckError as error:
             if length_memo.MISMATCH_KIND in error.kinds:
-                self.runtime.length_memo.forget(signature)  # on every rank: they all raise here
+                runtime.length_memo.forget(signature)  # on every rank: they all raise here
             raise
 
 
@@ -274,7 +280,7 @@ def _parameter_positions(module: nn.Module, module_name: str, names: list[str]) 
     signature = inspect.signature(module.forward)
     params = list(signature.parameters.values())
     accepts_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
-    positions = {}
+    positions: dict[str, int | None] = {}
     for name in names:
         found = next((i for i, p in enumerate(params) if p.name == name), None)
         if found is None:
@@ -283,8 +289,9 @@ def _parameter_positions(module: nn.Module, module_name: str, names: list[str]) 
                 continue
             close = difflib.get_close_matches(name, [p.name for p in params], n=3)
             raise ValueError(
-                f"The plan splits parameter {name!r} of '{module_name or '<model>'}' ({type(module).__name__}), whose "
-                f"forward has no such parameter. {'Did you mean ' + ', '.join(map(repr, close)) + '? ' if close else ''}"
+                f"The plan splits parameter {name!r} of '{module_name or '<model>'}' ({type(module).__name__}), "
+                "whose forward has no such parameter. "
+                f"{'Did you mean ' + ', '.join(map(repr, close)) + '? ' if close else ''}"
                 f"Parameters: {[p.name for p in params]}."
             )
         kind = params[found].kind

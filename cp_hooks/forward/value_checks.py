@@ -36,7 +36,7 @@ class _Forward:
         self._failures: list[tuple[str, str]] = []  # (kind, message), of checks already evaluated
         self._pending: list[tuple[torch.Tensor, str, str]] = []  # (condition, kind, message), not yet read
 
-    def add(self, condition: "torch.Tensor | bool", message: str, kind: str) -> None:
+    def add(self, condition: torch.Tensor | bool, message: str, kind: str) -> None:
         """One check: a condition tensor (kept unread) or a result already evaluated."""
         self.checked += 1
         if isinstance(condition, torch.Tensor):
@@ -114,7 +114,7 @@ def begin_forward(owner: object) -> None:
         _active().append(_Forward(owner))
 
 
-def end_forward(owner: object) -> "_Forward | None":
+def end_forward(owner: object) -> _Forward | None:
     """`owner`'s forward has ended, normally or by an exception: stop collecting; its record, to `agree` on."""
     active = _active()
     if torch.compiler.is_compiling() or not active or active[-1].owner is not owner:
@@ -122,7 +122,7 @@ def end_forward(owner: object) -> "_Forward | None":
     return active.pop()
 
 
-def agree(forward: "_Forward | None", group, device_type: str, always: bool = False) -> None:
+def agree(forward: _Forward | None, group, device_type: str, always: bool = False) -> None:
     """After a forward that ended normally: if it ran value checks (or `always`), raise on every rank of
     `group` when any rank's failed.
 

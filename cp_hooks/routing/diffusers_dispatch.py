@@ -21,12 +21,16 @@ import functools
 import inspect
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch.nn as nn
 
-from cp_hooks.forward import context
 from cp_hooks.attention.api import context_parallel_attention
+from cp_hooks.forward import context
 from cp_hooks.runtime import ContextParallelRuntime
+
+if TYPE_CHECKING:  # patches.py imports this module
+    from cp_hooks.routing.patches import PatchLease
 
 _DISPATCH_NAME = "dispatch_attention_fn"
 _patched_modules: dict[str, list] = {}  # module name -> [original function, reference count]
@@ -159,7 +163,7 @@ def _make_wrapper(original):
 def _dispatch_module_name(processor) -> str:
     # The module whose globals the processor's __call__ reads `dispatch_attention_fn` from: a subclass
     # defined elsewhere still calls the one of the module that defines __call__.
-    call = getattr(type(processor), "__call__", None)
+    call = getattr(type(processor), "__call__", None)  # noqa: B004 (its __module__ is wanted, not callability)
     return getattr(call, "__module__", None) or type(processor).__module__
 
 
@@ -198,7 +202,7 @@ class ProcessorRouting:
         self._model = model
         self._undo: dict = {}  # id(processor) -> (processor, previous _parallel_config, patched module or None)
         self._handle: CPHandle | None = None
-        self._lease = None
+        self._lease: PatchLease | None = None
         self._list_modules()
 
     def _list_modules(self) -> None:
@@ -216,7 +220,7 @@ class ProcessorRouting:
         # A processor that is an nn.Module lives in the module's _modules, every other one in its __dict__.
         return [d.get("processor") or d["_modules"].get("processor") for d in self._dicts]
 
-    def install(self, runtime: ContextParallelRuntime, lease) -> None:
+    def install(self, runtime: ContextParallelRuntime, lease: PatchLease) -> None:
         """Mark the current processors; their modules' dispatch functions are patched under `lease` (the
         model's `PatchLease`, which releases them)."""
         self._handle = CPHandle(runtime)
@@ -241,6 +245,7 @@ class ProcessorRouting:
 
     def _route(self, processor) -> None:
         previous = processor.__dict__.get("_parallel_config", _MISSING)
+        assert self._lease is not None  # install() sets it before its first sync
         self._lease.patch_dispatch(_dispatch_module_name(processor))
         processor._parallel_config = self._handle
         # The undo entry holds the processor, so its id stays unique while it is recorded.

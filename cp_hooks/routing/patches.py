@@ -2,11 +2,12 @@
 
 What an enabled model may hold (each reference-counted over the models that hold it):
 
-| patch | where | why |
-|---|---|---|
-| the SDPA guard: `torch.nn.functional.scaled_dot_product_attention` | `routing/sdpa.py` | SDPA calls of the model's modules become context-parallel |
-| `dispatch_attention_fn` in the module that defines a processor's `__call__` | `routing/diffusers_dispatch.py` | diffusers processors' calls that carry the model's handle become context-parallel |
-| `FBCHeadBlockHook._should_compute_remaining_blocks`, `SeaCacheSharedState.resolve_gate` | `routing/diffusers_caches.py` | cache decisions on metrics reduced over the group; SeaCache refused |
+- the SDPA guard, `torch.nn.functional.scaled_dot_product_attention` (`routing/sdpa.py`): SDPA calls of the
+  model's modules become context-parallel;
+- `dispatch_attention_fn` in the module that defines a processor's `__call__` (`routing/diffusers_dispatch.py`):
+  diffusers processors' calls that carry the model's handle become context-parallel;
+- `FBCHeadBlockHook._should_compute_remaining_blocks`, `SeaCacheSharedState.resolve_gate`
+  (`routing/diffusers_caches.py`): cache decisions on metrics reduced over the group; SeaCache refused.
 
 What it changes on itself (undone by `disable_parallelism`, gone with the model): torch module hooks
 (`forward/hooks.py`), its processors' `_parallel_config` and the plan's own processors (`routing/`), and for

@@ -9,6 +9,9 @@ back the original's whole-sequence positions), and puts the originals back at di
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch.nn as nn
 
 from cp_hooks.forward.hooks import ModelHook
@@ -21,8 +24,9 @@ def _processor(module: nn.Module):
 
 def _set_processor(module: nn.Module, processor) -> None:
     # diffusers' set_processor also moves an nn.Module processor into _modules; plain modules take the attribute.
-    if hasattr(module, "set_processor"):
-        module.set_processor(processor)
+    set_processor = getattr(module, "set_processor", None)
+    if set_processor is not None:
+        set_processor(processor)
     else:
         module.processor = processor
 
@@ -33,7 +37,7 @@ class ProcessorSwap(ModelHook):
     # Plain Python under torch.compile too: the check reads attributes a compiled graph would freeze.
     eager = True
 
-    def __init__(self, entries: list[tuple[str, nn.Module, object]]) -> None:
+    def __init__(self, entries: list[tuple[str, nn.Module, Callable[..., Any]]]) -> None:
         """`entries`: (module name, attention module, factory) for every module the plan gives a processor."""
         self.runtime: ContextParallelRuntime | None = None
         self.entries = entries

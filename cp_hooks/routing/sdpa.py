@@ -33,14 +33,12 @@ import functools
 import sys
 import threading
 
-import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from cp_hooks.forward import context
 from cp_hooks.attention.api import context_parallel_attention
+from cp_hooks.forward import context
 from cp_hooks.forward.hooks import ModelHook
-from cp_hooks.runtime import ContextParallelRuntime
 
 # torch's own SDPA, also when this module is imported while another copy's guard is installed.
 _SDPA = getattr(F.scaled_dot_product_attention, "__cp_hooks_original__", F.scaled_dot_product_attention)
@@ -107,7 +105,7 @@ def release_guard() -> None:
         if _guard_users == 0:
             # Only our own guard is put back: a wrapper installed over it since still calls it, and the guard
             # then calls what it replaced (it routes only inside a guarded forward).
-            if F.scaled_dot_product_attention is _guard:
+            if _replaced is not None and F.scaled_dot_product_attention is _guard:
                 F.scaled_dot_product_attention = _replaced
             _guard = _replaced = None
 
