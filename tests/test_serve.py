@@ -21,8 +21,9 @@ httpx = pytest.importorskip("httpx")
 from serve_support import (children, decode_png, free_port, post, reference_images, reference_video,  # noqa: E402
                            start_ranks, start_torchrun, stop, tail, wait_healthy)
 
-START_TIMEOUT = 120.0  # two ranks import torch + diffusers and build the tiny pipeline on a shared 2-core machine
+START_TIMEOUT = 180.0  # two ranks import torch + diffusers and build the tiny pipeline on a shared 2-core machine
 SLOW = {"sleep_per_step_s": 0.4}  # fault_injection that makes a 4-step request take about 1.6 s
+SLOWER = {"sleep_per_step_s": 1.0}  # 4 s: time for the test to queue requests behind it, even on a loaded machine
 
 
 def assert_same_pixels(got, expected) -> None:
@@ -168,7 +169,7 @@ def test_full_queue_answers_429_with_retry_after(served):
     def send(name, body):
         results[name] = post(served.port, body)
 
-    slow = threading.Thread(target=send, args=("slow", {"prompt": "a cat", "seed": 21, "fault_injection": SLOW}))
+    slow = threading.Thread(target=send, args=("slow", {"prompt": "a cat", "seed": 21, "fault_injection": SLOWER}))
     slow.start()
     _wait_for(lambda: served.health().json()["in_flight"] == 1, 10, "the slow request to start")
     queued = [threading.Thread(target=send, args=(f"q{i}", {"prompt": "a cat", "seed": 22 + i})) for i in range(2)]
@@ -205,16 +206,17 @@ def test_sigterm_finishes_the_running_request_and_every_rank_exits_0(served):
     assert len(workers) == 2, workers
     result = {}
     running = threading.Thread(target=lambda: result.update(
-        r=post(served.port, {"prompt": "a cat", "seed": 41, "fault_injection": SLOW})))
+        r=post(served.port, {"prompt": "a cat", "seed": 41, "fault_injection": SLOWER})))
     running.start()
     _wait_for(lambda: served.health().json()["in_flight"] == 1, 10, "the request to start")
     import os
 
     for pid in workers:
         os.kill(pid, signal.SIGTERM)
-    time.sleep(0.3)
+    _wait_for(lambda: served.health().status_code == 503, 10, "the service to refuse new requests")
     late = post(served.port, {"prompt": "a cat", "seed": 42})
     assert late.status_code == 503, late.text
+    assert served.health().json()["in_flight"] == 1  # refused while the running request still runs
     running.join(30)
     served.check_image(result["r"], "a cat", 41)
     assert served.proc.wait(30) == 0, tail(served.log)

@@ -216,7 +216,9 @@ class Service:
         self.state = "loading"
         self.reason = "the model is loading on every rank"
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
-        self._lock = threading.Lock()  # state changes vs. enqueueing: no job is queued after the queue is drained
+        # State changes vs. enqueueing: no job is queued after the queue is drained. Reentrant because the
+        # SIGTERM handler (which runs on the main thread, between any two bytecodes) also stops the service.
+        self._lock = threading.RLock()
         self._ids = itertools.count()
         self._in_flight = 0
         self._running: Job | None = None  # the job on the ranks now

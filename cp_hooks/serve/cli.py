@@ -77,11 +77,14 @@ class _Signals:
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.on_signal = None  # rank 0: refuse new requests at once (they would only wait to be refused)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.received = signum
+        if self.on_signal is not None:
+            self.on_signal()
 
 
 class _HttpServer:
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         service = Service(world_size=int(os.environ.get("WORLD_SIZE", "1")), max_queue=args.max_queue,
                           limits=Limits(), defaults={}, model=args.model)
         http = _HttpServer(create_app(service), sock)
+        signals.on_signal = lambda: service.stop("stopping", "the service is shutting down")
         if not http.wait_started(30):
             _log("the HTTP server did not start")
             sock = None
@@ -186,14 +190,16 @@ def main(argv: list[str] | None = None) -> int:
         service.ready(describe_mode(config))
         _log(f"serving {args.model} on http://{args.host}:{args.port} with {world} ranks ({service.mode})")
 
+    cause = "a peer rank failed in a collective"
     try:
         status = _loop(rank, channel, worker, service, signals, heartbeat)
     except Exception as exc:  # noqa: BLE001 - a collective failed: the ranks are no longer in step
-        _log(f"rank {rank}: fatal: {type(exc).__name__}: {exc}")
+        cause = f"{type(exc).__name__}: {exc}"
+        _log(f"rank {rank}: fatal: {cause}")
         status = FATAL
     if status == FATAL:
         if service is not None:
-            service.stop("failed", "a rank failed; the service is exiting (a supervisor should restart it)")
+            service.stop("failed", f"a rank failed ({cause}); the service is exiting (a supervisor should restart it)")
             time.sleep(SHUTDOWN_LINGER_S)  # answer 503 meanwhile, so that clients learn why
             http.stop(timeout=2)
         # The process groups are broken (a peer is gone or out of step): tearing them down could block, so
