@@ -32,7 +32,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import paired  # noqa: E402
 import workloads  # noqa: E402
-
 from cp_hooks import ContextParallelConfig, enable_parallelism, init_distributed, shutdown_distributed  # noqa: E402
 
 GOAL = 0.97
@@ -92,7 +91,8 @@ def bench_cfg(tokens: int, rounds: int, device, world: int) -> list[dict]:
         for name, make in patterns.items():
             runs = {"single": make(single), "cfg": make(cfg_model)}
             outputs = {k: run() for k, run in runs.items()}  # warm-up; sequential cfg learns its substitutions here
-            diff = max((a - b).abs().max().item() for a, b in zip(_tensors(outputs["cfg"]), _tensors(outputs["single"])))
+            pairs = zip(_tensors(outputs["cfg"]), _tensors(outputs["single"]))
+            diff = max((a - b).abs().max().item() for a, b in pairs)
             times = {k: [] for k in runs}
             for r in range(rounds):
                 order = list(runs) if r % 2 == 0 else list(reversed(list(runs)))
@@ -131,7 +131,8 @@ def main() -> int:
         print("|---|---:|---:|---:|---|")
         for r in records:
             low, high = r["efficiency_interval"]
-            print(f"| {r['variant']} | {_median(r['single_time_ms_rounds']):.1f} | {_median(r['time_ms_rounds']):.1f} | "
+            print(f"| {r['variant']} | {_median(r['single_time_ms_rounds']):.1f} | "
+                  f"{_median(r['time_ms_rounds']):.1f} | "
                   f"{r['efficiency']:.3f} [{low:.3f}, {high:.3f}] | {paired.verdict(r['efficiency'], high, GOAL)} |")
     shutdown_distributed()
     return 0

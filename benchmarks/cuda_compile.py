@@ -9,7 +9,8 @@ all of them alike.
 
     torchrun --nproc_per_node 1 benchmarks/cuda_compile.py --out benchmarks/results
 
-Writes `cuda-1gpu-compile.json` (kept in benchmarks/results/one_gpu/) and prints a markdown table (benchmarks/README.md, "cuda-1gpu-compile").
+Writes `cuda-1gpu-compile.json` (kept in benchmarks/results/one_gpu/) and prints a markdown table
+(benchmarks/README.md, "cuda-1gpu-compile").
 """
 
 from __future__ import annotations

@@ -160,7 +160,8 @@ def classify(event: dict) -> str | None:
     if cat in ("cpu_op", "user_annotation"):
         if "scaled_dot_product" in name or "flash_attention" in name or "efficient_attention" in name:
             return "attention"
-        if name.startswith(("c10d::", "c10d_functional::", "_c10d_functional::", "gloo:", "nccl:", "record_param_comms")):
+        if name.startswith(("c10d::", "c10d_functional::", "_c10d_functional::", "gloo:", "nccl:",
+                            "record_param_comms")):
             return "comm"
     return None
 

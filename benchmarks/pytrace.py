@@ -7,9 +7,9 @@ tracer instead: `sys.setprofile` on the calling thread only, no C++ extension, n
 
 Events use the names and categories of torch's Chrome trace, so `measure.classify` and
 `measure.attribute_time` read both: a Python function is `"path(line): name"` in category
-"python_function", a builtin is `"<built-in method name>"`, and a call of a torch operator (a function of `torch._C` such as
-`F.scaled_dot_product_attention`, or an `OpOverload` / `OpOverloadPacket` such as the CPU flash-attention
-kernel) is also recorded as a "cpu_op" span named `"ns::op"`, as the profiler names the operator.
+"python_function", a builtin is `"<built-in method name>"`, and a call of a torch operator (a function of
+`torch._C` such as `F.scaled_dot_product_attention`, or an `OpOverload` / `OpOverloadPacket` such as the CPU
+flash-attention kernel) is also recorded as a "cpu_op" span named `"ns::op"`, as the profiler names the operator.
 
 The tracer's own work (one Python callback per call and return) is charged to whichever span is open, so
 Python-heavy code is slowed more than kernels are: the shares it gives are upper bounds, like the profiler's.

@@ -104,7 +104,8 @@ def one_line(r: dict) -> str:
     if r.get("status") != "ok":
         return f"[{r['workload']}] {r['variant']}: {r['status']} ({r.get('error', '')})"
     return (f"[{r['workload']}] {r['variant']}: {r['time_ms']:.1f} ms, peak {_mib(r.get('peak_memory_bytes'))} MiB, "
-            f"sent {_mib(max(r.get('attention_bytes_sent_per_rank') or [0]))} MiB (formula {_mib(r.get('formula_bytes'))}), "
+            f"sent {_mib(max(r.get('attention_bytes_sent_per_rank') or [0]))} MiB "
+            f"(formula {_mib(r.get('formula_bytes'))}), "
             f"diff {_f(r.get('max_abs_diff'), '.1e')}")
 
 
@@ -202,10 +203,12 @@ def cfg_table(records: list[dict]) -> list[str]:
 
 
 def split_table(records: list[dict]) -> list[str]:
-    lines = ["| tokens | blocks | one call, same kernel (ms) | one call, torch SDPA (ms) | one rank's ring compute (ms) | "
-             "efficiency | efficiency vs torch SDPA |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| tokens | blocks | one call, same kernel (ms) | one call, torch SDPA (ms) | "
+             "one rank's ring compute (ms) | efficiency | efficiency vs torch SDPA |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
-        lines.append(f"| {r['tokens']} | {r['parts']} | {r['full_ms']:.2f} | {_f(r.get('sdpa_ms'))} | {r['rank_ms']:.2f} | "
+        lines.append(f"| {r['tokens']} | {r['parts']} | {r['full_ms']:.2f} | {_f(r.get('sdpa_ms'))} | "
+                     f"{r['rank_ms']:.2f} | "
                      f"{r['efficiency']:.3f} | {_f(r.get('efficiency_vs_sdpa'), '.3f')} |")
     return lines
 
@@ -215,7 +218,8 @@ def machine_line(meta: dict) -> str:
     load = "/".join(f"{x:.2f}" for x in meta.get("load_average_start", ()))
     load_end = "/".join(f"{x:.2f}" for x in meta.get("load_average_end", ()))
     compiled = (f"; compiled variants: torch.compile backend {meta['compile_backend']}, dynamic=False, inductor "
-                f"cache {'empty at the start (cold compiles)' if meta.get('compile_cache') == 'fresh' else 'torch default'}"
+                "cache "
+                f"{'empty at the start (cold compiles)' if meta.get('compile_cache') == 'fresh' else 'torch default'}"
                 if meta.get("compile_backend") else "")
     return (f"{meta['world']} ranks on {meta['device']} ({meta['backend']}), {where}, {meta['threads_per_rank']} "
             f"thread(s) per rank, {meta['dtype']}, torch {meta['torch']}, diffusers {meta['diffusers']}, "
@@ -279,11 +283,12 @@ def goals(runs: list[tuple[str, dict]]) -> list[str]:
                     + (", ".join(f"{r['workload']} {r['variant']} compiled {r['recompiled_after_first_call']} more "
                                  "graph(s)" for r in again) or "no later compile")
                     + f" | {_yes(breaks == 0 and not again)} |")
-    ratios = [(r["workload"], r["variant"], r["world"], r["bytes_vs_formula"]) for _, run in runs for r in run["records"]
-              if r.get("bytes_vs_formula") is not None]
+    ratios = [(r["workload"], r["variant"], r["world"], r["bytes_vs_formula"])
+              for _, run in runs for r in run["records"] if r.get("bytes_vs_formula") is not None]
     if ratios:
         worst = max(ratios, key=lambda t: abs(t[3] - 1))
-        rows.append(f"| bytes sent per rank within {GOAL_BYTES:.0%} of the formula, every mode | {len(ratios)} records; "
+        rows.append(f"| bytes sent per rank within {GOAL_BYTES:.0%} of the formula, every mode | "
+                    f"{len(ratios)} records; "
                     f"largest deviation {abs(worst[3] - 1):.2%} ({worst[0]}, {worst[1]}, {worst[2]} ranks) | "
                     f"{_yes(abs(worst[3] - 1) <= GOAL_BYTES)} |")
     mem = {r["variant"]: r for _, run in runs if run["meta"]["world"] == 4 for r in run["records"]
@@ -298,7 +303,8 @@ def goals(runs: list[tuple[str, dict]]) -> list[str]:
         worst = max(s for _, _, s in over)
         how = "traced" if all(r.get("overhead_tracer") == "pytrace" for r in traced) else "profiler"
         rows.append(f"| cp_hooks' own time ≤ {GOAL_OVERHEAD:.0%} of the forward at 4k tokens ({how}) | "
-                    + ", ".join(f"{w} {v} {100 * s:.2f} %" for w, v, s in over) + f" | {_yes(worst <= GOAL_OVERHEAD)} |")
+                    + ", ".join(f"{w} {v} {100 * s:.2f} %" for w, v, s in over)
+                    + f" | {_yes(worst <= GOAL_OVERHEAD)} |")
     return rows
 
 
@@ -348,7 +354,8 @@ def plots(runs: list[tuple[str, dict]], out_dir: str) -> list[str]:
     made = []
     for tag, run in runs:
         for suite, family in (("model", "flux"), ("attention", "attention")):
-            recs = [r for r in run["records"] if r.get("suite") == suite and r.get("family") == family and r.get("status") == "ok"]
+            recs = [r for r in run["records"]
+                    if r.get("suite") == suite and r.get("family") == family and r.get("status") == "ok"]
             lengths = sorted({r["tokens"] for r in recs})
             if len(lengths) < 1 or not recs:
                 continue
@@ -359,7 +366,8 @@ def plots(runs: list[tuple[str, dict]], out_dir: str) -> list[str]:
                 if any(r.get("speedup") is not None for _, r in pts):  # not the one-process baselines
                     axes[0].plot(xs, [r.get("speedup") for _, r in pts], marker="o", label=variant)
                 if any(r.get("peak_memory_bytes") for _, r in pts):
-                    axes[1].plot(xs, [(r.get("peak_memory_bytes") or 0) / 2**20 for _, r in pts], marker="o", label=variant)
+                    axes[1].plot(xs, [(r.get("peak_memory_bytes") or 0) / 2**20 for _, r in pts], marker="o",
+                                 label=variant)
             if oversubscribed(run["meta"]):
                 axes[0].clear()  # the speed-ups of an oversubscribed run are not measurements (see `oversubscribed`)
                 axes[0].set_axis_off()
@@ -370,7 +378,8 @@ def plots(runs: list[tuple[str, dict]], out_dir: str) -> list[str]:
                                 label=f"ideal ({run['meta']['world']}x)")
                 axes[0].set(title=f"speed-up over one process, {family}", xlabel="tokens", ylabel="speed-up",
                             xscale="log")
-            axes[1].set(title="peak memory per rank above inputs", xlabel="tokens", ylabel="MiB", xscale="log", yscale="log")
+            axes[1].set(title="peak memory per rank above inputs", xlabel="tokens", ylabel="MiB", xscale="log",
+                        yscale="log")
             for ax in axes:
                 if ax.get_legend_handles_labels()[0]:
                     ax.legend(fontsize=7)

@@ -14,8 +14,8 @@ lengths, any `--model`) the variants — one process, every cp_hooks mode that f
 With --compile, each of them (but ulysses-gloo and diffusers' ring) also runs compiled, on its own copy of the
 model, in the same rounds; the record adds dynamo's graph and graph-break counts and the compile time.
 Each record has: median time per forward (slowest rank), speed-up over one process and parallel efficiency
-(speed-up / N), bytes sent per rank against the formula of docs/architecture.md, peak memory per rank above the inputs, the
-max difference from the one-process output, and (at --overhead-tokens) the share of cp_hooks' own code.
+(speed-up / N), bytes sent per rank against the formula of docs/architecture.md, peak memory per rank above the
+inputs, the max difference from the one-process output, and (at --overhead-tokens) the share of cp_hooks' own code.
 Rank 0 writes results/<tag>.json and regenerates the Markdown, plots and README sections (report.py).
 """
 
@@ -43,11 +43,10 @@ import measure  # noqa: E402
 import report  # noqa: E402
 import workloads  # noqa: E402
 from cfg_steps import bench_cfg  # noqa: E402
-from split_attention import split_efficiency  # noqa: E402
-from variants import Mode, Runner, compiled_modes, cp_modes, diffusers_modes  # noqa: E402
-
 from cp_hooks import comm_stats, context_parallel_attention, init_distributed, shutdown_distributed  # noqa: E402
 from cp_hooks.forward.sharding import take_shard  # noqa: E402
+from split_attention import split_efficiency  # noqa: E402
+from variants import Mode, Runner, compiled_modes, cp_modes, diffusers_modes  # noqa: E402
 
 DEFAULT_MODELS = "flux-1k,flux-4k,flux-16k,wan"
 
@@ -392,7 +391,8 @@ def bench(w, modes, runner, forward, args, device, world, gather_dim=None) -> li
         if w.attn_calls and m.kind != "single":
             e = torch.empty((), dtype=next(iter(t for t in w.inputs.values() if torch.is_tensor(t)
                                                 and t.is_floating_point())).dtype).element_size()
-            rec["formula_bytes"] = sum(formula(w.batch, length, hidden, e, m.ring, m.ulysses) for length, hidden in w.attn_calls)
+            rec["formula_bytes"] = sum(formula(w.batch, length, hidden, e, m.ring, m.ulysses)
+                                       for length, hidden in w.attn_calls)
         records.append(gather_rank_values(rec, per_rank))
     return records
 

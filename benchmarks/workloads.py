@@ -50,7 +50,8 @@ def flux(image_tokens: int, device, dtype, *, text_len=64, layers=1, heads=4, he
         hidden_states=torch.randn(1, h * w, 64, generator=g).to(device, dtype),
         encoder_hidden_states=torch.randn(1, text_len, 128, generator=g).to(device, dtype),
         pooled_projections=torch.randn(1, 128, generator=g).to(device, dtype),
-        timestep=torch.tensor([0.5], device=device, dtype=dtype), guidance=torch.tensor([3.5], device=device, dtype=dtype),
+        timestep=torch.tensor([0.5], device=device, dtype=dtype),
+        guidance=torch.tensor([3.5], device=device, dtype=dtype),
         img_ids=ids.reshape(-1, 3).to(device), txt_ids=torch.zeros(text_len, 3, device=device), return_dict=False,
     )
     tokens = h * w + text_len  # joint attention: text and image tokens together
@@ -59,7 +60,8 @@ def flux(image_tokens: int, device, dtype, *, text_len=64, layers=1, heads=4, he
                                        f"{text_len} text tokens")
 
 
-def wan(frames: int, height: int, width: int, device, dtype, *, text_len=64, layers=2, heads=4, head_dim=64) -> Workload:
+def wan(frames: int, height: int, width: int, device, dtype, *, text_len=64, layers=2, heads=4,
+        head_dim=64) -> Workload:
     """WanTransformer3DModel (tiny config) on a latent video of frames x height x width (patch 1x2x2)."""
     from diffusers import WanTransformer3DModel
 
@@ -76,9 +78,10 @@ def wan(frames: int, height: int, width: int, device, dtype, *, text_len=64, lay
     )
     tokens = frames * (height // 2) * (width // 2)
     # Self-attention is parallel; the text cross-attention runs locally (replicated keys): no communication.
-    return Workload(f"wan-{frames}x{height}x{width}", "wan", tokens, model, inputs, [(tokens, heads * head_dim)] * layers,
-                    heads, description=f"Wan {layers} blocks, {heads}x{head_dim} heads, latent video {frames}x{height}x"
-                                       f"{width} (patch 1x2x2) = {tokens} tokens, {text_len} text tokens")
+    return Workload(f"wan-{frames}x{height}x{width}", "wan", tokens, model, inputs,
+                    [(tokens, heads * head_dim)] * layers, heads,
+                    description=f"Wan {layers} blocks, {heads}x{head_dim} heads, latent video {frames}x{height}x"
+                                f"{width} (patch 1x2x2) = {tokens} tokens, {text_len} text tokens")
 
 
 def attention(tokens: int, device, dtype, *, heads=4, head_dim=64, batch=1) -> Workload:

@@ -107,7 +107,8 @@ def main() -> int:
     if rank == 0:
         mode = f"ring {config.ring_degree} x ulysses {config.ulysses_degree}, rotate {config.rotate_method}"
         tokens = args.height * args.width + args.text_len
-        print(f"Flux (random, {args.layers}+{args.layers} blocks, {args.heads}x{args.head_dim} heads), {tokens} tokens, "
+        print(f"Flux (random, {args.layers}+{args.layers} blocks, {args.heads}x{args.head_dim} heads), "
+              f"{tokens} tokens, "
               f"{args.dtype}, {world} ranks on {device.type}: {mode}")
         print(f"max |context parallel - single process| = {diff:.3e} (relative {diff / scale:.3e}, "
               f"tolerance {tol:g}): {'PASS' if ok else 'FAIL'}")

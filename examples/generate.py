@@ -16,7 +16,6 @@ with status 1 if a difference exceeds the tolerance.
 
 from __future__ import annotations
 
-
 import _tiny
 from _common import finish, setup_parallel
 from _generation import generate_and_check, generation_parser, load_pipeline, output_path

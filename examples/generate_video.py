@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 import _tiny
 from _common import finish, setup_parallel
 from _generation import generate_and_check, generation_parser, load_pipeline, output_path
