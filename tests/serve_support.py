@@ -57,8 +57,10 @@ def start_ranks(port: int, args: list[str], log_dir: Path, world: int = 2) -> li
     return procs
 
 
-def wait_healthy(port: int, procs: list[subprocess.Popen], timeout: float, logs: list[Path] = ()) -> dict:
-    """Poll `/health` until 200 (returns its body); fail if a process exits or `timeout` passes."""
+def wait_healthy(port: int, procs: list[subprocess.Popen], timeout: float, logs: list[Path] = (),
+                 seen: list | None = None) -> dict:
+    """Poll `/health` until 200 (returns its body); fail if a process exits or `timeout` passes. `seen` gets
+    the (status, body) of every answer before it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for p in procs:
@@ -69,6 +71,8 @@ def wait_healthy(port: int, procs: list[subprocess.Popen], timeout: float, logs:
             r = httpx.get(f"http://{HOST}:{port}/health", timeout=2)
             if r.status_code == 200:
                 return r.json()
+            if seen is not None:
+                seen.append((r.status_code, r.json()))
         except httpx.TransportError:
             pass
         time.sleep(0.5)

@@ -18,8 +18,19 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from serve_support import (children, decode_png, free_port, post, reference_images, reference_video,  # noqa: E402
-                           start_ranks, start_torchrun, stop, tail, wait_healthy)
+from serve_support import (  # noqa: E402
+    children,
+    decode_png,
+    free_port,
+    post,
+    reference_images,
+    reference_video,
+    start_ranks,
+    start_torchrun,
+    stop,
+    tail,
+    wait_healthy,
+)
 
 START_TIMEOUT = 180.0  # two ranks import torch + diffusers and build the tiny pipeline on a shared 2-core machine
 SLOW = {"sleep_per_step_s": 0.4}  # fault_injection that makes a 4-step request take about 1.6 s
@@ -44,8 +55,9 @@ def assert_same_pixels(got, expected) -> None:
 class Served:
     """The running service of the module and the one-process pipeline the tests compare it with."""
 
-    def __init__(self, port, proc, log, pipe):
+    def __init__(self, port, proc, log, pipe, before_ready):
         self.port, self.proc, self.log, self.pipe = port, proc, log, pipe
+        self.before_ready = before_ready  # /health answers while the ranks loaded the model
         self._references: dict = {}
 
     def reference(self, prompt: str, seed: int, n: int = 1, **call):
@@ -85,8 +97,9 @@ def served(tmp_path_factory):
 
         pipe = tiny_flux_pipeline(seed=0)
         pipe.set_progress_bar_config(disable=True)
-        wait_healthy(port, [proc], START_TIMEOUT, [log])
-        yield Served(port, proc, log, pipe)
+        before_ready = []
+        wait_healthy(port, [proc], START_TIMEOUT, [log], before_ready)
+        yield Served(port, proc, log, pipe, before_ready)
     finally:
         torch.set_num_threads(threads)
         stop([proc], timeout=30)
@@ -97,6 +110,9 @@ def test_health_reports_ranks_and_mode(served):
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok" and body["ranks"] == 2 and body["mode"] == "ulysses=2"
+    # Rank 0 serves HTTP while the ranks load: 503 until every rank has loaded and parallelized the model.
+    assert served.before_ready, "no /health answer before the model was loaded"
+    assert all(status == 503 and body["status"] == "loading" for status, body in served.before_ready)
 
 
 def test_seeded_request_equals_one_process(served):
