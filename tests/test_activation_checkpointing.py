@@ -16,8 +16,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
 
-from cp_hooks import ContextParallelInput, ContextParallelOutput, disable_parallelism, enable_parallelism
-from cp_hooks import reduce_gradients
+from cp_hooks import (
+    ContextParallelInput,
+    ContextParallelOutput,
+    disable_parallelism,
+    enable_parallelism,
+    reduce_gradients,
+)
 from cp_testing import FP32_TOL, make_config, rel_err
 
 MODES = [(1, 2, "allgather"), (2, 1, "alltoall")]

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from cp_hooks import context_parallel_attention
 from cp_testing import BF16_TOL, FP32_TOL, make_config, rel_err, shard
-
-import torch.distributed as dist
 
 
 def _inputs(b, s, h, d, dtype, mask_kind, seed=0):

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 import tiny_models
 from cp_hooks import disable_parallelism, enable_parallelism
 from cp_hooks.forward import context as routing
-from cp_hooks.routing import diffusers_dispatch as diffusers_attention, sdpa
+from cp_hooks.routing import diffusers_dispatch as diffusers_attention
+from cp_hooks.routing import sdpa
 from cp_testing import FP32_TOL, make_config, rel_err
 
 MODES = [(1, 2), (2, 1)]  # (ring, ulysses): Ulysses 2, ring 2
@@ -194,7 +195,8 @@ def modules_added_after_enable(ring: int, ulysses: int) -> dict:
 
 
 @pytest.mark.parametrize("fn", [processors_after_enable, sdpa_outside_processors, modules_added_after_enable],
-                         ids=["set_attn_processor_after_enable", "sdpa_outside_processors", "modules_added_after_enable"])
+                         ids=["set_attn_processor_after_enable", "sdpa_outside_processors",
+                              "modules_added_after_enable"])
 def test_attention_set_or_called_outside_enable(pool, fn):
     for ring, ulysses in MODES:
         for errors in pool(2).run(fn, ring, ulysses, timeout=120):

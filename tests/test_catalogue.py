@@ -1,8 +1,9 @@
 """Every catalogued model under context parallelism against the same model in one process (fp32).
 
-The catalogue (the family files in cp_hooks/verify/models/, their plans in cp_hooks/plans/) lists each model's tiny config, its input cases (as its pipeline shapes
-them) and the modes it is verified in; this file runs exactly those, so the models table of docs/models.md, generated from
-the same list, claims what is tested. Tolerance: FP32_TOL (max |cp - reference| / max(1, max |reference|)).
+The catalogue (the family files in cp_hooks/verify/models/, their plans in cp_hooks/plans/) lists each model's
+tiny config, its input cases (as its pipeline shapes them) and the modes it is verified in; this file runs
+exactly those, so the models table of docs/models.md, generated from the same list, claims what is tested.
+Tolerance: FP32_TOL (max |cp - reference| / max(1, max |reference|)).
 """
 
 from __future__ import annotations

@@ -97,7 +97,8 @@ def test_one_rank_raising_while_its_peer_waits_in_a_collective_does_not_hang(tmp
     result = _check(tmp_path, BREAK_RANK_1=True)
     out = result.stdout
     assert result.returncode != 0, out + result.stderr
-    assert "[rank 1] tokens: FAIL RuntimeError in module 'gate' (Gate), inside <model>: the gate breaks on rank 1" in out
+    assert ("[rank 1] tokens: FAIL RuntimeError in module 'gate' (Gate), inside <model>: the gate breaks on rank 1"
+            in out)
     # Rank 0 was in the attention's collective (called from the model's own forward) when it was released.
     assert "[rank 0] tokens: FAIL RuntimeError in module '<model>' (TinyDiT)" in out, out + result.stderr
     assert "did not finish case 1" in out and "more:" not in out  # the remaining case is not run

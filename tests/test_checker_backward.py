@@ -3,9 +3,10 @@
 The forward tests (tests/test_catalogue.py) prove the outputs; training needs the gradients too, and a
 split or gather whose backward does not match its forward leaves the outputs exact and the gradients
 wrong. For every class and case of the catalogue, in every mode its forward is verified in (Ulysses 2, ring 2
-with both rotations, the 2 x 2 hybrid; with the entry's anything flags), `compare_parallel_backward` back-propagates a weighted sum of the outputs, sums the
-gradients over the group (`reduce_gradients` for the parameters) and compares every parameter and every
-floating-point input gradient with the single-process ones: FP32_TOL, relative to max(1, |reference|).
+with both rotations, the 2 x 2 hybrid; with the entry's anything flags), `compare_parallel_backward`
+back-propagates a weighted sum of the outputs, sums the gradients over the group (`reduce_gradients` for the
+parameters) and compares every parameter and every floating-point input gradient with the single-process ones:
+FP32_TOL, relative to max(1, |reference|).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.distributed as dist
 from cp_hooks.verify.catalogue import ENTRIES, get_entry
 from cp_hooks.verify.checker import GradientDiff, _gradient_diff, compare_parallel_backward
 from cp_testing import FP32_TOL, catalogue_runs, make_config
+
 
 def verify_gradients(class_name: str, world: int) -> list[str]:
     """Every case of the entry in every mode of `world` ranks it is verified in (the same modes as the forward

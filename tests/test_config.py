@@ -31,7 +31,8 @@ def test_degree_type_checked():
 
 def test_defaults_match_diffusers_fields():
     config = ContextParallelConfig(ring_degree=2)
-    assert (config.ring_degree, config.ulysses_degree, config.convert_to_fp32, config.rotate_method) == (2, 1, True, "allgather")
+    assert (config.ring_degree, config.ulysses_degree, config.convert_to_fp32, config.rotate_method) == (
+        2, 1, True, "allgather")
     assert (config.ulysses_anything, config.ring_anything, config.mesh) == (False, False, None)
     assert config.world_size == 2 and not config.is_setup
 
@@ -83,10 +84,11 @@ def test_setup_on_four_ranks(pool):
 
 def _runtime_is_a_snapshot():
     """A model keeps the runtime it was enabled with when its config is changed or set up again."""
+    from torch.distributed.device_mesh import init_device_mesh
+
     import tiny_models
     from cp_hooks import disable_parallelism, enable_parallelism
     from cp_testing import rel_err
-    from torch.distributed.device_mesh import init_device_mesh
 
     model, inputs = tiny_models.tiny_flux()
     with torch.no_grad():

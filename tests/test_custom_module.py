@@ -1,8 +1,8 @@
 """A plain nn.Module transformer (not diffusers) that calls SDPA, parallelized by a user-declared plan.
 
-This file doubles as the complete example of a custom plan that docs/models.md points to: self-attention is sequence-parallel
-(every SDPA call is routed), the text cross-attention over a replicated context is marked LocalAttention,
-and positional embeddings computed for the full sequence are split with split_output.
+This file doubles as the complete example of a custom plan that docs/models.md points to: self-attention is
+sequence-parallel (every SDPA call is routed), the text cross-attention over a replicated context is marked
+LocalAttention, and positional embeddings computed for the full sequence are split with split_output.
 """
 
 import pytest
@@ -10,7 +10,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cp_hooks import ContextParallelInput, ContextParallelOutput, LocalAttention, disable_parallelism, enable_parallelism, reduce_gradients
+from cp_hooks import (
+    ContextParallelInput,
+    ContextParallelOutput,
+    LocalAttention,
+    disable_parallelism,
+    enable_parallelism,
+    reduce_gradients,
+)
 from cp_testing import FP32_TOL, make_config, rel_err
 
 

@@ -63,8 +63,8 @@ def test_dp_cp_training_matches_one_process(pool, shape, rotate):
 
 def test_generate_two_prompts_on_dp2_x_cp2(tmp_path):
     # Ring inside the groups (the other tests of the scripts run their Ulysses default).
-    output = launch("generate.py", 4, "--dp", "2", "--ring", "2", "--rotate-method", "alltoall", "--output", "image.png",
-                    cwd=tmp_path)
+    output = launch("generate.py", 4, "--dp", "2", "--ring", "2", "--rotate-method", "alltoall", "--output",
+                    "image.png", cwd=tmp_path)
     assert len(parity(output)) == 2  # one line per data-parallel group, each against its own single process
     assert "dp 2 x ring 2 x ulysses 1, rotate alltoall" in output
     images = [np.asarray(Image.open(tmp_path / f"image_dp{group}.png")) for group in (0, 1)]

@@ -77,7 +77,8 @@ class _Path:
         self.batches: list[int] = []
         self.attention_calls = 0
         self._handles = [transformer.transformer_blocks[0].register_forward_pre_hook(self._block, with_kwargs=True)]
-        self._handles += [block.attn1.to_q.register_forward_hook(self._to_q) for block in transformer.transformer_blocks]
+        self._handles += [block.attn1.to_q.register_forward_hook(self._to_q)
+                          for block in transformer.transformer_blocks]
 
     def _block(self, module, args, kwargs):
         self.batches.append(kwargs["hidden_states"].shape[0])
@@ -111,7 +112,8 @@ def faster_cache_batched_parity() -> dict:
     """Every mode and order against the single-process run of the same cache, on this rank."""
     import _tiny
 
-    pipe = _tiny.tiny_cogvideox_pipeline(seed=0)  # 48 video (3 frames of 4 x 4) and 16 text tokens, 4 heads of 8, 2 layers
+    # 48 video (3 frames of 4 x 4) and 16 text tokens, 4 heads of 8, 2 layers
+    pipe = _tiny.tiny_cogvideox_pipeline(seed=0)
     _, plain_batches, plain_attention = _run(pipe)
     pipe.transformer.enable_cache(_faster_cache(pipe))
     try:
@@ -154,7 +156,8 @@ def test_faster_cache_batched_guidance_matches_one_process(pool):
         for other in per_rank[1:]:
             twin = other["runs"][key]
             assert twin["batches"] == batches and twin["attention"] == attention, (key, twin["rank"])
-            assert torch.equal(twin["latents"], run["latents"]), (key, twin["rank"], rel_err(twin["latents"], run["latents"]))
+            assert torch.equal(twin["latents"], run["latents"]), (
+                key, twin["rank"], rel_err(twin["latents"], run["latents"]))
 
 
 def refuse_with_cfg_groups(order: str) -> str:

@@ -26,8 +26,13 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
 
 import tiny_models
-from cp_hooks import ContextParallelInput, ContextParallelOutput, disable_parallelism, enable_parallelism
-from cp_hooks import reduce_gradients
+from cp_hooks import (
+    ContextParallelInput,
+    ContextParallelOutput,
+    disable_parallelism,
+    enable_parallelism,
+    reduce_gradients,
+)
 from cp_hooks.forward.context import ModelContext
 from cp_testing import FP32_TOL, make_config, rel_err
 

@@ -27,7 +27,7 @@ def test_uncompiled_flex_ignores_the_block_mask():
     q, k, v = (torch.randn(1, 768, 2, 16, generator=g) for _ in range(3))
     sta = sliding_tile_mask(3, 2, 2, (1, 3, 3), "cpu")
     with torch.no_grad():
-        flex = dispatch_attention_fn(q, k, v, attn_mask=nabla_block_mask(q.transpose(1, 2), k.transpose(1, 2), sta, 0.8),
-                                     backend=AttentionBackendName.FLEX)
+        mask = nabla_block_mask(q.transpose(1, 2), k.transpose(1, 2), sta, 0.8)
+        flex = dispatch_attention_fn(q, k, v, attn_mask=mask, backend=AttentionBackendName.FLEX)
     dense = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
     assert torch.allclose(flex, dense, atol=1e-5)

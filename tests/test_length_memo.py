@@ -11,7 +11,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cp_hooks import ContextParallelInput, ContextParallelOutput, comm_stats, disable_parallelism, enable_parallelism, reduce_gradients
+from cp_hooks import (
+    ContextParallelInput,
+    ContextParallelOutput,
+    comm_stats,
+    disable_parallelism,
+    enable_parallelism,
+    reduce_gradients,
+)
 from cp_hooks.forward import value_checks
 from cp_hooks.forward.length_memo import LengthMemo, conform, signature
 from cp_testing import FP32_TOL, make_config, rel_err

@@ -21,8 +21,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 
 def _wan22_pipeline():
-    import _tiny
     from diffusers import WanPipeline
+
+    import _tiny
 
     pipe = _tiny.tiny_wan_pipeline(seed=0)
     second = copy.deepcopy(pipe.transformer)
@@ -42,7 +43,8 @@ def _generate(pipe):
 
 
 def pipeline_parity(config_kind: str) -> float:
-    from diffusers.models._modeling_parallel import ContextParallelConfig as DiffusersConfig, ParallelConfig
+    from diffusers.models._modeling_parallel import ContextParallelConfig as DiffusersConfig
+    from diffusers.models._modeling_parallel import ParallelConfig
 
     from cp_hooks import ContextParallelConfig
 
@@ -73,8 +75,9 @@ def test_pipeline_with_two_transformers(pool, config_kind):
 
 def refuse_double_parallelism() -> str:
     """A model with diffusers' own context parallelism is refused before anything is installed."""
-    import tiny_models
     from diffusers.models._modeling_parallel import ContextParallelConfig as DiffusersConfig
+
+    import tiny_models
 
     model, _ = tiny_models.tiny_flux()
     model._parallel_config = DiffusersConfig(ulysses_degree=2)  # what diffusers' enable_parallelism records

@@ -4,10 +4,18 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cp_hooks import ContextParallelConfig, ContextParallelInput, ContextParallelOutput, LocalAttention, enable_parallelism, get_plan, register_plan
+from cp_hooks import (
+    ContextParallelConfig,
+    ContextParallelInput,
+    ContextParallelOutput,
+    LocalAttention,
+    enable_parallelism,
+    get_plan,
+    register_plan,
+)
 from cp_hooks.plans.registry import registered_plan
-from cp_hooks.plans.specs import normalize_plan
 from cp_hooks.plans.resolve import resolve_modules
+from cp_hooks.plans.specs import normalize_plan
 
 
 class Block(nn.Module):

@@ -25,7 +25,8 @@ def attention_cases(draw):
     return dict(
         world=world, ring=ring, ulysses=ulysses,
         rotate=draw(st.sampled_from(["allgather", "alltoall"])),
-        shape=(draw(st.integers(1, 2)), draw(st.integers(1, 37)), draw(st.integers(1, 6)), draw(st.sampled_from([4, 8, 16]))),
+        shape=(draw(st.integers(1, 2)), draw(st.integers(1, 37)), draw(st.integers(1, 6)),
+               draw(st.sampled_from([4, 8, 16]))),
         dtype=draw(st.sampled_from(["float32", "float32", "bfloat16"])),
         mask=draw(st.sampled_from([None, "padding", "additive"])),
         causal=draw(st.booleans()),

@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 
 from cp_hooks import disable_parallelism, enable_parallelism
-from cp_hooks.verify.catalogue import get_entry
 from cp_hooks.plans.qwenimage21 import QwenImage21ContextParallelProcessor
+from cp_hooks.verify.catalogue import get_entry
 from cp_testing import FP32_TOL, make_config, rel_err
 
 CASES = {"t2i": dict(prompts=(7, 4)),

@@ -13,8 +13,13 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cp_hooks import ContextParallelInput, ContextParallelOutput, disable_parallelism, enable_parallelism
-from cp_hooks import reduce_gradients
+from cp_hooks import (
+    ContextParallelInput,
+    ContextParallelOutput,
+    disable_parallelism,
+    enable_parallelism,
+    reduce_gradients,
+)
 from cp_testing import FP32_TOL, make_config, rel_err
 
 DIM, HEADS = 16, 2

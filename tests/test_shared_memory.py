@@ -27,7 +27,6 @@ import torch.distributed as dist
 from cp_hooks import comm
 from cp_hooks.comm import shared_memory
 
-
 # Linux on x86-64 with a /dev/shm: elsewhere every group keeps gloo, which the other test files cover.
 needs_shared_memory = pytest.mark.skipif(
     bool([r for r in shared_memory.local_reasons_against() if shared_memory.ENV_SWITCH not in r]),

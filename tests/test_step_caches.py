@@ -1,4 +1,5 @@
-"""diffusers' step caches other than First Block Cache, under context parallelism, against one process; SeaCache refused.
+"""diffusers' step caches other than First Block Cache, under context parallelism, against one process; SeaCache
+refused.
 
 TaylorSeer, MagCache, Pyramid Attention Broadcast and FasterCache (guidance-distilled use) decide from the step
 index or timestep (never from a hidden-state metric), so every rank makes the same decision; their cached and
@@ -38,8 +39,12 @@ class _CountSDPA(TorchFunctionMode):
 
 
 def _config(name: str, pipe):
-    from diffusers.hooks import (FasterCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig,
-                                 TaylorSeerCacheConfig)
+    from diffusers.hooks import (
+        FasterCacheConfig,
+        MagCacheConfig,
+        PyramidAttentionBroadcastConfig,
+        TaylorSeerCacheConfig,
+    )
 
     if name == "taylorseer":
         # Wan's blocks by name: the default patterns name the ModuleList "blocks", whose forward never runs.

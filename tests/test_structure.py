@@ -46,7 +46,8 @@ _SCRIPT = textwrap.dedent('''
 
     torch.set_num_threads(1)
     import cp_hooks
-    found = {"after_import_cp_hooks": family_modules() + sorted(m for m in sys.modules if m.startswith("cp_hooks.verify"))}
+    verify_modules = sorted(m for m in sys.modules if m.startswith("cp_hooks.verify"))
+    found = {"after_import_cp_hooks": family_modules() + verify_modules}
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
 
     from diffusers import FluxTransformer2DModel
@@ -56,9 +57,10 @@ _SCRIPT = textwrap.dedent('''
                                   attention_head_dim=16, num_attention_heads=4, joint_attention_dim=32,
                                   pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6)).eval()
     g = torch.Generator().manual_seed(1)
-    inputs = dict(hidden_states=torch.randn(1, 24, 16, generator=g), encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
-                  pooled_projections=torch.randn(1, 32, generator=g), timestep=torch.ones(1), guidance=torch.ones(1) * 3,
-                  img_ids=torch.zeros(24, 3), txt_ids=torch.zeros(8, 3), return_dict=False)
+    inputs = dict(hidden_states=torch.randn(1, 24, 16, generator=g),
+                  encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+                  pooled_projections=torch.randn(1, 32, generator=g), timestep=torch.ones(1),
+                  guidance=torch.ones(1) * 3, img_ids=torch.zeros(24, 3), txt_ids=torch.zeros(8, 3), return_dict=False)
     before = set(sys.modules)
     models_before = model_modules()
     cp_hooks.enable_parallelism(flux, cp_hooks.ContextParallelConfig(ulysses_degree=2))

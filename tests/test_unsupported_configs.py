@@ -9,11 +9,19 @@ these tests need none, and every rank of a real launch raises the same error.
 import pytest
 import torch.nn as nn
 
-from cp_hooks import ContextParallelConfig, ContextParallelInput, ContextParallelOutput, UnsupportedConfig, enable_parallelism, is_parallelized, register_plan
+from cp_hooks import (
+    ContextParallelConfig,
+    ContextParallelInput,
+    ContextParallelOutput,
+    UnsupportedConfig,
+    enable_parallelism,
+    is_parallelized,
+    register_plan,
+)
 
 pytest.importorskip("diffusers")
-from cp_hooks.verify.catalogue import get_entry  # noqa: E402
 from cp_hooks.forward.hooks import HookRegistry  # noqa: E402
+from cp_hooks.verify.catalogue import get_entry  # noqa: E402
 
 
 @pytest.mark.parametrize("class_name, case, overrides, message", [

@@ -21,11 +21,16 @@ import torch
 import torch.distributed as dist
 
 from cp_hooks import disable_parallelism, enable_parallelism
-from cp_hooks.verify.catalogue import get_entry
 from cp_hooks.plans import wan_animate as wan_animate_plan
 from cp_hooks.plans.wan_animate import WanAnimate2ContextParallelProcessor
+from cp_hooks.verify.catalogue import get_entry
 from cp_hooks.verify.models import wan_animate
-from cp_hooks.verify.models.wan_animate import GENERATION_ENTRIES, WanAnimate2ReferenceProcessor, animate2_extract, animate2_generate
+from cp_hooks.verify.models.wan_animate import (
+    GENERATION_ENTRIES,
+    WanAnimate2ReferenceProcessor,
+    animate2_extract,
+    animate2_generate,
+)
 from cp_testing import FP32_TOL, make_config, rel_err
 
 # (frames, latent height, latent width, segment frames): 24 generation and 16 reference tokens; and 9 and 6, which
