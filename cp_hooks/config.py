@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
+from cp_hooks.comm.precision import normalize_comm_dtype
 from cp_hooks.runtime import ContextParallelRuntime, DegreeFacts
 
 _ROTATE_METHODS = ("allgather", "alltoall")
@@ -52,10 +53,16 @@ class ContextParallelConfig(DegreeFacts):
             mesh dimension. cp_hooks-only (diffusers' config has no such field).
         mesh: a `DeviceMesh` with dimensions named "ring" and "ulysses" (and "cfg" when `cfg_degree > 1`;
             others may exist, e.g. "dp"); built by `setup()` when omitted.
+        comm_dtype: what attention's q, k, v and outputs travel in (Ulysses' all-to-alls, the ring's K/V
+            blocks): None (default: their own dtype), `torch.bfloat16` / `torch.float16` (a plain cast where
+            it narrows), `torch.float8_e4m3fn` / `torch.float8_e5m2` (fp8 with one fp32 scale per token and
+            head). Gradients travel in the model's precision. cp_hooks-only; see docs/comm_precision.md and
+            `cp_hooks.comm.precision`.
+        comm_fp8_keys: with an fp8 `comm_dtype`, send the keys in fp8 too (default: keys travel in bf16).
 
     Raises:
-        ValueError: on degrees below 1, all degrees 1, an unknown `rotate_method`, or an anything flag
-            whose degree is 1.
+        ValueError: on degrees below 1, all degrees 1, an unknown `rotate_method`, an anything flag
+            whose degree is 1, an unsupported `comm_dtype`, or `comm_fp8_keys` without an fp8 `comm_dtype`.
 
     Example:
         >>> config = ContextParallelConfig(ulysses_degree=2)
@@ -71,6 +78,8 @@ class ContextParallelConfig(DegreeFacts):
     ring_anything: bool = False
     mesh: "dist.device_mesh.DeviceMesh | None" = None
     cfg_degree: int | None = None
+    comm_dtype: "torch.dtype | None" = None
+    comm_fp8_keys: bool = False
 
     # Bound by setup(); not part of the user-facing fields.
     _runtime: ContextParallelRuntime | None = field(default=None, init=False, repr=False, compare=False)
@@ -109,6 +118,7 @@ class ContextParallelConfig(DegreeFacts):
                 "`ring_anything=True` needs `ring_degree > 1`; with Ulysses attention only, use "
                 "`ulysses_anything=True` instead."
             )
+        self.comm_dtype = normalize_comm_dtype(self.comm_dtype, self.comm_fp8_keys)
 
     def _fill_degrees_from_mesh(self, mesh) -> None:
         names = mesh.mesh_dim_names or ()
@@ -172,7 +182,7 @@ class ContextParallelConfig(DegreeFacts):
         the first collective (mesh creation), so a bad setup raises the same error everywhere.
 
         Args:
-            mesh: optional `DeviceMesh` with "ring" and "ulysses" dimensions; overrides `self.mesh`.
+            mesh (DeviceMesh | None): optional mesh with "ring" and "ulysses" dimensions; overrides `self.mesh`.
 
         Returns:
             self, set up.

@@ -61,6 +61,7 @@ class ContextParallelRuntime(DegreeFacts):
         split_lengths: the full lengths the plan split in the current forward (docs/architecture.md,
             "Per-rank lengths").
         length_memo: every rank's lengths of the calls of eager forwards, by input shapes (same section).
+        comm_dtype, comm_fp8_keys: the config's payload precision (`cp_hooks.comm.precision`).
     """
 
     ring_degree: int
@@ -86,6 +87,8 @@ class ContextParallelRuntime(DegreeFacts):
     cfg_rank: int = 0
     cfg_group_key: int = -1
     world_group: object = None
+    comm_dtype: object = None
+    comm_fp8_keys: bool = False
 
     @classmethod
     def bind(cls, config, mesh) -> "ContextParallelRuntime":
@@ -109,6 +112,7 @@ class ContextParallelRuntime(DegreeFacts):
             cfg_degree=mesh["cfg"].size() if has_cfg else 1, cfg_group=cfg_group,
             cfg_rank=mesh["cfg"].get_local_rank() if has_cfg else 0,
             cfg_group_key=comm.group_key(cfg_group) if has_cfg else -1, world_group=world_group,
+            comm_dtype=config.comm_dtype, comm_fp8_keys=config.comm_fp8_keys,
         )
         object.__setattr__(runtime, "op_key", register_runtime(runtime))
         return runtime

@@ -30,7 +30,9 @@ def context_parallel_attention(
     """Exact attention over the whole sequence, from this rank's shard of queries, keys and values.
 
     Args:
-        query, key, value: (batch, local_seq, heads, head_dim); rank r holds piece r of the sequence.
+        query: (batch, local_seq, heads, head_dim); rank r holds piece r of the sequence.
+        key: (batch, local_kv_seq, heads, head_dim), this rank's piece of the keys.
+        value: (batch, local_kv_seq, heads, head_dim), this rank's piece of the values.
         attn_mask: key-padding mask for the *local* keys: boolean (batch, local_kv_seq) with True = attend,
             or boolean/additive broadcastable to (batch, 1, 1, local_kv_seq); or a query x key mask over the
             *whole* sequence, (batch or 1, 1, whole_q_seq, whole_kv_seq), the same on every rank (a
@@ -176,6 +178,11 @@ def _validate(query, key, value, attn_mask, dropout_p, is_causal, runtime):
         )
     if dropout_p and runtime.ring_degree > 1:
         raise ValueError("Ring attention cannot apply attention dropout; use dropout_p=0.0 (inference) or pure Ulysses.")
+    if dropout_p and runtime.comm_dtype is not None:
+        # Dropout runs outside the registered operators, with autograd through the all-to-alls, which a wire
+        # form (fp8 bytes) cannot carry.
+        raise ValueError(f"Attention dropout with comm_dtype={runtime.comm_dtype} is not supported; use dropout_p=0.0 "
+                         "or comm_dtype=None.")
     if is_causal and attn_mask is not None:
         raise ValueError("Pass either attn_mask or is_causal=True, not both (as torch's SDPA).")
     if is_causal and key.shape[1] != sq:

@@ -28,6 +28,7 @@ from torch import Tensor
 from cp_hooks.attention.local import attention_with_lse, attention_with_lse_backward
 from cp_hooks.attention.ring import ring_backward, ring_forward
 from cp_hooks.attention.ulysses import heads_to_seq, pad_heads, seq_to_heads
+from cp_hooks.comm import precision
 
 _RUNTIMES: dict[int, object] = {}  # key -> ContextParallelRuntime (kept alive while registered)
 
@@ -83,7 +84,12 @@ def _inner_forward(runtime, q, k, v, bias, kv_sizes, scale, is_causal):
         return attention_with_lse(q, k, v, bias, scale=scale, is_causal=is_causal)
     return ring_forward(q, k, v, bias, group=runtime.ring_group, kv_sizes=_ring_kv_sizes(runtime, kv_sizes),
                         rotate_method=runtime.rotate_method, scale=scale, is_causal=is_causal,
-                        convert_to_fp32=runtime.convert_to_fp32)
+                        convert_to_fp32=runtime.convert_to_fp32, travel=_ring_travel(runtime, k.dtype))
+
+
+def _ring_travel(runtime, dtype):
+    """What the ring's K and V blocks travel in: (keys, values) (`cp_hooks.comm.precision.travel_dtype`)."""
+    return _travel(runtime, dtype, key=True), _travel(runtime, dtype)
 
 
 def _inner_backward(runtime, dout, q, k, v, bias, out, lse, kv_sizes, scale, is_causal):
@@ -91,7 +97,13 @@ def _inner_backward(runtime, dout, q, k, v, bias, out, lse, kv_sizes, scale, is_
         return attention_with_lse_backward(dout, q, k, v, out, lse, bias, scale=scale, is_causal=is_causal)
     return ring_backward(dout, q, k, v, bias, out, lse, group=runtime.ring_group,
                          kv_sizes=_ring_kv_sizes(runtime, kv_sizes), rotate_method=runtime.rotate_method, scale=scale,
-                         is_causal=is_causal, convert_to_fp32=runtime.convert_to_fp32)
+                         is_causal=is_causal, convert_to_fp32=runtime.convert_to_fp32,
+                         travel=_ring_travel(runtime, k.dtype))
+
+
+def _travel(runtime, dtype, key: bool = False):
+    """The dtype a forward tensor of attention travels in under the runtime's `comm_dtype` (None: as it is)."""
+    return precision.travel_dtype(runtime.comm_dtype, dtype, key=key, fp8_keys=runtime.comm_fp8_keys)
 
 
 def _to_heads(runtime, q, k, v, bias, q_sizes, kv_sizes, reuse_buffer: bool):
@@ -100,19 +112,30 @@ def _to_heads(runtime, q, k, v, bias, q_sizes, kv_sizes, reuse_buffer: bool):
     group = runtime.ulysses_group
     uq, ukv = _ulysses_sizes(runtime, q_sizes), _ulysses_sizes(runtime, kv_sizes)
     q, k, v = (pad_heads(t, runtime.ulysses_degree) for t in (q, k, v))
+    # Payload precision (comm_dtype): each tensor is rounded as a whole before its all-to-all, the rows this
+    # rank keeps included, and restored to its dtype on arrival; the all-to-all moves the wire form (cast, or
+    # fp8 bytes with each row's scale) unchanged. Keys may travel in a wider dtype than q and v.
+    dtype = q.dtype
+    travels = (_travel(runtime, dtype), _travel(runtime, dtype, key=True), _travel(runtime, dtype))
+    q, k, v = (precision.pack(t, travel) for t, travel in zip((q, k, v), travels))
     # One send buffer for q, k and v at inference: three would each wait for gloo's worker thread to drop
     # its last reference, which can come after the next allocation (a shard more at the peak each).
     q, send = seq_to_heads(q, group, uq)
     k, send = seq_to_heads(k, group, ukv, send if reuse_buffer else None)
     v, send = seq_to_heads(v, group, ukv, send if reuse_buffer else None)
     del send
+    q, k, v = (precision.unpack(t, travel, dtype) for t, travel in zip((q, k, v), travels))
     if bias is not None and bias.dim() == 2:  # a key bias follows its keys; a row bias already has every key
         bias = comm.all_gather(bias, ukv, group, dim=1, payload="mask")
     return q, k, v, bias
 
 
-def _from_heads(runtime, x, q_sizes, heads):
-    out = heads_to_seq(x, runtime.ulysses_group, _ulysses_sizes(runtime, q_sizes))
+def _from_heads(runtime, x, q_sizes, heads, rounded: bool = True):
+    """The head layout back to the sequence split. `rounded`: the attention output, which travels in the
+    runtime's `comm_dtype`; gradients (`rounded=False`) travel in their own dtype."""
+    travel = _travel(runtime, x.dtype) if rounded else None
+    out = heads_to_seq(precision.pack(x, travel), runtime.ulysses_group, _ulysses_sizes(runtime, q_sizes))
+    out = precision.unpack(out, travel, x.dtype)
     return out if out.shape[2] == heads else out[:, :, :heads]  # padded heads (ulysses_anything) go
 
 
@@ -214,9 +237,10 @@ def ulysses_backward_op(dout: Tensor, q_h: Tensor, k_h: Tensor, v_h: Tensor, bia
     bias_h = bias_h if has_bias else None
     dq, dk, dv = _inner_backward(runtime, dout_h, q_h, k_h, v_h, bias_h, out_h, lse_h, kv_sizes, scale, is_causal)
     del dout_h
-    grads = (_from_heads(runtime, dq.to(q_h.dtype), q_sizes, heads),
-             _from_heads(runtime, dk.to(k_h.dtype), kv_sizes, heads),
-             _from_heads(runtime, dv.to(v_h.dtype), kv_sizes, heads))
+    # Gradients travel in the model's precision (docs/comm_precision.md, "Training"): rounded=False.
+    grads = (_from_heads(runtime, dq.to(q_h.dtype), q_sizes, heads, rounded=False),
+             _from_heads(runtime, dk.to(k_h.dtype), kv_sizes, heads, rounded=False),
+             _from_heads(runtime, dv.to(v_h.dtype), kv_sizes, heads, rounded=False))
     return _unaliased(grads, [dout, q_h, k_h, v_h, bias_h, out_h, lse_h])
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from cp_hooks import comm
+from cp_hooks.comm import precision
 from cp_hooks.attention.local import attention_with_lse, attention_with_lse_backward
 from cp_hooks.attention.masks import key_columns
 from cp_hooks.attention.merge import merge_partial_
@@ -45,8 +46,9 @@ def _payloads(bias):
     return ["attention", "attention"] if bias is None else ["attention", "attention", "mask"]
 
 
-def _recv_shapes(k, bias, length):
-    shapes = [_kv_shape(k, length), _kv_shape(k, length)]
+def _recv_shapes(k, v, bias, length):
+    # K and V shapes apart: in their wire forms they may differ (bf16 keys beside fp8 values with scales).
+    shapes = [_kv_shape(k, length), _kv_shape(v, length)]
     if bias is not None:
         shapes.append(torch.Size((bias.shape[0], length)))
     return shapes
@@ -76,20 +78,40 @@ def _iter_blocks(k, v, bias, kv_sizes, group, rotate_method):
     for step in range(world):
         src = (rank - step) % world
         if step + 1 < world:
-            exchange.start(current, _recv_shapes(k, bias, kv_sizes[(src - 1) % world]), _payloads(bias))
+            exchange.start(current, _recv_shapes(k, v, bias, kv_sizes[(src - 1) % world]), _payloads(bias))
         yield src, current[0], current[1], current[2] if bias is not None else None
         if step + 1 < world:
             current = exchange.wait()
 
 
-def ring_forward(q, k, v, bias, *, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32):
-    """Forward pass; returns (out (B, Sq, H, D) in q's dtype, lse (B, H, Sq) float32)."""
+def _wire(k, v, travel):
+    """K and V in their wire form (`cp_hooks.comm.precision.pack`; `travel` = (keys' dtype, values')).
+
+    Packed once, the own block included (every block is computed from rounded K/V, so the result does not
+    depend on which rank held a block); the blocks then move around the ring, or are gathered, in that form
+    and are unpacked only to be computed on. None: they travel as they are.
+    """
+    return precision.pack(k, travel[0]), precision.pack(v, travel[1])
+
+
+def _unwire(kb, vb, travel, dtype):
+    return precision.unpack(kb, travel[0], dtype), precision.unpack(vb, travel[1], dtype)
+
+
+def ring_forward(q, k, v, bias, *, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32,
+                 travel=(None, None)):
+    """Forward pass; returns (out (B, Sq, H, D) in q's dtype, lse (B, H, Sq) float32).
+
+    `travel`: the dtypes K and V travel in (`comm_dtype`, `cp_hooks.comm.precision.travel_dtype`).
+    """
     rank = comm.group_rank(group)
     acc_dtype = torch.promote_types(q.dtype, torch.float32) if convert_to_fp32 else q.dtype
     out = lse = None
+    k, v = _wire(k, v, travel)
     for src, kb, vb, bb in _iter_blocks(k, v, bias, kv_sizes, group, rotate_method):
         kind = _block_kind(src, rank, is_causal)
         if kind != "skip":
+            kb, vb = _unwire(kb, vb, travel, q.dtype)
             block_out, block_lse = attention_with_lse(q, kb, vb, bb, scale=scale, is_causal=kind == "causal")
             if out is None:
                 # The first block is the running result as it is: no zero-filled accumulator, no merge.
@@ -106,16 +128,26 @@ def ring_forward(q, k, v, bias, *, group, kv_sizes, rotate_method, scale, is_cau
     return out.to(q.dtype), lse
 
 
-def ring_backward(dout, q, k, v, bias, out, lse, *, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32):
-    """Backward pass; returns (dq, dk, dv) for this rank's q, k, v."""
+def ring_backward(dout, q, k, v, bias, out, lse, *, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32,
+                  travel=(None, None)):
+    """Backward pass; returns (dq, dk, dv) for this rank's q, k, v.
+
+    With a `travel` precision the K/V blocks move as in the forward (the same rounded values, the same
+    bytes); the dK/dV accumulators travel in their own precision. The gradient of the rounding is taken as
+    the identity (straight-through): dK of the rounded block is the dK of the rank's k.
+    """
     world, rank = comm.group_size(group), comm.group_rank(group)
     acc_dtype = torch.promote_types(q.dtype, torch.float32) if convert_to_fp32 else q.dtype
     dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
+    k_shape = k.shape[2:]
+    k, v = _wire(k, v, travel)
 
     def block_grads(src, kb, vb, bb):
         kind = _block_kind(src, rank, is_causal)
+        shape = kb.shape[:2] + k_shape  # the block's K/V shape (kb may be its wire form)
         if kind == "skip":
-            return None, torch.zeros(kb.shape, dtype=acc_dtype, device=q.device), torch.zeros(vb.shape, dtype=acc_dtype, device=q.device)
+            return None, torch.zeros(shape, dtype=acc_dtype, device=q.device), torch.zeros(shape, dtype=acc_dtype, device=q.device)
+        kb, vb = _unwire(kb, vb, travel, q.dtype)
         gq, gk, gv = attention_with_lse_backward(dout, q, kb, vb, out, lse, bb, scale=scale, is_causal=kind == "causal")
         return gq, gk.to(acc_dtype), gv.to(acc_dtype)
 
@@ -130,7 +162,7 @@ def ring_backward(dout, q, k, v, bias, out, lse, *, group, kv_sizes, rotate_meth
         dkv = torch.stack([torch.cat(dk_blocks, dim=1), torch.cat(dv_blocks, dim=1)])  # (2, B, Sk_total, H, D)
         rows = comm.all_to_all(dkv.movedim(2, 0), kv_sizes, [own] * world, group)  # (world*own, 2, B, H, D)
         summed = rows.view(world, own, *rows.shape[1:]).sum(0).movedim(0, 2)  # (2, B, own, H, D)
-        return dq.to(q.dtype), summed[0].to(k.dtype), summed[1].to(v.dtype)
+        return dq.to(q.dtype), summed[0].to(q.dtype), summed[1].to(q.dtype)  # k, v may be wire forms now
 
     kv_exchange, grad_exchange = comm.RingExchange(group), comm.RingExchange(group)
     rows = bias if bias is not None and bias.dim() == 3 else None  # a row bias stays (see _iter_blocks)
@@ -142,7 +174,7 @@ def ring_backward(dout, q, k, v, bias, out, lse, *, group, kv_sizes, rotate_meth
         src = (rank - step) % world
         nxt = (src - 1) % world
         if step + 1 < world:
-            kv_exchange.start(current, _recv_shapes(k, bias, kv_sizes[nxt]))
+            kv_exchange.start(current, _recv_shapes(k, v, bias, kv_sizes[nxt]))
         block_bias = current[2] if bias is not None else key_columns(rows, offsets[src], kv_sizes[src])
         gq, gk, gv = block_grads(src, current[0], current[1], block_bias)
         if gq is not None:
@@ -157,4 +189,4 @@ def ring_backward(dout, q, k, v, bias, out, lse, *, group, kv_sizes, rotate_meth
         if step + 1 < world:
             current = kv_exchange.wait()
     dk, dv = grad_exchange.wait()
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    return dq.to(q.dtype), dk.to(q.dtype), dv.to(q.dtype)  # q, k and v share a dtype (api._validate)
