@@ -109,6 +109,16 @@ def restore_and_tiling() -> list[str]:
         assert before_state.keys() == after.keys() and all(torch.equal(before_state[k], after[k]) for k in after)
         lines.append(f"{name}: restored")
 
+    import diffusers
+
+    from cp_hooks.vae import UnsupportedVAEError, supports_vae
+    tiny = diffusers.AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8))
+    assert isinstance(supports_vae(tiny), str)
+    with pytest.raises(UnsupportedVAEError, match="AutoencoderTiny"):
+        enable_vae_parallelism(tiny)
+    assert not is_vae_parallel(tiny) and "forward" not in tiny.__dict__
+    lines.append("AutoencoderTiny: refused")
+
     vae = build_vae("kl3")
     vae.enable_tiling()
     vae.tile_sample_min_size, vae.tile_latent_min_size, vae.tile_overlap_factor = 16, 4, 0.25

@@ -59,6 +59,15 @@ SUPPORTED_CLASSES = {
 # Known classes that are not supported yet, and why (docs/vae.md lists them too).
 UNSUPPORTED_REASONS: dict[str, str] = {}
 
+# Configurations of supported classes that cannot be split exactly: class name -> config -> reason or None.
+_CONFIG_REFUSALS = {
+    # LTX 0.9.1's decoder adds noise drawn with the shape of the feature map: a slab's draw is not the rows of
+    # the whole map's draw, so the result would differ from one process (it is random, but not the same).
+    "AutoencoderKLLTXVideo": lambda config: (
+        "decoder noise injection (decoder_inject_noise) draws noise of the slab's shape, not the whole map's"
+        if any(getattr(config, "decoder_inject_noise", ()) or ()) else None),
+}
+
 
 class UnsupportedVAEError(TypeError):
     """`enable_vae_parallelism` was asked to split a VAE whose layers it cannot split exactly."""
@@ -77,6 +86,9 @@ def supports_vae(vae: nn.Module) -> bool | str:
     if name not in SUPPORTED_CLASSES:
         return UNSUPPORTED_REASONS.get(name, f"{name} is not among the VAE classes verified for patch-parallel "
                                              f"decode ({', '.join(sorted(SUPPORTED_CLASSES))})")
+    refusal = _CONFIG_REFUSALS.get(name, lambda config: None)(vae.config)
+    if refusal:
+        return f"{name}: {refusal}"
     try:
         find_units(vae)
     except UnsupportedLayer as e:
