@@ -179,6 +179,17 @@ def test_fault_injection_field_is_refused_without_the_flag():
         Limits(fault_injection=False).check(ImageRequest(prompt="a", fault_injection={"raise_on_rank": 0}), {})
 
 
+@pytest.mark.parametrize("multiple, degree", [(4, 2), (16, 3), (16, 8), (8, 5)])
+def test_the_suggested_size_is_one_the_service_accepts(multiple, degree):
+    from cp_hooks.serve.app import Limits, RequestError
+
+    limits = Limits(size_multiple=multiple, min_side=multiple, tokens_divisible_by=degree, max_pixels=2048 ** 2)
+    example = limits.example_size()
+    limits.parse_size(example)  # no RequestError
+    with pytest.raises(RequestError, match=f'e.g. "{example}"'):
+        limits.parse_size(f"{multiple + 1}x{multiple}")
+
+
 def test_full_queue_answers_429_with_retry_after(served):
     results: dict[str, httpx.Response] = {}
 

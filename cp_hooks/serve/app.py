@@ -134,9 +134,14 @@ class Limits:
         return width, height
 
     def example_size(self) -> str:
-        """A size this service accepts: the largest square up to 128 pixels a side."""
-        side = max(self.size_multiple * self.tokens_divisible_by,
-                   min(128, int(math.isqrt(self.max_pixels))) // self.size_multiple * self.size_multiple)
+        """A size this service accepts: the largest square up to 128 pixels a side whose token count the
+        context-parallel degree divides (else the smallest such square)."""
+        m = self.size_multiple
+        top = max(m, min(128, math.isqrt(self.max_pixels)) // m * m)
+        for side in range(top, m - 1, -m):
+            if side >= self.min_side and (side // m) ** 2 % self.tokens_divisible_by == 0:
+                return f"{side}x{side}"
+        side = m * self.tokens_divisible_by  # (degree x degree) tokens: always divisible
         return f"{side}x{side}"
 
     def check(self, request: ImageRequest, defaults: dict[str, Any]) -> dict[str, Any]:

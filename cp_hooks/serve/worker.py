@@ -117,14 +117,22 @@ def build_config(device: torch.device, ulysses: int | None, ring: int, cfg: int,
                          "--ulysses-degree.")
     from torch.distributed.device_mesh import init_device_mesh
 
-    names = ("cfg", "ring", "ulysses")
-    override = None
-    if device.type in ("cpu", "cuda"):
-        backend = "gloo" if device.type == "cpu" else "nccl"
+    names, shape = ("cfg", "ring", "ulysses"), (cfg, ring, ulysses)
+    mesh = None
+    try:
+        backend = {"cpu": "gloo", "cuda": "nccl"}[device.type]
         options = dist.ProcessGroupGloo._Options() if backend == "gloo" else dist.ProcessGroupNCCL.Options()
         options._timeout = datetime.timedelta(seconds=timeout_s)
         override = {name: (backend, options) for name in names}
-    mesh = init_device_mesh(device.type, (cfg, ring, ulysses), mesh_dim_names=names, backend_override=override)
+    except (KeyError, AttributeError, TypeError):  # another device, or a torch without these options
+        override = None
+    if override is not None:
+        try:
+            mesh = init_device_mesh(device.type, shape, mesh_dim_names=names, backend_override=override)
+        except TypeError:  # torch before `backend_override`: the groups keep torch's default timeout
+            mesh = None
+    if mesh is None:
+        mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
     return ContextParallelConfig(mesh=mesh, rotate_method=rotate_method, ulysses_anything=anything and ulysses > 1,
                                  ring_anything=anything and ring > 1)
 
