@@ -54,7 +54,8 @@ HIDREAM = {
 
 
 PLANS = {
-    "HiDreamImageTransformer2DModel": PlanDeclaration(plan=HIDREAM,
-                                       no_batch_split="its `encoder_hidden_states_llama3` is the stack of Llama hidden layers, (layers, "
-                              "batch, tokens, dim), whose leading dimension is the layer count, not the batch."),
+    "HiDreamImageTransformer2DModel": PlanDeclaration(
+        plan=HIDREAM,
+        no_batch_split="its `encoder_hidden_states_llama3` is the stack of Llama hidden layers, (layers, batch, "
+                       "tokens, dim), whose leading dimension is the layer count, not the batch."),
 }

@@ -30,7 +30,8 @@ MINIMAX_H3 = {
 
 
 PLANS = {
-    "MiniMaxH3Transformer3DModel": PlanDeclaration(plan=MINIMAX_H3,
-                                       no_batch_split="its `timestep` holds the distinct noise levels of the packed rows, not one per "
-                              "sample, so its leading dimension says nothing about the batch."),
+    "MiniMaxH3Transformer3DModel": PlanDeclaration(
+        plan=MINIMAX_H3,
+        no_batch_split="its `timestep` holds the distinct noise levels of the packed rows, not one per sample, so its "
+                       "leading dimension says nothing about the batch."),
 }

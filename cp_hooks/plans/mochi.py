@@ -5,7 +5,7 @@ projected text is split at the first block, with the video tokens. Mochi's proce
 tokens of each sample (`nonzero` on the mask) before calling SDPA, so every block's copy of the mask is
 split with its text: each rank keeps its own valid tokens, and the per-rank lengths differ with the
 prompt. That needs the anything flags, whatever the text length; the lengths are exchanged in the first
-forward of each prompt mask (its values are part of the signature, `cp_hooks.length_memo`). The
+forward of each prompt mask (its values are part of the signature, `cp_hooks.forward.length_memo`). The
 rotary table (S, heads, D/2) is computed for the full video grid and split with the video tokens.
 """
 

@@ -35,7 +35,7 @@ cross-attention's share of the work is divided.
 
 The catalogue's tiny Sana-WM has GDN blocks only. The softmax blocks cast fp32 queries, keys and values to
 bfloat16 before SDPA (in every dtype), and under cp_hooks' gradient convention each rank back-propagates its
-*partial* gradient through the whole blocks upstream of a split (`cp_hooks.sharding`): rounding each rank's part
+*partial* gradient through the whole blocks upstream of a split (`cp_hooks.forward.sharding`): rounding each rank's part
 to bfloat16 separately leaves the summed gradients ~1e-3 from the single-process ones, beyond the fp32
 tolerance, although the forward is exact (`python -m cp_hooks check SanaWMTransformer3DModel --config
 '{"softmax_every_n": 2}'` without `--backward` passes with a difference of 0).

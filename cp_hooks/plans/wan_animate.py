@@ -23,18 +23,19 @@ No split of the processor's inputs serves that, so the plan gives every self-att
 shard's offset from the whole length of the tagged split at the first block), caches this rank's part of the
 reference keys and values (marked with its offset; a cache written by one process is sliced instead), and in the
 generation pass attends over [its generation shard, its reference part] with the BlockMask's pattern as a boolean
-mask over the whole sequence, its key columns in the ranks' order, through `context_parallel_attention`. The
-tokens are split at the first block and gathered at `head`; the text and CLIP cross-attention runs locally
+mask over the whole sequence, its key columns in the ranks' order, through `context_parallel_attention`. The tokens
+are split at the first block and gathered at `head`; the text and CLIP cross-attention runs locally
 (`LocalAttention`: its processor passes its parallel config for every call). Only the pipeline's geometry is served
 (segment grid = the full video's, which leaves no zero-filled buffer slots that the BlockMask would admit); any
 other raises on every rank. Uneven shards of the generation pass give the ranks different key counts: the anything
-flags. The catalogue checks the reference pass with gradients. The generation pass is `GENERATION_ENTRIES` below,
-outputs and gradients: diffusers' processor attends through flex attention, which has no backward on CPU, so that
-entry's `prepare` installs `WanAnimate2ReferenceProcessor` as the one-process reference, diffusers' processor line
-for line (rope, packing, cache) with the flex call replaced by SDPA under a dense boolean mask, the model's
-`create_mask` logic at every packed (query, key): tests/test_wan_animate2.py shows that mask equal to the
-BlockMask's (its mask_mod, and its `to_dense()` per block) and the twin's outputs equal to diffusers' (fp32, within
-1e-6; measured 3e-7), and runs extract-then-generate under every mode against diffusers' own processor.
+flags. The catalogue checks the reference pass with gradients. The generation pass is `GENERATION_ENTRIES` (in
+`cp_hooks.verify.models.wan_animate`), outputs and gradients: diffusers' processor attends through flex attention,
+which has no backward on CPU, so that entry's `prepare` installs `WanAnimate2ReferenceProcessor` as the one-process
+reference, diffusers' processor line for line (rope, packing, cache) with the flex call replaced by SDPA under a
+dense boolean mask, the model's `create_mask` logic at every packed (query, key): tests/test_wan_animate2.py shows
+that mask equal to the BlockMask's (its mask_mod, and its `to_dense()` per block) and the twin's outputs equal to
+diffusers' (fp32, within 1e-6; measured 3e-7), and runs extract-then-generate under every mode against diffusers'
+own processor.
 """
 
 from __future__ import annotations
@@ -206,7 +207,8 @@ WAN_ANIMATE2 = {
 
 PLANS = {
     "WanAnimateTransformer3DModel": PlanDeclaration(plan=WAN_ANIMATE),
-    "WanAnimate2Transformer3DModel": PlanDeclaration(plan=WAN_ANIMATE2,
-                                       no_batch_split="its inputs are lists of per-sample tensors and its KV cache holds the reference pass's "
-                              "batch, which a cfg group's share of the batch would not match"),
+    "WanAnimate2Transformer3DModel": PlanDeclaration(
+        plan=WAN_ANIMATE2,
+        no_batch_split="its inputs are lists of per-sample tensors and its KV cache holds the reference pass's batch, "
+                       "which a cfg group's share of the batch would not match"),
 }

@@ -458,7 +458,7 @@ def _load_entry(spec: str, model_class: type) -> ModelEntry:
     found = _load_attribute("--entry", spec, "my_family:ENTRIES")
     entries = found if isinstance(found, (list, tuple)) else [found]
     if not all(isinstance(e, ModelEntry) for e in entries):
-        raise SystemExit(f"error: --entry {spec} must name a cp_hooks.catalogue.ModelEntry or a list of them.")
+        raise SystemExit(f"error: --entry {spec} must name a cp_hooks.verify.catalogue.ModelEntry or a list of them.")
     for entry in entries:
         if entry.class_name == model_class.__name__:
             return entry
@@ -710,8 +710,8 @@ def _report_gradients(case: str, grads: list[GradientDiff], say) -> bool:
         say(f"  {case}: the context-parallel gradients are wrong although every rank back-propagated the same loss. "
             "If the outputs above pass, something on the parallel path has a backward that does not match its "
             "forward: a collective or attention of the model's own (outside cp_hooks) without an autograd-correct "
-            "backward, or a tensor moved between ranks around the plan's hooks (see cp_hooks.sharding, 'Gradient "
-            "convention').")
+            "backward, or a tensor moved between ranks around the plan's hooks (see cp_hooks.forward.sharding, "
+            "'Gradient convention').")
     return not failed
 
 

@@ -192,7 +192,7 @@ ENTRIES = [
 UNSUPPORTED = {}
 
 # The generation pass as a checker case: `torchrun --nproc_per_node 2 -m cp_hooks check WanAnimate2Transformer3DModel
-# --entry cp_hooks.models.wan_animate:GENERATION_ENTRIES [--backward]`. Its one-process reference is the dense-mask
+# --entry cp_hooks.verify.models.wan_animate:GENERATION_ENTRIES [--backward]`. Its one-process reference is the dense-mask
 # twin of diffusers' processor (`prepare` installs WanAnimate2ReferenceProcessor: diffusers' flex attention has no
 # backward on CPU), so outputs and gradients are both checked; it is kept out of the catalogue (which runs every
 # case with diffusers' own processors), and tests/test_wan_animate2.py runs it in every mode against diffusers'.
