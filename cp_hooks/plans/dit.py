@@ -17,7 +17,13 @@ such checkpoints as DiTTransformer2DModel, which is served).
 
 from __future__ import annotations
 
-from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput, LocalAttention, PlanDeclaration, UnsupportedConfig
+from cp_hooks.plans.specs import (
+    ContextParallelInput,
+    ContextParallelOutput,
+    LocalAttention,
+    PlanDeclaration,
+    UnsupportedConfig,
+)
 
 _TOKENS = ContextParallelInput(split_dim=1, expected_dims=3)
 _GATHER = ContextParallelOutput(gather_dim=1, expected_dims=3)

@@ -16,7 +16,13 @@ and no attention over the image at all: run them without context parallelism) an
 
 from __future__ import annotations
 
-from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput, LocalAttention, PlanDeclaration, UnsupportedConfig
+from cp_hooks.plans.specs import (
+    ContextParallelInput,
+    ContextParallelOutput,
+    LocalAttention,
+    PlanDeclaration,
+    UnsupportedConfig,
+)
 
 _TOKENS = ContextParallelInput(split_dim=1, expected_dims=3)
 _GATHER = ContextParallelOutput(gather_dim=1, expected_dims=3)

@@ -16,7 +16,13 @@ cannot shift to each rank's shard.
 
 from __future__ import annotations
 
-from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput, LocalAttention, PlanDeclaration, UnsupportedConfig
+from cp_hooks.plans.specs import (
+    ContextParallelInput,
+    ContextParallelOutput,
+    LocalAttention,
+    PlanDeclaration,
+    UnsupportedConfig,
+)
 
 _ROPE = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)
 

@@ -39,7 +39,14 @@ import torch
 from cp_hooks import comm
 from cp_hooks.attention import context_parallel_attention
 from cp_hooks.forward.lengths import shard_sizes
-from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput, ContextParallelProcessor, LocalAttention, PlanDeclaration, UnsupportedConfig
+from cp_hooks.plans.specs import (
+    ContextParallelInput,
+    ContextParallelOutput,
+    ContextParallelProcessor,
+    LocalAttention,
+    PlanDeclaration,
+    UnsupportedConfig,
+)
 
 _ROWS = ContextParallelInput(split_dim=2, expected_dims=5, split_output=True)
 

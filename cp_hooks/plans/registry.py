@@ -138,7 +138,7 @@ def refuse_unsupported(model: nn.Module, cfg_degree: int = 1) -> None:
         )
     for u in found.unsupported:
         for name, module in resolve_modules(model, u.module):
-            value = module
+            value: object = module
             for part in u.attribute.split("."):
                 value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
             if value in u.values:

@@ -23,7 +23,7 @@ def resolve_modules(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
         return [("", model)]
     matches = [("", model)]
     for part in name.split("."):
-        found = []
+        found: list[tuple[str, nn.Module]] = []
         for prefix, module in matches:
             if part == "*":
                 if not isinstance(module, (nn.ModuleList, nn.Sequential, nn.ModuleDict)):
@@ -40,7 +40,7 @@ def resolve_modules(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
             else:
                 child = module._modules.get(part)
                 if child is None:
-                    _missing(model, name, _join(prefix, part))
+                    raise _missing(model, name, _join(prefix, part))
                 found.append((_join(prefix, part), child))
         matches = found
     if not matches:
@@ -56,8 +56,9 @@ def _join(prefix: str, part: str) -> str:
     return f"{prefix}.{part}" if prefix else part
 
 
-def _missing(model: nn.Module, name: str, missing: str) -> None:
+def _missing(model: nn.Module, name: str, missing: str) -> ValueError:
+    """The error for a plan name whose part `missing` is no module of `model`, with the closest names."""
     names = [n for n, _ in model.named_modules() if n]
     close = difflib.get_close_matches(missing, names, n=3, cutoff=0.5)
     hint = f" Closest module names: {', '.join(map(repr, close))}." if close else ""
-    raise ValueError(f"The plan names module {name!r}, but {type(model).__name__} has no module '{missing}'.{hint}")
+    return ValueError(f"The plan names module {name!r}, but {type(model).__name__} has no module '{missing}'.{hint}")

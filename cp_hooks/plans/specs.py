@@ -25,9 +25,9 @@ Names are dotted module paths (`""` is the model itself); `*` stands for every c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Union
-
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -149,9 +149,9 @@ class UnsupportedConfig:
     reason: str
 
 
-InputPlan = dict[Union[str, int], Union[ContextParallelInput, list, tuple]]
-OutputPlan = Union[ContextParallelOutput, list, tuple]
-ModulePlan = Union[InputPlan, OutputPlan, LocalAttention, ContextParallelProcessor]
+InputPlan = dict[str | int, ContextParallelInput | list | tuple]
+OutputPlan = ContextParallelOutput | list | tuple
+ModulePlan = InputPlan | OutputPlan | LocalAttention | ContextParallelProcessor
 Plan = dict[str, ModulePlan]
 
 
@@ -260,7 +260,7 @@ class PlanDeclaration:
         >>> PlanDeclaration({"": {"x": ContextParallelInput(1, 3)}, "head": ContextParallelOutput(1, 3)})
     """
 
-    plan: Plan
+    plan: dict[str, Any]  # as written (diffusers' specs accepted); a normalized `Plan` once made
     unsupported: tuple[UnsupportedConfig, ...] = ()
     no_batch_split: str = ""
 

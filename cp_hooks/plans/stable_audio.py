@@ -16,7 +16,8 @@ table), the cross-attention (its queries, from the split output of `cross_attend
 replicated and its processor passes its config for every call, so it is marked LocalAttention()) and the
 feed-forward, each gathered right after its output projection. The text padding mask never reaches attention
 (`forward` swaps padded text for a learned embedding). A fresh SA3 model zero-initialises the convolutions
-around the blocks and each block's `to_local_embed` output: the entry redraws them (`redraw`) so the inpainting path shows.
+around the blocks and each block's `to_local_embed` output: the entry redraws them (`redraw`) so the inpainting
+path shows.
 """
 
 from __future__ import annotations

@@ -45,7 +45,13 @@ import torch
 from cp_hooks.attention import context_parallel_attention
 from cp_hooks.attention.masks import SameInputsMemo
 from cp_hooks.forward.lengths import shard_sizes
-from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput, ContextParallelProcessor, LocalAttention, PlanDeclaration
+from cp_hooks.plans.specs import (
+    ContextParallelInput,
+    ContextParallelOutput,
+    ContextParallelProcessor,
+    LocalAttention,
+    PlanDeclaration,
+)
 
 _TOKENS = ContextParallelInput(split_dim=1, expected_dims=3)
 _GATHER = ContextParallelOutput(gather_dim=1, expected_dims=3)

@@ -40,13 +40,14 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from cp_hooks.verify.catalogue import ENTRIES, ModelEntry, entry_for_class
-from cp_hooks.verify.catalogue.modes import Mode
 from cp_hooks.config import ContextParallelConfig
+from cp_hooks.forward.tree import iter_tensors
 from cp_hooks.parallel import disable_parallelism, enable_parallelism
 from cp_hooks.plans.registry import registered_plan
 from cp_hooks.plans.specs import normalize_plan
 from cp_hooks.training import reduce_gradients
+from cp_hooks.verify.catalogue import ENTRIES, ModelEntry, entry_for_class
+from cp_hooks.verify.catalogue.modes import Mode
 
 FP32_TOL = 1e-5  # max |cp - reference| / max(1, max |reference|), fp32 (docs/architecture.md, Tolerances)
 # How long a rank that finished a case waits for the others before it concludes that they are stuck in a
@@ -111,13 +112,7 @@ def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> tuple[f
 
 def _tensors(output) -> list[torch.Tensor]:
     """Every tensor of a model output (tensor, tuple/list, dict or diffusers output), in order."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        output = list(output.values())
-    if isinstance(output, (list, tuple)):
-        return [t for item in output for t in _tensors(item)]
-    return []
+    return list(iter_tensors(output))
 
 
 def _to(value, device):
@@ -402,7 +397,7 @@ HOW_TO_DECLARE = (
     "(split_output=True for positional embeddings computed from the full sequence), mark cross-attention over "
     "replicated text LocalAttention() when it calls SDPA directly, and gather the final projection with "
     "ContextParallelOutput. Check it with `--plan my_module:PLAN`, then register it with "
-    "cp_hooks.register_plan(ModelClass, PLAN) (see README, 'Writing a plan for a new model')."
+    "cp_hooks.register_plan(ModelClass, PLAN) (see docs/models.md, 'Writing a plan for a new model')."
 )
 
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -103,8 +103,9 @@ class ModelEntry:
             object.__setattr__(self, "no_batch_split", "")
         unknown = set(self.forward_only_cases) - set(self.cases)
         if unknown or not all(str(reason).strip() for reason in self.forward_only_cases.values()):
-            raise ValueError(f"ModelEntry {self.class_name!r}: forward_only_cases maps cases of the entry to the reason "
-                             f"their gradients are not compared; unknown cases {sorted(unknown)} or an empty reason.")
+            raise ValueError(f"ModelEntry {self.class_name!r}: forward_only_cases maps cases of the entry to the "
+                             "reason their gradients are not compared; unknown cases "
+                             f"{sorted(unknown)} or an empty reason.")
         if not self.plan:
             raise ValueError(f"ModelEntry {self.class_name!r} has an empty plan.")
 

@@ -33,7 +33,7 @@ def _anyflow(config, g, frames=3, height=6, width=10, text=12, context=0, image=
 ENTRIES = [
     ModelEntry("AnyFlowTransformer3DModel", config=_ANYFLOW,
                cases={"t2v": _anyflow, "v2v": lambda c, g: _anyflow(c, g, context=1),
-                "i2v": lambda c, g: _anyflow(c, g, image=5)},
+                      "i2v": lambda c, g: _anyflow(c, g, image=5)},
                case_configs={"i2v": _I2V}, anything=True,
                note="per-frame timesteps expanded to tokens, split at the condition embedder's output; rotary dict "
                     "{query, key} split with a dict spec in every block; video-to-video (t = 0 context frames); "

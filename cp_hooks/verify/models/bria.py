@@ -5,8 +5,7 @@ input cases of its pipelines.
 import torch
 
 from cp_hooks.verify.catalogue import ModelEntry
-from cp_hooks.verify.catalogue._inputs import grid_ids, randn
-from cp_hooks.verify.catalogue._inputs import padding_mask
+from cp_hooks.verify.catalogue._inputs import grid_ids, padding_mask, randn
 
 _BRIA = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
              num_attention_heads=4, joint_attention_dim=32, axes_dims_rope=(4, 6, 6))
@@ -69,12 +68,12 @@ ENTRIES = [
                note="batched (B, S, 3) ids; negative and positive prompt in one batch"),
     ModelEntry("BriaFiboTransformer2DModel", config=_FIBO,
                cases={"t2i": _fibo, "edit": lambda c, g: _fibo(c, g, references=((3, 3),)),
-                "cfg": lambda c, g: _fibo(c, g, batch=2)}, anything=True,
+                      "cfg": lambda c, g: _fibo(c, g, batch=2)}, anything=True,
                note="per-block text-encoder layers split with the text; edit references; without the CFG "
                     "joint [text, image] padding mask (see the family file)"),
     ModelEntry("BriaFibo2Transformer2DModel", config=_FIBO2,
                cases={"t2i": _fibo2, "prompts": lambda c, g: _fibo2(c, g, valid=(9, 3)),
-                "edit": lambda c, g: _fibo2(c, g, context=((4, 6),))}, anything=True,
+                      "edit": lambda c, g: _fibo2(c, g, context=((4, 6),))}, anything=True,
                redraw=("layers.*.cross_attn_gate",),
                note="noise refiner and main blocks each split at their first block and gathered at their last "
                     "(.-1); batch of padded prompts with padded gist tokens; edit images; injection cross-attention"),

@@ -44,16 +44,17 @@ def _cosmos(config, g, text=8, frames=3, height=8, width=12, per_frame=False, fp
     if control:  # Cosmos Transfer: one control residual per block (every_n = 1)
         tokens = frames * (height // 2) * (width // 2)
         hidden = config["num_attention_heads"] * config["attention_head_dim"]
-        inputs["block_controlnet_hidden_states"] = [randn(g, batch, tokens, hidden) for _ in range(config["num_layers"])]
+        inputs["block_controlnet_hidden_states"] = [randn(g, batch, tokens, hidden)
+                                                    for _ in range(config["num_layers"])]
     return inputs
 
 
 ENTRIES = [
     ModelEntry("CosmosTransformer3DModel", config=_COSMOS,
                cases={"text2world": _cosmos,
-                "video2world_2": lambda c, g: _cosmos(c, g, per_frame=True),
-                "predict_2_5": lambda c, g: _cosmos(c, g, per_frame=True, fps=None),
-                "transfer_2_5": lambda c, g: _cosmos(c, g, per_frame=True, fps=None, control=True)},
+                      "video2world_2": lambda c, g: _cosmos(c, g, per_frame=True),
+                      "predict_2_5": lambda c, g: _cosmos(c, g, per_frame=True, fps=None),
+                      "transfer_2_5": lambda c, g: _cosmos(c, g, per_frame=True, fps=None, control=True)},
                case_configs={"text2world": _COSMOS1, "video2world_2": _COSMOS2, "predict_2_5": _COSMOS25,
                              "transfer_2_5": _TRANSFER25},
                note="Cosmos 1.0 learnable positions; 2.0 / 2.5 per-frame timesteps (per-token modulation split in "

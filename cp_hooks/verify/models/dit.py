@@ -50,6 +50,7 @@ def _vectorized(config, g, text=7):
 ENTRIES = [
     ModelEntry("DiTTransformer2DModel", config=_DIT, cases={"c2i": _dit}, note="class-conditional CFG batch"),
     ModelEntry("Transformer2DModel", config=_PATCHED, cases={"patched": _patched, "vq": _vectorized},
-               case_configs={"vq": _VECTORIZED}, note="patched input with text cross-attention (PixArt-alpha layout) and vectorized input "
+               case_configs={"vq": _VECTORIZED},
+               note="patched input with text cross-attention (PixArt-alpha layout) and vectorized input "
                     "(VQ-Diffusion); continuous input and patched input without cross-attention refused"),
 ]

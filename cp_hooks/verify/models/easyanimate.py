@@ -33,7 +33,7 @@ def _easyanimate(config, g, text=8, frames=2, height=8, width=12, extra=None):
 ENTRIES = [
     ModelEntry("EasyAnimateTransformer3DModel", config=_EASYANIMATE,
                cases={"t2v": _easyanimate, "inpaint": lambda c, g: _easyanimate(c, g, extra="inpaint"),
-                "control": lambda c, g: _easyanimate(c, g, extra="control")},
+                      "control": lambda c, g: _easyanimate(c, g, extra="control")},
                case_configs={"inpaint": _INPAINT, "control": _CONTROL},
                note="MMDiT and plain blocks; inpaint / control latents concatenated along channels"),
 ]

@@ -105,7 +105,7 @@ ENTRIES = [
     ModelEntry("Flux2Transformer2DModel", config=_FLUX2, cases={"t2i": _flux2}),
     ModelEntry("Flux3Transformer2DModel", config=_FLUX3,
                cases={"t2i": _flux3, "edit": lambda c, g: _flux3(c, g, references=((3, 3), (2, 3))),
-                "distilled": lambda c, g: _flux3(c, g, flow_map=True)},
+                      "distilled": lambda c, g: _flux3(c, g, flow_map=True)},
                case_configs={"distilled": dict(flow_map=True)}, anything=True,
                note="three token modes split with their own ids; two reference images of other sizes; "
                     "flow-map target_timestep; odd token counts"),

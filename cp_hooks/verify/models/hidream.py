@@ -38,12 +38,12 @@ def _train_mode(model, g):
 ENTRIES = [
     ModelEntry("HiDreamImageTransformer2DModel", config=_HIDREAM,
                cases={"t2i": _hidream, "non_square": lambda c, g: _hidream(c, g, height=8, width=10),
-                "train": lambda c, g: _hidream(c, g, height=8, width=10)},
+                      "train": lambda c, g: _hidream(c, g, height=8, width=10)},
                case_configs={"t2i": _INFERENCE, "non_square": _INFERENCE}, anything=True, prepare=_train_mode,
                note="image split at x_embedder, T5 and every Llama layer at their projections; one rotary table "
                     "over [image, text] and the padding mask (non-square) split by segments (\"image\", None); "
-                    "top-2 MoE; CFG batch; training branches with gradients through the experts; refuses cfg_degree > 1 "
-                    "(Llama stack batched in dim 1)"),
+                    "top-2 MoE; CFG batch; training branches with gradients through the experts; refuses "
+                    "cfg_degree > 1 (Llama stack batched in dim 1)"),
 ]
 
 UNSUPPORTED = {}

@@ -53,7 +53,7 @@ def _refiner(config, g, text=12, valid=(12, 5), frames=2, height=6, width=8):
 ENTRIES = [
     ModelEntry("HunyuanImageTransformer2DModel", config=_HUNYUAN_IMAGE,
                cases={"t2i": _hunyuan_image, "distilled": lambda c, g: _hunyuan_image(c, g, distilled=True),
-                "refiner": _refiner},
+                      "refiner": _refiner},
                case_configs={"distilled": _DISTILLED, "refiner": _REFINER},
                note="token refiner gets the whole text and mask (gathered inputs); ByT5 glyph text split; per-sample "
                     "text reordering on shards; distilled (guidance, MeanFlow) and the 5-D refiner"),

@@ -44,7 +44,7 @@ def _ideogram4(config, g, text_lengths=(4, 7), max_text=9, grid=(3, 5), uncondit
 ENTRIES = [
     ModelEntry("Ideogram4Transformer2DModel", config=_CONFIG,
                cases={"cond": _ideogram4, "uncond": lambda c, g: _ideogram4(c, g, unconditional=True),
-                "long_prompt": lambda c, g: _ideogram4(c, g, text_lengths=(11, 2), max_text=11, grid=(2, 3))},
+                      "long_prompt": lambda c, g: _ideogram4(c, g, text_lengths=(11, 2), max_text=11, grid=(2, 3))},
                anything=True,
                note="segment mask seg[q] == seg[k] built in forward over the whole packed [left-padded text, image] "
                     "sequence (segment_ids left whole; each rank takes its rows, each key block its columns); "

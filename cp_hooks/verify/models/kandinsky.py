@@ -135,19 +135,20 @@ def _kandinsky6_sr(config, g, batch=1, frames=3, height=16, width=16):
 ENTRIES = [
     ModelEntry("Kandinsky5Transformer3DModel", config=_K5,
                cases={"t2v": _kandinsky5, "t2i": lambda c, g: _kandinsky5(c, g, frames=1, height=10),
-                "i2v": lambda c, g: _kandinsky5(c, g, cond=True)},
-               case_configs={"i2v": _K5_I2V}, anything=True, note="split along the video's height rows (with visual_rope_pos[1]); text encoder blocks and "
+                      "i2v": lambda c, g: _kandinsky5(c, g, cond=True)},
+               case_configs={"i2v": _K5_I2V}, anything=True,
+               note="split along the video's height rows (with visual_rope_pos[1]); text encoder blocks and "
                     "cross-attention local; T2I single frame, I2V first-frame condition; nabla attention refused"),
     ModelEntry("Kandinsky6Transformer3DModel", config=_K6,
                cases={"t2va": _kandinsky6, "i2va": lambda c, g: _kandinsky6(c, g, image=True, audio=9, valid=9),
-                "t2v": lambda c, g: _kandinsky6(c, g, audio=0, height=6)},
+                      "t2v": lambda c, g: _kandinsky6(c, g, audio=0, height=6)},
                anything=True,
                note="fused video + audio blocks: the flattened video split at the first block and gathered at the "
                     "last (visual_transformer_blocks.-1), the audio from its embedding to its output layer; text "
                     "branches and text cross-attention local; I2V tail frame, video-only T2V, padded text"),
     ModelEntry("Kandinsky6SRTransformer3DModel", config=_K6_SR,
                cases={"tile": _kandinsky6_sr,
-                "tiles_batch": lambda c, g: _kandinsky6_sr(c, g, batch=2, frames=2, height=24, width=16)},
+                      "tiles_batch": lambda c, g: _kandinsky6_sr(c, g, batch=2, frames=2, height=24, width=16)},
                prepare=_sr_reference,
                note="NABLA sparse attention through a processor of the plan's own (ContextParallelProcessor): pooled "
                     "tile queries/keys all-gathered, the same block selection on every rank, one whole-sequence "

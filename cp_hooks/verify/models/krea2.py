@@ -16,7 +16,8 @@ _KREA2 = dict(in_channels=16, num_layers=2, attention_head_dim=16, num_attention
 def _krea2(config, g, text=9, prompts=(5, 3), suffix=2, height=3, width=5):
     batch = len(prompts)
     # [prompt | PAD | suffix]: the pipeline pads in the middle of the template
-    mask = torch.cat([padding_mask(batch, text - suffix, list(prompts)), torch.ones(batch, suffix, dtype=torch.bool)], 1)
+    mask = torch.cat([padding_mask(batch, text - suffix, list(prompts)),
+                      torch.ones(batch, suffix, dtype=torch.bool)], 1)
     return dict(
         hidden_states=randn(g, batch, height * width, config["in_channels"]),
         encoder_hidden_states=randn(g, batch, text, config["num_text_layers"], config["text_hidden_dim"]),

@@ -9,7 +9,8 @@ from cp_hooks.verify.catalogue._inputs import randn
 
 _FRAMES = 4
 _LATTE = dict(num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1,
-              cross_attention_dim=32, caption_channels=16, sample_size=8, patch_size=2, activation_fn="gelu-approximate",
+              cross_attention_dim=32, caption_channels=16, sample_size=8, patch_size=2,
+              activation_fn="gelu-approximate",
               norm_type="ada_norm_single", num_embeds_ada_norm=1000, norm_elementwise_affine=False, norm_eps=1e-6,
               video_length=_FRAMES)
 

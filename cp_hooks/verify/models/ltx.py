@@ -42,7 +42,7 @@ def _ltx(config, g, text=9, frames=2, height=4, width=6, conditioned=False, coor
 ENTRIES = [
     ModelEntry("LTXVideoTransformer3DModel", config=_LTX,
                cases={"t2v": _ltx, "i2v": lambda c, g: _ltx(c, g, conditioned=True),
-                "condition": lambda c, g: _ltx(c, g, conditioned=True, coords=True, extra=24)},
+                      "condition": lambda c, g: _ltx(c, g, conditioned=True, coords=True, extra=24)},
                note="CFG batch with a padded text mask; I2V / condition per-token timesteps and video_coords; "
                     "text cross-attention local (diffusers' _cp_plan fails on per-token timesteps)"),
 ]

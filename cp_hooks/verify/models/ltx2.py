@@ -52,14 +52,15 @@ def _ltx2(config, g, text=9, frames=2, height=4, width=6, audio_frames=7, i2v=Fa
     if v23:
         inputs.update(use_cross_timestep=True, spatio_temporal_guidance_blocks=[0],
                       perturbation_mask=torch.tensor([1.0, 0.0]),
-                      video_keyframes_mask=(torch.arange(tokens) < height * width).float()[None, :, None].repeat(batch, 1, 1))
+                      video_keyframes_mask=(torch.arange(tokens) < height * width).float()[None, :, None]
+                      .repeat(batch, 1, 1))
     return inputs
 
 
 ENTRIES = [
     ModelEntry("LTX2VideoTransformer3DModel", config=_LTX2,
                cases={"t2av": _ltx2, "i2av": lambda c, g: _ltx2(c, g, i2v=True),
-                "ltx2.3": lambda c, g: _ltx2(c, g, i2v=True, v23=True)},
+                      "ltx2.3": lambda c, g: _ltx2(c, g, i2v=True, v23=True)},
                case_configs={"ltx2.3": _LTX23}, anything=True,
                note="video and audio streams both split (cross-modal attention over sharded keys); odd audio length; "
                     "I2V per-token timestep; LTX-2.3 split rope, gated / perturbed attention (STG), keyframe marker"),

@@ -7,8 +7,8 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
-_CONFIG = dict(patch_size=1, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=16, num_attention_heads=2,
-               context_in_dim=24, mlp_ratio=2, axes_dims_rope=(4, 6, 6), causal_condition=True)
+_CONFIG = dict(patch_size=1, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=16,
+               num_attention_heads=2, context_in_dim=24, mlp_ratio=2, axes_dims_rope=(4, 6, 6), causal_condition=True)
 
 # Framing tokens of QwenImage21Pipeline's chat template after the system turn is dropped (only lengths matter):
 # "<|im_start|>user\n", "<imageN>", "<|im_end|>\n<|im_start|>assistant\n".
@@ -50,9 +50,9 @@ def qwenimage21_inputs(config, g, prompts=(7, 4), conditions=(), target=(1, 4, 6
 ENTRIES = [
     ModelEntry("QwenImage21Transformer2DModel", config=_CONFIG,
                cases={"t2i": qwenimage21_inputs,
-                "edit": lambda c, g: qwenimage21_inputs(c, g, prompts=(5, 2), conditions=((1, 4, 2), (1, 2, 6)),
+                      "edit": lambda c, g: qwenimage21_inputs(c, g, prompts=(5, 2), conditions=((1, 4, 2), (1, 2, 6)),
                                                         target=(1, 2, 6)),
-                "single": lambda c, g: qwenimage21_inputs(c, g, prompts=(9,), conditions=((1, 2, 6),),
+                      "single": lambda c, g: qwenimage21_inputs(c, g, prompts=(9,), conditions=((1, 2, 6),),
                                                           target=(1, 4, 2))},
                anything=True, redraw=("*norm*.weight",),
                note="block-causal attention through a processor of the plan's own (ContextParallelProcessor): the "

@@ -3,7 +3,6 @@ input cases of its pipelines.
 """
 
 import numpy as np
-
 import torch
 
 from cp_hooks.verify.catalogue import ModelEntry

@@ -191,11 +191,12 @@ ENTRIES = [
 
 UNSUPPORTED = {}
 
-# The generation pass as a checker case: `torchrun --nproc_per_node 2 -m cp_hooks check WanAnimate2Transformer3DModel
-# --entry cp_hooks.verify.models.wan_animate:GENERATION_ENTRIES [--backward]`. Its one-process reference is the dense-mask
-# twin of diffusers' processor (`prepare` installs WanAnimate2ReferenceProcessor: diffusers' flex attention has no
-# backward on CPU), so outputs and gradients are both checked; it is kept out of the catalogue (which runs every
-# case with diffusers' own processors), and tests/test_wan_animate2.py runs it in every mode against diffusers'.
+# The generation pass as a checker case: `torchrun --nproc_per_node 2 -m cp_hooks check
+# WanAnimate2Transformer3DModel --entry cp_hooks.verify.models.wan_animate:GENERATION_ENTRIES [--backward]`. Its
+# one-process reference is the dense-mask twin of diffusers' processor (`prepare` installs
+# WanAnimate2ReferenceProcessor: diffusers' flex attention has no backward on CPU), so outputs and gradients are
+# both checked; it is kept out of the catalogue (which runs every case with diffusers' own processors), and
+# tests/test_wan_animate2.py runs it in every mode against diffusers'.
 GENERATION_ENTRIES = [dataclasses.replace(
     ENTRIES[-1], cases={"generate": animate2_generate}, prepare=_generation_reference,
     note="the generation pass (kv_cache_mode=\"cached\", a cache written by one process): outputs and gradients "
