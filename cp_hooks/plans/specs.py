@@ -52,8 +52,9 @@ class ContextParallelInput:
             or rotary table built over [image, text] in `forward` and handed whole to every block.
 
     Example:
-        >>> ContextParallelInput(split_dim=1, expected_dims=3)
-        ContextParallelInput(split_dim=1, expected_dims=3, split_output=False, skip_other_dims=False, tag=None, segments=None)
+        >>> tokens = ContextParallelInput(split_dim=1, expected_dims=3)
+        >>> tokens.split_output, tokens.tag
+        (False, None)
         >>> key_mask = ContextParallelInput(split_dim=3, expected_dims=4, segments=("image", "text"))
     """
 

@@ -34,8 +34,10 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -205,7 +207,7 @@ def compare_parallel_backward(model, inputs: dict, config: ContextParallelConfig
     params = dict(model.named_parameters())
     model.zero_grad(set_to_none=True)
     try:
-        saved = contextlib.nullcontext
+        saved: Callable[[], Any] = contextlib.nullcontext
         try:
             ref_params, ref_inputs, outputs, weights = _reference_backward(model, inputs, params, seed, saved)
         except RuntimeError as e:
@@ -290,7 +292,7 @@ def _forward_with_leaves(model, inputs: dict) -> tuple[dict[str, torch.Tensor], 
 def _loss_weights(outputs: list[torch.Tensor], seed: int) -> list[torch.Tensor | None]:
     """A fixed random weight per floating-point output (None for the others), the same on every rank."""
     generator = torch.Generator().manual_seed(seed)
-    weights = []
+    weights: list[torch.Tensor | None] = []
     for out in outputs:
         if out.is_floating_point() and out.requires_grad:
             # Drawn on the CPU in float64 and then cast: the same numbers on every device and rank.
@@ -339,7 +341,7 @@ def _sum_over_group(grads: dict[str, torch.Tensor | None], leaves: dict[str, tor
     dist.all_reduce(anywhere, op=dist.ReduceOp.MAX, group=group)
     present = [n for n, flag in zip(names, anywhere.tolist()) if flag]
     if present:
-        full = [grads[n] if grads[n] is not None else torch.zeros_like(leaves[n]) for n in present]
+        full = [g if (g := grads[n]) is not None else torch.zeros_like(leaves[n]) for n in present]
         # Gradients share their leaf's dtype, and the inputs of one model one dtype in practice; a float64
         # buffer carries any floating-point dtype exactly.
         flat = torch.cat([g.reshape(-1).double() for g in full])
@@ -360,10 +362,12 @@ def _gradient_diff(kind: str, name: str, actual: torch.Tensor | None, expected: 
     missing = None
     if actual is None or expected is None:
         present = expected if actual is None else actual
+        assert present is not None  # one of the two, as checked above
         if bool(present.ne(0).any()):
             missing = "in the parallel run" if actual is None else "in the single-process run"
         zeros = torch.zeros_like(like)
-        actual, expected = (zeros, expected) if actual is None else (actual, zeros)
+        actual, expected = (zeros, present) if actual is None else (present, zeros)
+    assert actual is not None and expected is not None
     return GradientDiff(kind, name, tuple(like.shape), *relative_difference(actual, expected), tol, missing)
 
 
@@ -483,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     model_class = _resolve_class(args.model_class)
     plan = _load_plan(args.plan) if args.plan else None
     entry = _load_entry(args.entry, model_class) if args.entry else entry_for_class(model_class)
-    if plan is None and args.entry:
+    if plan is None and entry is not None and args.entry:
         plan = normalize_plan(entry.plan)  # the user's entry is checked with its own plan
     if plan is None and registered_plan(model_class) is None and not getattr(model_class, "_cp_plan", None):
         say(f"{model_class.__name__} has no context-parallel plan (none built in, no `_cp_plan`).\n{HOW_TO_DECLARE}")

@@ -48,4 +48,4 @@ ENTRIES = [
                     "with a padded text mask; cross-attention marked LocalAttention()"),
 ]
 
-UNSUPPORTED = {}
+UNSUPPORTED: dict[str, str] = {}

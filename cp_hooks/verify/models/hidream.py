@@ -46,4 +46,4 @@ ENTRIES = [
                     "cfg_degree > 1 (Llama stack batched in dim 1)"),
 ]
 
-UNSUPPORTED = {}
+UNSUPPORTED: dict[str, str] = {}

@@ -51,4 +51,4 @@ ENTRIES = [
                     "prompts of different lengths; the unconditional image-only pass"),
 ]
 
-UNSUPPORTED = {}
+UNSUPPORTED: dict[str, str] = {}

@@ -61,4 +61,4 @@ ENTRIES = [
                     "streams; references of other sizes; samples with different patch counts padded; CFG batch"),
 ]
 
-UNSUPPORTED = {}
+UNSUPPORTED: dict[str, str] = {}

@@ -157,4 +157,4 @@ ENTRIES = [
                     "backward on CPU)"),
 ]
 
-UNSUPPORTED = {}
+UNSUPPORTED: dict[str, str] = {}

@@ -79,4 +79,4 @@ ENTRIES = [
                     "batch with a left-padded negative prompt, two prompts, editing with two input images"),
 ]
 
-UNSUPPORTED = {}
+UNSUPPORTED: dict[str, str] = {}

@@ -3,7 +3,7 @@
 Each reason below says what in the model's `forward` rules a plan out.
 """
 
-ENTRIES = []
+ENTRIES: list = []
 
 UNSUPPORTED = {
     "T5FilmDecoder": (

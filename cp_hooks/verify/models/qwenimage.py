@@ -32,4 +32,4 @@ ENTRIES = [
                note="padded text mask (batch of 2 prompts); Edit-2511 reference image with zero_cond_t"),
 ]
 
-UNSUPPORTED = {}
+UNSUPPORTED: dict[str, str] = {}

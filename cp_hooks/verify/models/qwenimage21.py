@@ -60,4 +60,4 @@ ENTRIES = [
                     "2), two condition images of other sizes; the KV-cache steps in tests/test_qwenimage21_cache.py"),
 ]
 
-UNSUPPORTED = {}
+UNSUPPORTED: dict[str, str] = {}

@@ -189,7 +189,7 @@ ENTRIES = [
                     "extract-then-generate in tests/test_wan_animate2.py"),
 ]
 
-UNSUPPORTED = {}
+UNSUPPORTED: dict[str, str] = {}
 
 # The generation pass as a checker case: `torchrun --nproc_per_node 2 -m cp_hooks check
 # WanAnimate2Transformer3DModel --entry cp_hooks.verify.models.wan_animate:GENERATION_ENTRIES [--backward]`. Its
