@@ -1,4 +1,4 @@
-"""Convolutions on a slab: run the unchanged layer on the slab plus halo rows, keep the exact rows.
+"""Convolutions on a slab: the unchanged layer on the slab, its rows next to an interior edge redone with halos.
 
 One generic mechanism for every convolution-like layer (plain `Conv2d`/`Conv3d`, diffusers' causal 3-D
 convolutions with their temporal caches, padded stride-2 downsamplers): the layer is treated as a black box
@@ -7,17 +7,23 @@ stride `s` and top padding `p` — output row `o` reads input rows `s*o - p ... 
 output rows of this rank's slab, `[start/s, stop/s)`, it needs `up = p` rows above and
 `down = k_eff - p - s + 1` rows below its input slab. The wrapper
 
-1. fetches `hT = ceil(up/s)*s` rows above (a multiple of `s`, so the extended slab still starts on a row of
-   the stride's phase: local output j is global output `(start - hT)/s + j`) and `hB = down` rows below
-   (`halo.py`) — also for every other tensor argument of the slab's height (Wan's and CogVideoX's
-   temporal caches are slabs too, cached per rank by the unchanged parent code);
-2. calls the layer's own forward on the extended slab: its own padding (zeros, replicate, the causal time
-   padding, a `ZeroPad2d` before a stride-2 conv) applies at the extended slab's edges — which are the
-   global edges on rank 0 / the last rank, and halo-covered elsewhere;
-3. drops the `hT/s` output rows at the top and any rows past `stop/s`: those read the fake padding.
+1. fetches `hT = ceil(up/s)*s` rows from the rank above (a multiple of `s`, so that a window starting there
+   is still on the stride's phase) and `hB = down` rows from the rank below (`halo.py`) — also for every
+   other tensor argument of the slab's height (Wan's and CogVideoX's temporal caches are slabs too, cached
+   per rank by the unchanged parent code);
+2. calls the layer's own forward on the slab as it is: its own padding (zeros, replicate, the causal time
+   padding, a `ZeroPad2d` before a stride-2 conv) applies at the slab's edges — right at the global edges
+   (rank 0's top, the last rank's bottom), wrong only for the `ceil(p/s)` output rows at an interior top
+   edge and the few at an interior bottom edge that read past it;
+3. recomputes those rows from two small windows (halo rows + the slab rows they read; the layer's own
+   forward again) and writes them into the output in place.
 
-The redundant work is the halo rows only (one or two rows per layer). The "unit" wrapped is the module that
-owns the height padding: the conv itself when its `padding` covers height, else its parent that pads
+No copy of the slab is made, so a rank's memory is the whole image's divided by the ranks. A slab too thin
+for the windows (one or two rows, at the latent resolution) instead runs once on the slab with its halo
+rows concatenated and cuts the output rows that read the fake padding — also exact. Redundant work: the
+windows, a few rows per layer.
+
+The "unit" wrapped is the module that owns the height padding: the conv itself when its `padding` covers height, else its parent that pads
 (table `_PADDING_OWNERS`). A conv whose height padding is done by a module we do not know is refused.
 """
 
@@ -30,7 +36,7 @@ import torch
 from torch import nn
 
 from cp_hooks.vae import slab
-from cp_hooks.vae.halo import extend_with_halo
+from cp_hooks.vae.halo import extend_with_halo, fetch_halo
 
 
 class UnsupportedLayer(TypeError):
@@ -135,7 +141,16 @@ def find_units(root: nn.Module) -> dict[nn.Module, RowGeometry]:
 
 
 def make_unit_forward(module: nn.Module, geometry: RowGeometry, inner):
-    """A forward for `module` that runs `inner` (its previous forward) on the halo-extended slab.
+    """A forward for `module` that gives its slab's output rows exactly as on the whole image.
+
+    Two exact ways, chosen per call by the slab's height:
+    * edge windows (a slab that is tall compared with the kernel): the layer runs once on the slab as it is
+      — every output row is right except the few next to an interior edge, which read the layer's padding
+      instead of the neighbour's rows — and those rows are recomputed from two small windows (halo rows plus
+      the slab rows they need) and written in place. No copy of the slab: the memory is the whole image's
+      divided by the ranks.
+    * extended slab (a thin slab, e.g. at the latent resolution): the layer runs once on the slab with its
+      halo rows concatenated, and the rows that read the fake padding are cut off.
 
     Args:
         module: the unit.
@@ -145,6 +160,17 @@ def make_unit_forward(module: nn.Module, geometry: RowGeometry, inner):
     Returns:
         The replacement forward (installed as an instance attribute by `api.py`).
     """
+    s, p, reach = geometry.stride, geometry.pad_top, geometry.reach
+
+    def call(args, kwargs, slots, tensors):
+        args, kwargs = list(args), dict(kwargs)
+        for (kind, i), t in zip(slots, tensors):
+            if kind == "a":
+                args[i] = t
+            else:
+                kwargs[i] = t
+        out = inner(*args, **kwargs)
+        return out, (out[0] if isinstance(out, tuple) else out)
 
     def forward(*args, **kwargs):
         layout = slab.current()
@@ -153,28 +179,38 @@ def make_unit_forward(module: nn.Module, geometry: RowGeometry, inner):
         x = args[0]
         height = x.shape[-2]
         start, stop, sizes = layout.rows(height)
+        last = layout.rank == layout.world - 1
         top = geometry.halo_top if layout.rank > 0 else 0
-        bottom = geometry.halo_bottom if layout.rank < layout.world - 1 else 0
-        # The slab's other tensors of the same height (temporal caches) are extended the same way, so the
-        # layer's own concatenation along time sees matching heights.
+        bottom = geometry.halo_bottom if not last else 0
+        # The slab's other tensors of the same height (temporal caches) take the same rows, so the layer's own
+        # concatenation along time sees matching heights.
         slots = [("a", i) for i, a in enumerate(args) if torch.is_tensor(a) and a.ndim == x.ndim and a.shape[-2] == height]
         slots += [("k", k) for k, v in kwargs.items() if torch.is_tensor(v) and v.ndim == x.ndim and v.shape[-2] == height]
-        args, kwargs = list(args), dict(kwargs)
-        extended = extend_with_halo([args[i] if kind == "a" else kwargs[i] for kind, i in slots],
-                                    geometry.halo_top, geometry.halo_bottom, layout, sizes)
-        for (kind, i), t in zip(slots, extended):
-            if kind == "a":
-                args[i] = t
-            else:
-                kwargs[i] = t
-        out = inner(*args, **kwargs)
-        first = out[0] if isinstance(out, tuple) else out
-        s = geometry.stride
-        keep_from = top // s
-        if layout.rank < layout.world - 1:
-            first = first[..., keep_from: keep_from + (stop - start) // s, :]
+        tensors = [args[i] if kind == "a" else kwargs[i] for kind, i in slots]
+        keep = (stop - start) // s
+        n_top = -(-p // s) if top else 0                      # outputs that read rows above the slab
+        top_rows = s * (n_top - 1) - p + reach + 1            # slab rows those outputs read
+        first_bad = -(-(stop + p - reach) // s) if bottom else stop // s   # first output reading rows below
+        window_start = s * (first_bad - -(-p // s))           # stride-aligned, covers that output's top padding
+        if top_rows <= height and window_start >= start and n_top <= first_bad - start // s:
+            # The same exchange as the other path (a rank's neighbours may take either path).
+            halos = fetch_halo(tensors, geometry.halo_top, geometry.halo_bottom, layout, sizes)
+            out, first = call(args, kwargs, [], [])
+            if not last:
+                first = first[..., :keep, :]
+            if n_top:
+                _, fixed = call(args, kwargs, slots, [torch.cat([above, t[..., :top_rows, :]], dim=-2)
+                                                      for t, (above, _) in zip(tensors, halos)])
+                first[..., :n_top, :] = fixed[..., top // s: top // s + n_top, :]
+            if bottom and first_bad < stop // s:
+                _, fixed = call(args, kwargs, slots, [torch.cat([t[..., window_start - start:, :], below], dim=-2)
+                                                      for t, (_, below) in zip(tensors, halos)])
+                lo = first_bad - window_start // s
+                first[..., first_bad - start // s:, :] = fixed[..., lo: lo + stop // s - first_bad, :]
         else:
-            first = first[..., keep_from:, :]
+            extended = extend_with_halo(tensors, geometry.halo_top, geometry.halo_bottom, layout, sizes)
+            out, first = call(args, kwargs, slots, extended)
+            first = first[..., top // s: top // s + keep, :] if not last else first[..., top // s:, :]
         return (first,) + tuple(out[1:]) if isinstance(out, tuple) else first
 
     forward.__name__ = "forward"

@@ -23,7 +23,14 @@ HALO_PAYLOAD = "vae_halo"
 
 def extend_with_halo(tensors: list[torch.Tensor], up: int, down: int, layout: SlabLayout,
                      sizes: list[int]) -> list[torch.Tensor]:
-    """Return each tensor with `up` neighbour rows prepended and `down` appended along dim -2.
+    """Return each tensor with `up` neighbour rows prepended and `down` appended along dim -2 (`fetch_halo`)."""
+    return [torch.cat([p for p in (top, t, bottom) if p is not None], dim=-2) if (top is not None or bottom is not None)
+            else t for t, (top, bottom) in zip(tensors, fetch_halo(tensors, up, down, layout, sizes))]
+
+
+def fetch_halo(tensors: list[torch.Tensor], up: int, down: int, layout: SlabLayout,
+               sizes: list[int]) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """The `up` rows above and `down` rows below each tensor's slab, from the neighbouring ranks.
 
     Args:
         tensors: this rank's slabs (same height), e.g. a convolution's input and its temporal cache.
@@ -33,7 +40,7 @@ def extend_with_halo(tensors: list[torch.Tensor], up: int, down: int, layout: Sl
         sizes: every rank's slab height at this resolution (`layout.rows(h)[2]`).
 
     Returns:
-        The extended tensors, in order.
+        For each tensor, (rows from above or None on rank 0, rows from below or None on the last rank).
 
     Raises:
         RuntimeError: a neighbour's slab is thinner than the halo it must send (cannot happen with the
@@ -67,10 +74,9 @@ def extend_with_halo(tensors: list[torch.Tensor], up: int, down: int, layout: Sl
                 bottom = t.new_empty(t.shape[:-2] + (down, t.shape[-1]))
                 ops.append(dist.P2POp(dist.irecv, bottom, layout.global_rank(rank + 1), layout.group))
                 recv_bytes += bottom.numel() * bottom.element_size()
-        received.append((t, top, bottom))
+        received.append((top, bottom))
     if ops:
         for request in dist.batch_isend_irecv(ops):
             request.wait()
         comm._record("send_recv", sent_bytes, recv_bytes, payload=HALO_PAYLOAD)
-    return [torch.cat([p for p in (top, t, bottom) if p is not None], dim=-2) if (top is not None or bottom is not None)
-            else t for t, top, bottom in received]
+    return received
