@@ -20,6 +20,7 @@ import queue
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -323,7 +324,7 @@ def _error(status: int, message: str, kind: str, param: str | None = None, heade
                         content={"error": {"message": message, "type": kind, "param": param, "code": None}})
 
 
-def _validation_message(errors: list[dict], fields: list[str]) -> tuple[str, str | None]:
+def _validation_message(errors: Sequence[Any], fields: list[str]) -> tuple[str, str | None]:
     """A readable message (and the first field) from pydantic / FastAPI validation errors."""
     parts, param = [], None
     for err in errors[:5]:
@@ -413,8 +414,9 @@ def create_app(service: Service):
         except ServiceUnavailable as exc:
             return answer(503, _error(503, f"service unavailable: {exc}", "service_unavailable",
                                       headers={"Retry-After": "5"}))
-        if video:
-            data = await run_in_threadpool(lambda: [{"frames": [_png_b64(f) for f in frames], "fps": request.fps}
+        if isinstance(request, VideoRequest):
+            fps = request.fps
+            data = await run_in_threadpool(lambda: [{"frames": [_png_b64(f) for f in frames], "fps": fps}
                                                     for frames in outcome.output])
         else:
             data = await run_in_threadpool(lambda: [{"b64_json": _png_b64(image)} for image in outcome.output])

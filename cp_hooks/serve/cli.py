@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 SHUTDOWN_LINGER_S = 3.0  # after a fatal error, rank 0 keeps answering 503 this long before exiting
 
@@ -77,7 +78,8 @@ class _Signals:
 
     def __init__(self) -> None:
         self.received: int | None = None
-        self.on_signal = None  # rank 0: refuse new requests at once (they would only wait to be refused)
+        # Rank 0: refuse new requests at once (they would only wait to be refused).
+        self.on_signal: Callable[[], None] | None = None
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
@@ -119,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     signals = _Signals()
 
-    http = service = None
+    http: _HttpServer | None = None
+    service: Service | None = None
+    sock: socket.socket | None = None
     if rank == 0:
         # Bind before anything slow, so that a taken port fails at once with a clear message, and /health
         # answers 503 ("loading") while the ranks load the model.
@@ -186,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
 
     worker = Worker(pipe, channel, device)
     if rank == 0:
-        _configure(service, args, pipe, config, world, worker)
+        assert service is not None
+        _configure(service, args, pipe, config, worker)
         service.ready(describe_mode(config))
         _log(f"serving {args.model} on http://{args.host}:{args.port} with {world} ranks ({service.mode})")
 
@@ -201,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         if service is not None:
             service.stop("failed", f"a rank failed ({cause}); the service is exiting (a supervisor should restart it)")
             time.sleep(SHUTDOWN_LINGER_S)  # answer 503 meanwhile, so that clients learn why
+        if http is not None:
             http.stop(timeout=2)
         # The process groups are broken (a peer is gone or out of step): tearing them down could block, so
         # leave without it. Exit status 1 tells a supervisor (torchrun, systemd, Kubernetes) to restart.
@@ -208,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(1)
 
     # Graceful: every rank left the loop at the same message.
-    if service is not None:
+    if http is not None:
         http.stop()
     if config is not None:
         disable_parallelism(pipe)
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _configure(service, args, pipe, config, world: int, worker) -> None:
+def _configure(service, args, pipe, config, worker) -> None:
     """Fill rank 0's limits and defaults from the loaded pipeline."""
     from cp_hooks.serve.worker import call_defaults
 

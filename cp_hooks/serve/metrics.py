@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 # Request latency buckets, in seconds: from a tiny model on CPUs (tens of milliseconds) to a large one (minutes).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -89,7 +89,8 @@ class Metrics:
             header("cp_hooks_serve_pipeline_seconds_total", "counter",
                    "Seconds the ranks spent in successful pipeline calls (steps_total / this = mean steps per second).")
             out.append(f"cp_hooks_serve_pipeline_seconds_total {self._pipeline_seconds!r}")
-            header("cp_hooks_serve_steps_per_second", "gauge", "Denoising steps per second of the last successful request.")
+            header("cp_hooks_serve_steps_per_second", "gauge",
+                   "Denoising steps per second of the last successful request.")
             out.append(f"cp_hooks_serve_steps_per_second {self._last_steps_per_second!r}")
             header("cp_hooks_serve_images_total", "counter", "Images (or videos) generated.")
             out.append(f"cp_hooks_serve_images_total {self._images}")

@@ -29,7 +29,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -96,7 +96,8 @@ def build_pipeline(model: str, dtype: torch.dtype, device: torch.device, heads: 
     return pipe
 
 
-def build_config(device: torch.device, ulysses: int | None, ring: int, cfg: int, rotate_method: str,
+def build_config(device: torch.device, ulysses: int | None, ring: int, cfg: int,
+                 rotate_method: Literal["allgather", "alltoall"],
                  anything: bool, timeout_s: float) -> ContextParallelConfig | None:
     """The context-parallel config over every rank, or None in a single process.
 
@@ -119,9 +120,11 @@ def build_config(device: torch.device, ulysses: int | None, ring: int, cfg: int,
 
     names, shape = ("cfg", "ring", "ulysses"), (cfg, ring, ulysses)
     mesh = None
+    override: dict[int | str, Any] | None
     try:
         backend = {"cpu": "gloo", "cuda": "nccl"}[device.type]
-        options = dist.ProcessGroupGloo._Options() if backend == "gloo" else dist.ProcessGroupNCCL.Options()
+        options: Any = (dist.ProcessGroupGloo._Options() if backend == "gloo"  # type: ignore[attr-defined]
+                        else dist.ProcessGroupNCCL.Options())
         options._timeout = datetime.timedelta(seconds=timeout_s)
         override = {name: (backend, options) for name in names}
     except (KeyError, AttributeError, TypeError):  # another device, or a torch without these options
@@ -235,9 +238,9 @@ class Worker:
                 if decided[0] == OK:
                     agree(OK)  # agreement point 3: every rank finished
         seconds = time.perf_counter() - start
-        for exc in error:
+        for failure in error:
             print(f"[cp_hooks serve] rank {self.rank}: request {message.get('id')} failed:\n"
-                  + "".join(traceback.format_exception(exc)), file=sys.stderr, flush=True)
+                  + "".join(traceback.format_exception(failure)), file=sys.stderr, flush=True)
         status = decided[0]
         outcome = Outcome(status=status, output=output if status == OK else None, steps=steps[0], seconds=seconds)
         if status == FAILED:

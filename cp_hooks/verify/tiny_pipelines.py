@@ -80,7 +80,7 @@ def t5_tokenizer():
 def _t5_encoder(vocab_size: int = 128, d_model: int = 32):
     from transformers import T5Config, T5EncoderModel
 
-    return T5EncoderModel(T5Config(
+    return T5EncoderModel(T5Config(  # type: ignore[call-arg]  # the stubs lack decoder_start_token_id
         vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     )).eval()
@@ -213,8 +213,12 @@ def tiny_qwenimage_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head
         heads, head_dim: attention heads of the transformer (Ulysses needs heads divisible by its degree;
             head_dim a multiple of 16 for the rotary axes).
     """
-    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
-                           QwenImageTransformer2DModel)
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
 
     torch.manual_seed(seed)
     rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
@@ -343,8 +347,12 @@ def tiny_hunyuan_video_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, 
         heads, head_dim: attention heads of the transformer (Ulysses needs heads divisible by its degree;
             head_dim a multiple of 16 for the 3-D rotary axes).
     """
-    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
-                           HunyuanVideoTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
 
     torch.manual_seed(seed)
     rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
@@ -389,8 +397,12 @@ def tiny_longcat_image_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, 
             head_dim a multiple of 16 for the rotary axes).
         text_tokens: text tokens of every prompt.
     """
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, LongCatImagePipeline,
-                           LongCatImageTransformer2DModel)
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        LongCatImagePipeline,
+        LongCatImageTransformer2DModel,
+    )
 
     torch.manual_seed(seed)
     rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
