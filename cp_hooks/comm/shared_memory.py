@@ -62,15 +62,15 @@ _NAP_S = 2e-5  # ranks outnumber cores: sleep between polls from the start
 _LIVENESS_EVERY_S = 0.1
 _DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default for gloo groups
 
-_TRANSPORTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # group -> transport, or None: gloo
-_WHY_NOT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # group -> reasons it keeps gloo
-_KEPT_ON_GLOO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # groups pinned by keep_gloo()
+_TRANSPORTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # group -> transport, or None: gloo
+_WHY_NOT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # group -> reasons it keeps gloo
+_KEPT_ON_GLOO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # groups pinned by keep_gloo()
 # Transports whose newest data file is still named (a peer may not have mapped it yet), held here until it is
 # unlinked (at their next call, or at exit). They hold no reference to their group.
-_PENDING: "set[SharedMemoryAllToAll]" = set()
+_PENDING: set[SharedMemoryAllToAll] = set()
 
 
-def transport_for(group, x: torch.Tensor) -> "SharedMemoryAllToAll | None":
+def transport_for(group, x: torch.Tensor) -> SharedMemoryAllToAll | None:
     """The group's shared-memory transport, probing (collectively) at the group's first CPU all-to-all.
 
     Returns None when the group keeps gloo. Must be called by every rank of the group at the same
@@ -249,7 +249,7 @@ class SharedMemoryAllToAll:
 
     # ------------------------------------------------------------------ set-up
     @classmethod
-    def probe(cls, group) -> "tuple[SharedMemoryAllToAll | None, list[str]]":
+    def probe(cls, group) -> tuple[SharedMemoryAllToAll | None, list[str]]:
         """Collective: whether every rank can share /dev/shm with the group's first rank.
 
         Group rank 0 creates a control file named with a random token; every rank maps it and checks the

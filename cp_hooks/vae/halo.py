@@ -78,5 +78,5 @@ def fetch_halo(tensors: list[torch.Tensor], up: int, down: int, layout: SlabLayo
     if ops:
         for request in dist.batch_isend_irecv(ops):
             request.wait()
-        comm._record("send_recv", sent_bytes, recv_bytes, payload=HALO_PAYLOAD)
+        comm.record("send_recv", sent_bytes, recv_bytes, payload=HALO_PAYLOAD)
     return received
