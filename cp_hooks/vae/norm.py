@@ -2,10 +2,11 @@
 
 `nn.GroupNorm` normalises each (sample, group) over channels-in-group x all positions; a rank holds only its
 rows of those positions. Each rank computes, in fp32 per (sample, group), its count n_r, mean m_r and sum
-of squared deviations M2_r; one all-gather of these three numbers (the whole-image statistics need every
+of squared deviations M2_r (`var_mean`: no temporary of the slab's size); one all-gather of these three numbers (the whole-image statistics need every
 rank's) and Chan's parallel merge give `mean = sum n_r m_r / N`, `M2 = sum M2_r + sum n_r (m_r - mean)^2`,
 `var = M2 / N` (biased, as GroupNorm) — exact for uneven slabs (counts are per rank) and free of the
-cancellation of a sum / sum-of-squares reduction. The merge runs in float64 on 3·B·G numbers.
+cancellation of a sum / sum-of-squares reduction. The merge runs in float64 on 3·B·G numbers, and the
+normalisation with the affine is one fused `x * scale + shift` per (sample, channel).
 
 Norms that normalise each position over channels only (Wan's and QwenImage's RMS norms, LTX's RMSNorm,
 BatchNorm in eval mode) are local and left alone.
@@ -39,23 +40,28 @@ def make_group_norm_forward(module: nn.GroupNorm, inner):
             return inner(x)
         batch, channels = x.shape[:2]
         groups = module.num_groups
-        xf = x.float().reshape(batch, groups, -1)
+        xf = x.reshape(batch, groups, -1)
         count = xf.shape[-1]
-        mean = xf.mean(-1)
-        m2 = (xf - mean.unsqueeze(-1)).square().sum(-1)
-        local = torch.stack([torch.full_like(mean, count), mean, m2]).double()       # (3, B, G)
+        var, mean = torch.var_mean(xf.float() if x.dtype != torch.float32 else xf, dim=-1, unbiased=False)
+        local = torch.stack([torch.full_like(mean, count), mean, var * count]).double()   # (3, B, G): n, mean, M2
         # Every rank needs every other rank's (n, mean, M2): one all-gather of 3·B·G numbers.
         stats = comm.all_gather(local.unsqueeze(0), None, layout.group, dim=0, payload=NORM_PAYLOAD)
-        n, means, m2s = stats[:, 0], stats[:, 1], stats[:, 2]                         # (world, B, G)
+        n, means, m2s = stats[:, 0], stats[:, 1], stats[:, 2]                             # (world, B, G)
         total = n.sum(0)
         global_mean = (n * means).sum(0) / total
         global_m2 = m2s.sum(0) + (n * (means - global_mean).square()).sum(0)
-        var = (global_m2 / total).float()
-        y = (xf - global_mean.float().unsqueeze(-1)) * torch.rsqrt(var.unsqueeze(-1) + module.eps)
-        y = y.reshape(x.shape)
+        rstd = torch.rsqrt(global_m2 / total + module.eps)                                 # (B, G), float64
+        # y = (x - mean) * rstd * weight + bias = x * scale + shift, per (sample, channel): one fused pass over
+        # the slab and no temporary of its size.
+        per_channel = channels // groups
+        scale = rstd.repeat_interleave(per_channel, dim=1)
+        shift = -(global_mean.repeat_interleave(per_channel, dim=1)) * scale
         if module.affine:
-            shape = (1, channels) + (1,) * (x.ndim - 2)
-            y = y * module.weight.float().reshape(shape) + module.bias.float().reshape(shape)
+            scale = scale * module.weight.double()
+            shift = shift * module.weight.double() + module.bias.double()
+        shape = (batch, channels) + (1,) * (x.ndim - 2)
+        compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        y = torch.addcmul(shift.to(compute).reshape(shape), x.to(compute), scale.to(compute).reshape(shape))
         return y.to(x.dtype)
 
     forward.__name__ = "forward"
