@@ -10,7 +10,13 @@ from cp_hooks.config import ContextParallelConfig
 from cp_hooks.launch import init_distributed, shutdown_distributed
 from cp_hooks.parallel import disable_parallelism, enable_parallelism, is_parallelized
 from cp_hooks.plans.registry import get_plan, register_plan
-from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput, ContextParallelProcessor, LocalAttention, UnsupportedConfig
+from cp_hooks.plans.specs import (
+    ContextParallelInput,
+    ContextParallelOutput,
+    ContextParallelProcessor,
+    LocalAttention,
+    UnsupportedConfig,
+)
 from cp_hooks.training import reduce_gradients
 
 __version__ = "0.1.0"

@@ -11,26 +11,26 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from cp_hooks.config import ContextParallelConfig
+from cp_hooks.compat import caches
 from cp_hooks.compat.diffusers_config import as_cp_hooks_config, refuse_diffusers_parallelism
-from cp_hooks.runtime import ContextParallelRuntime
-from cp_hooks.forward.cfg import CfgBatchHook
+from cp_hooks.compat.offload import InputDeviceHook, execution_device
 from cp_hooks.compat.sequential_cfg import SequentialCfg, supports_sequential
+from cp_hooks.config import ContextParallelConfig
+from cp_hooks.forward.cfg import CfgBatchHook
 from cp_hooks.forward.consistency import ConsistencyHook
 from cp_hooks.forward.context import ForwardContextHook, ModelContext
 from cp_hooks.forward.hooks import HookRegistry, ModelHook
-from cp_hooks.compat import caches
-from cp_hooks.routing.hook import AttentionRoutingHook
-from cp_hooks.compat.offload import InputDeviceHook, execution_device
 from cp_hooks.forward.planned_modules import PlannedModulesHook
+from cp_hooks.forward.shard_hooks import GatherHook, ReplicatedOutputHook, SplitHook
+from cp_hooks.plans.pipelines import is_pipeline, parallel_components
+from cp_hooks.plans.registry import get_plan, refuse_unsupported
+from cp_hooks.plans.resolve import resolve_modules
+from cp_hooks.plans.specs import ContextParallelProcessor, LocalAttention
+from cp_hooks.routing.hook import AttentionRoutingHook
 from cp_hooks.routing.patches import PatchLease
 from cp_hooks.routing.processor_swap import ProcessorSwap
 from cp_hooks.routing.sdpa import LocalAttentionHook
-from cp_hooks.plans.pipelines import is_pipeline, parallel_components
-from cp_hooks.plans.registry import get_plan, refuse_unsupported
-from cp_hooks.plans.specs import ContextParallelProcessor, LocalAttention
-from cp_hooks.plans.resolve import resolve_modules
-from cp_hooks.forward.shard_hooks import GatherHook, ReplicatedOutputHook, SplitHook
+from cp_hooks.runtime import ContextParallelRuntime
 
 _STATE_ATTR = "_cp_hooks_state"
 _PIPELINE_ATTR = "_cp_hooks_components"  # on a pipeline: the (name, module) pairs it parallelized
