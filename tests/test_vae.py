@@ -54,7 +54,8 @@ def parity_cases(cases, dtype_name: str = "float32") -> list[str]:
         split = rows >= dist.get_world_size()
         if (out.shape != ref.shape or not torch.isfinite(ref).all() or not err <= tol or not torch.equal(again, ref)
                 or (halo > 0) != split):
-            failures.append(line + f" shape {tuple(out.shape)} vs {tuple(ref.shape)} restored={torch.equal(again, ref)}")
+            failures.append(f"{line} shape {tuple(out.shape)} vs {tuple(ref.shape)} "
+                            f"restored={torch.equal(again, ref)}")
     if failures:
         raise AssertionError("\n".join(failures))
     return lines
@@ -80,7 +81,8 @@ def test_video_vaes(pool, world):
 
 # Too small to split (fewer latent rows than ranks): the whole decode/encode on every rank, same result.
 SMALL = [("kl", 1, "decode"), ("kl", 1, "encode"), ("wan21", 1, "decode")]
-BF16 = [("kl3", 5, "decode"), ("kl", 5, "encode"), ("wan21", 5, "decode"), ("qwen", 5, "decode"), ("hunyuan", 5, "decode")]
+BF16 = [("kl3", 5, "decode"), ("kl", 5, "encode"), ("wan21", 5, "decode"), ("qwen", 5, "decode"),
+        ("hunyuan", 5, "decode")]
 
 
 def restore_and_tiling() -> list[str]:

@@ -33,8 +33,13 @@ from torch import nn
 
 from cp_hooks import comm
 from cp_hooks.vae import slab
-from cp_hooks.vae.attention import (LOCAL_PROCESSORS, SPATIAL_PROCESSORS, WAN_ATTENTION_CLASSES, SlabAttnProcessor,
-                                    make_wan_attention_forward)
+from cp_hooks.vae.attention import (
+    LOCAL_PROCESSORS,
+    SPATIAL_PROCESSORS,
+    WAN_ATTENTION_CLASSES,
+    SlabAttnProcessor,
+    make_wan_attention_forward,
+)
 from cp_hooks.vae.conv import UnsupportedLayer, find_units, make_unit_forward
 from cp_hooks.vae.norm import find_group_norms, make_group_norm_forward
 

@@ -23,7 +23,8 @@ for the windows (one or two rows, at the latent resolution) instead runs once on
 rows concatenated and cuts the output rows that read the fake padding — also exact. Redundant work: the
 windows, a few rows per layer.
 
-The "unit" wrapped is the module that owns the height padding: the conv itself when its `padding` covers height, else its parent that pads
+The "unit" wrapped is the module that owns the height padding: the conv itself when its `padding` covers
+height, else its parent that pads
 (table `_PADDING_OWNERS`). A conv whose height padding is done by a module we do not know is refused.
 """
 
@@ -184,8 +185,11 @@ def make_unit_forward(module: nn.Module, geometry: RowGeometry, inner):
         bottom = geometry.halo_bottom if not last else 0
         # The slab's other tensors of the same height (temporal caches) take the same rows, so the layer's own
         # concatenation along time sees matching heights.
-        slots = [("a", i) for i, a in enumerate(args) if torch.is_tensor(a) and a.ndim == x.ndim and a.shape[-2] == height]
-        slots += [("k", k) for k, v in kwargs.items() if torch.is_tensor(v) and v.ndim == x.ndim and v.shape[-2] == height]
+        def same_slab(t):
+            return torch.is_tensor(t) and t.ndim == x.ndim and t.shape[-2] == height
+
+        slots = [("a", i) for i, a in enumerate(args) if same_slab(a)]
+        slots += [("k", k) for k, v in kwargs.items() if same_slab(v)]
         tensors = [args[i] if kind == "a" else kwargs[i] for kind, i in slots]
         keep = (stop - start) // s
         n_top = -(-p // s) if top else 0                      # outputs that read rows above the slab

@@ -2,8 +2,9 @@
 
 `nn.GroupNorm` normalises each (sample, group) over channels-in-group x all positions; a rank holds only its
 rows of those positions. Each rank computes, in fp32 per (sample, group), its count n_r, mean m_r and sum
-of squared deviations M2_r (`var_mean`: no temporary of the slab's size); one all-gather of these three numbers (the whole-image statistics need every
-rank's) and Chan's parallel merge give `mean = sum n_r m_r / N`, `M2 = sum M2_r + sum n_r (m_r - mean)^2`,
+of squared deviations M2_r (`var_mean`: no temporary of the slab's size); one all-gather of these three
+numbers (the whole-image statistics need every rank's) and Chan's parallel merge give
+`mean = sum n_r m_r / N`, `M2 = sum M2_r + sum n_r (m_r - mean)^2`,
 `var = M2 / N` (biased, as GroupNorm) — exact for uneven slabs (counts are per rank) and free of the
 cancellation of a sum / sum-of-squares reduction. The merge runs in float64 on 3·B·G numbers, and the
 normalisation with the affine is one fused `x * scale + shift` per (sample, channel).
