@@ -43,6 +43,8 @@ class Mode:
     transport: str = "default"  # "gloo": the Ulysses all-to-alls kept on gloo (CPU), to compare with shared memory
     config: object = field(default=None, repr=False)
     compile_backend: str | None = None  # set: this mode's own copy of the model, under torch.compile(backend=...)
+    comm_dtype: object = None  # ContextParallelConfig.comm_dtype: what attention's tensors travel in
+    comm_fp8_keys: bool = False
 
     @property
     def compiled(self) -> bool:
@@ -60,6 +62,10 @@ class Mode:
             return "one process" + compiled
         method = f", {self.rotate_method}" if self.ring > 1 else ""
         over = ", all-to-all over gloo" if self.transport == "gloo" else ""
+        if self.comm_dtype is not None:
+            fp8 = self.comm_dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+            keys = (", fp8 keys" if self.comm_fp8_keys else ", bf16 keys") if fp8 else ""
+            over += f", {str(self.comm_dtype).removeprefix('torch.')} communication{keys}"
         return f"{self.kind}: ring {self.ring} x ulysses {self.ulysses}{method}{over}{compiled}"
 
     def wrap(self, run):
@@ -105,8 +111,17 @@ def cp_modes(world: int, heads: int, device_type: str) -> list[Mode]:
         uly = world // ring
         if ring * uly == world and uly > 1 and heads % uly == 0:
             modes.append(Mode(f"hybrid-r{ring}u{uly}", "cp_hooks", ring, uly, "alltoall"))
+    # Lower-precision communication (docs/comm_precision.md) beside full precision, in the same launch: the
+    # model's own dtype against bf16 and fp8 payloads (fp8 with bf16 keys for Ulysses, fp8 keys for the ring).
+    if world > 1 and heads % world == 0:
+        modes.append(Mode("ulysses-bf16comm", "cp_hooks", 1, world, comm_dtype=torch.bfloat16))
+        modes.append(Mode("ulysses-fp8comm", "cp_hooks", 1, world, comm_dtype=torch.float8_e4m3fn))
+    if world > 1:
+        modes.append(Mode("ring-alltoall-fp8comm", "cp_hooks", world, 1, "alltoall", comm_dtype=torch.float8_e4m3fn,
+                          comm_fp8_keys=True))
     for m in modes:
-        m.config = ContextParallelConfig(ring_degree=m.ring, ulysses_degree=m.ulysses, rotate_method=m.rotate_method)
+        m.config = ContextParallelConfig(ring_degree=m.ring, ulysses_degree=m.ulysses, rotate_method=m.rotate_method,
+                                         comm_dtype=m.comm_dtype, comm_fp8_keys=m.comm_fp8_keys)
         m.config.setup(_mesh(device_type, m.ring, m.ulysses))
     return modes
 
@@ -117,15 +132,16 @@ COMPILED_SUFFIX = "-compiled"
 def compiled_modes(modes: list[Mode], device_type: str, backend: str) -> list[Mode]:
     """The compiled counterpart of one process, of every cp_hooks mode, and of diffusers' Ulysses.
 
-    `ulysses-gloo` is left out (it differs from `ulysses` only in the transport, compiled or not) and so is
+    `ulysses-gloo` is left out (it differs from `ulysses` only in the transport, compiled or not), and so are the
+    lower-precision communication variants (`-bf16comm`, `-fp8comm`) and
     diffusers' ring (its eager forward already fails on CPU: diffusers' native attention returns no
     log-sum-exp). A cp_hooks mode gets its own config on the same mesh: the eager mode's runtime carries
     per-forward state (the split lengths), and the two models are enabled at the same time.
     """
     out = []
     for m in modes:
-        if m.transport == "gloo" or m.name == "diffusers-ring":
-            continue
+        if m.transport == "gloo" or m.name == "diffusers-ring" or m.comm_dtype is not None:
+            continue  # (the comm_dtype variants: compiled in tests/test_comm_precision.py, not timed compiled)
         c = Mode(m.name + COMPILED_SUFFIX, m.kind, m.ring, m.ulysses, m.rotate_method, compile_backend=backend)
         if m.kind == "cp_hooks":
             c.config = ContextParallelConfig(ring_degree=m.ring, ulysses_degree=m.ulysses,
