@@ -18,6 +18,7 @@ from cp_hooks.plans.specs import (
     UnsupportedConfig,
 )
 from cp_hooks.training import reduce_gradients
+from cp_hooks.vae import disable_vae_parallelism, enable_vae_parallelism
 
 __version__ = "0.1.0"
 
@@ -31,7 +32,9 @@ __all__ = [
     "comm_stats",
     "context_parallel_attention",
     "disable_parallelism",
+    "disable_vae_parallelism",
     "enable_parallelism",
+    "enable_vae_parallelism",
     "get_plan",
     "init_distributed",
     "is_parallelized",

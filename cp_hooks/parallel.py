@@ -56,13 +56,14 @@ def is_parallelized(model) -> bool:
     return _STATE_ATTR in model.__dict__
 
 
-def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool = True):
+def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool = True, vae: bool | None = None):
     """Give `model` context parallelism as `plan` describes; returns the same model.
 
     Args:
         model (nn.Module | DiffusionPipeline): any `nn.Module` (a diffusers transformer, or a model that calls
             SDPA), or a diffusers pipeline: then every component with a plan (`transformer`, `transformer_2`,
-            ...) is parallelized and the rest (text encoders, VAE) is left alone.
+            ...) is parallelized, the VAE's decode/encode is split by rows (`vae`), the rest (text encoders) is
+            left alone.
         config (ContextParallelConfig): the degrees and options, as cp_hooks' `ContextParallelConfig` or diffusers'
             `ContextParallelConfig` / `ParallelConfig(context_parallel_config=...)`; set up here if it is not yet.
         plan: module name -> spec (see `cp_hooks.plans`). Default: the plan registered for the model's
@@ -70,6 +71,9 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
         strict: before each forward, check that every rank passes inputs of the same shapes and dtypes
             (one 8-byte all-gather per forward); a mismatch raises on every rank instead of hanging a
             collective. Turn off only for the last microseconds of a tuned deployment.
+        vae: pipelines only. None (default): split `pipe.vae` over all of the config's ranks when its class is
+            supported (`cp_hooks.vae.supports_vae`), else leave it whole and log why; True: the same, but an
+            unsupported VAE raises `UnsupportedVAEError`; False: leave the VAE whole (docs/vae.md).
 
     Returns:
         (nn.Module | DiffusionPipeline): `model` itself, whose forward now takes and returns full (unsplit)
@@ -88,7 +92,7 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
     """
     config = as_cp_hooks_config(config)
     if is_pipeline(model):
-        return _enable_pipeline(model, config, plan, strict)
+        return _enable_pipeline(model, config, plan, strict, vae)
     if not isinstance(model, nn.Module):
         raise TypeError(f"enable_parallelism needs an nn.Module or a diffusers pipeline, got {type(model).__name__}.")
     refuse_diffusers_parallelism(model)
@@ -184,6 +188,9 @@ def disable_parallelism(model):
     component that `enable_parallelism(pipe, ...)` parallelized is restored.
     """
     if is_pipeline(model):
+        from cp_hooks.vae.pipeline import disable_pipeline_vae
+
+        disable_pipeline_vae(model)
         for _, component in getattr(model, _PIPELINE_ATTR, None) or []:
             disable_parallelism(component)
         if hasattr(model, _PIPELINE_ATTR):
@@ -197,7 +204,9 @@ def disable_parallelism(model):
     return model
 
 
-def _enable_pipeline(pipe, config: ContextParallelConfig, plan, strict: bool):
+def _enable_pipeline(pipe, config: ContextParallelConfig, plan, strict: bool, vae: bool | None = None):
+    from cp_hooks.vae.pipeline import check_pipeline_vae, enable_pipeline_vae
+
     if plan is not None:
         raise ValueError("A plan is per model class: enable each component of the pipeline with its own plan "
                          "(enable_parallelism(pipe.transformer, config, plan=...)), or register the plan.")
@@ -212,11 +221,13 @@ def _enable_pipeline(pipe, config: ContextParallelConfig, plan, strict: bool):
         refuse_diffusers_parallelism(component)
         refuse_unsupported(component)
         get_plan(component)
+    check_pipeline_vae(pipe, vae)
     done = []
     try:
         for name, component in components:
             enable_parallelism(component, config, strict=strict)
             done.append((name, component))
+        enable_pipeline_vae(pipe, config, vae)
     except BaseException:
         for _, component in done:
             disable_parallelism(component)

@@ -93,7 +93,8 @@ def generate_and_check(pipe, par: Parallel, args, call_kwargs: dict, output_attr
            f"ulysses {config.ulysses_degree}, rotate {config.rotate_method}, {args.dtype}, {args.steps} steps")
     if check:
         reference, reference_latents, single_s = run_pipeline(pipe, call_kwargs, output_attr, args.seed, par.device)
-    enable_parallelism(pipe, config)  # every transformer of the pipeline (Wan 2.2 has two); the rest stays
+    # Every transformer of the pipeline (Wan 2.2 has two), and the VAE's decode split by rows unless turned off.
+    enable_parallelism(pipe, config, vae=False if getattr(args, "no_vae_parallel", False) else None)
     output, latents, cp_s = run_pipeline(pipe, call_kwargs, output_attr, args.seed, par.device)
 
     # Both the latents (the transformer's direct result) and the decoded output are compared.

@@ -26,6 +26,8 @@ def main() -> int:
     p.add_argument("--height", type=int, default=None, help="pixels (default: 128 tiny, the pipeline's otherwise)")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--heads", type=int, default=4, help="attention heads of the tiny transformer")
+    p.add_argument("--no-vae-parallel", action="store_true",
+                   help="decode with the whole VAE on every rank (default: each rank decodes its rows, docs/vae.md)")
     args = p.parse_args()
     par = setup_parallel(args)
     pipe = load_pipeline(args, lambda seed: _tiny.tiny_flux_pipeline(seed=seed, heads=args.heads), par.device)

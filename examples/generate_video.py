@@ -43,6 +43,8 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=None, help="4k+1 frames (default: 9 tiny, the pipeline's otherwise)")
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--heads", type=int, default=4, help="attention heads of the tiny transformer")
+    p.add_argument("--no-vae-parallel", action="store_true",
+                   help="decode with the whole VAE on every rank (default: each rank decodes its rows, docs/vae.md)")
     args = p.parse_args()
     par = setup_parallel(args)
     pipe = load_pipeline(args, lambda seed: _tiny.tiny_wan_pipeline(seed=seed, heads=args.heads), par.device)
