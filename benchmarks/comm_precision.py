@@ -105,7 +105,8 @@ def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             if isinstance(module, torch.nn.Linear) and any(part in name for part in attention_or_ff) \
                     and name not in ("proj_out",):
                 module.weight.copy_(torch.randn(module.weight.shape, generator=g) / math.sqrt(module.weight.shape[1]))
-            if leaf in ("norm_q", "norm_k", "norm_added_q", "norm_added_k") and getattr(module, "weight", None) is not None:
+            qk_norm = leaf in ("norm_q", "norm_k", "norm_added_q", "norm_added_k")
+            if qk_norm and getattr(module, "weight", None) is not None:
                 gains = torch.full(module.weight.shape, 1.6)
                 gains[torch.randperm(gains.numel(), generator=g)[: max(1, gains.numel() // 16)]] = 6.0
                 module.weight.copy_(gains)
@@ -197,6 +198,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--families", default="flux,wan")
     parser.add_argument("--modes", default="ulysses,ring")
+    parser.add_argument("--schemes", default=None, help="names of SCHEMES separated by \";\" (default: all)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -220,6 +222,8 @@ def main() -> None:
                   f"{entry['max_weight']:.3f}")
             for mode in args.modes.split(","):
                 for name, (comm_dtype, keys, only) in SCHEMES.items():
+                    if args.schemes and name not in args.schemes.split(";"):
+                        continue
                     if mode == "ring" and (only is not None or "e5m2" in name):
                         continue  # the single-tensor rows are Ulysses' (the ring rounds K and V only)
                     with emulated(mode, comm_dtype, keys, only):

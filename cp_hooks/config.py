@@ -78,7 +78,7 @@ class ContextParallelConfig(DegreeFacts):
     ring_anything: bool = False
     mesh: "dist.device_mesh.DeviceMesh | None" = None
     cfg_degree: int | None = None
-    comm_dtype: "torch.dtype | None" = None
+    comm_dtype: torch.dtype | None = None
     comm_fp8_keys: bool = False
 
     # Bound by setup(); not part of the user-facing fields.

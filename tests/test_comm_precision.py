@@ -227,7 +227,7 @@ def telling_apart():
     def skip_own(x, travel):
         # A scheme that rounds only what leaves a rank: rank j keeps its sequence half of head half j.
         r = precision.round_trip(x, travel)
-        for j, (rows, cols) in enumerate(zip(torch.arange(length).tensor_split(2), torch.arange(heads).tensor_split(2))):
+        for rows, cols in zip(torch.arange(length).tensor_split(2), torch.arange(heads).tensor_split(2)):
             r[:, rows[:, None], cols] = x[:, rows[:, None], cols]
         return r
 

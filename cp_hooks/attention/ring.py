@@ -21,10 +21,10 @@ from __future__ import annotations
 import torch
 
 from cp_hooks import comm
-from cp_hooks.comm import precision
 from cp_hooks.attention.local import attention_with_lse, attention_with_lse_backward
 from cp_hooks.attention.masks import key_columns
 from cp_hooks.attention.merge import merge_partial_
+from cp_hooks.comm import precision
 
 
 def _block_kind(src: int, rank: int, is_causal: bool) -> str:
@@ -146,7 +146,8 @@ def ring_backward(dout, q, k, v, bias, out, lse, *, group, kv_sizes, rotate_meth
         kind = _block_kind(src, rank, is_causal)
         shape = kb.shape[:2] + k_shape  # the block's K/V shape (kb may be its wire form)
         if kind == "skip":
-            return None, torch.zeros(shape, dtype=acc_dtype, device=q.device), torch.zeros(shape, dtype=acc_dtype, device=q.device)
+            zeros = torch.zeros(shape, dtype=acc_dtype, device=q.device)
+            return None, zeros, zeros.clone()
         kb, vb = _unwire(kb, vb, travel, q.dtype)
         gq, gk, gv = attention_with_lse_backward(dout, q, kb, vb, out, lse, bb, scale=scale, is_causal=kind == "causal")
         return gq, gk.to(acc_dtype), gv.to(acc_dtype)
