@@ -1,7 +1,7 @@
 """cp_hooks: context parallelism for diffusion transformers, through hooks.
 
-    from cp_hooks import ContextParallelConfig, enable_parallelism
-    enable_parallelism(transformer, ContextParallelConfig(ulysses_degree=2))
+from cp_hooks import ContextParallelConfig, enable_parallelism
+enable_parallelism(transformer, ContextParallelConfig(ulysses_degree=2))
 """
 
 from cp_hooks.attention import context_parallel_attention

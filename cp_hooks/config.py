@@ -194,7 +194,9 @@ class ContextParallelConfig(DegreeFacts):
         if mesh is None and self.is_setup:
             return self
         if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError(f"Context parallelism needs an initialised torch.distributed process group. {LAUNCH_HINT}")
+            raise RuntimeError(
+                f"Context parallelism needs an initialised torch.distributed process group. {LAUNCH_HINT}"
+            )
         mesh = mesh if mesh is not None else self.mesh
         world = dist.get_world_size()
         if mesh is None:
@@ -210,9 +212,11 @@ class ContextParallelConfig(DegreeFacts):
 
             # Ulysses innermost: on several machines its all-to-alls stay within a node (contiguous local
             # ranks); the ring and the cfg groups span nodes.
-            mesh = init_device_mesh(_device_type_of_process_group(), (self.cfg_degree, self.ring_degree,
-                                                                      self.ulysses_degree),
-                                    mesh_dim_names=DEFAULT_MESH_DIM_NAMES)
+            mesh = init_device_mesh(
+                _device_type_of_process_group(),
+                (self.cfg_degree, self.ring_degree, self.ulysses_degree),
+                mesh_dim_names=DEFAULT_MESH_DIM_NAMES,
+            )
         else:
             self._fill_degrees_from_mesh(mesh)
         self._runtime = ContextParallelRuntime.bind(self, mesh)

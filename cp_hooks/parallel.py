@@ -157,8 +157,15 @@ def enable_parallelism(model, config, plan: dict | None = None, *, strict: bool 
     _check_model_device(model, runtime)
 
     hooks.insert(0, (model, f"{_HOOK_PREFIX}forward_context", ForwardContextHook(ModelContext(model, runtime))))
-    state = _ParallelState(config=config, runtime=runtime, plan=plan, lease=PatchLease(model), hooks=installed,
-                           attention=attention, processors=processors)
+    state = _ParallelState(
+        config=config,
+        runtime=runtime,
+        plan=plan,
+        lease=PatchLease(model),
+        hooks=installed,
+        attention=attention,
+        processors=processors,
+    )
     try:
         for module, hook_name, hook in hooks:
             if hasattr(hook, "runtime"):
@@ -208,15 +215,20 @@ def _enable_pipeline(pipe, config: ContextParallelConfig, plan, strict: bool, va
     from cp_hooks.vae.pipeline import check_pipeline_vae, enable_pipeline_vae
 
     if plan is not None:
-        raise ValueError("A plan is per model class: enable each component of the pipeline with its own plan "
-                         "(enable_parallelism(pipe.transformer, config, plan=...)), or register the plan.")
+        raise ValueError(
+            "A plan is per model class: enable each component of the pipeline with its own plan "
+            "(enable_parallelism(pipe.transformer, config, plan=...)), or register the plan."
+        )
     if is_parallelized(pipe):
-        raise RuntimeError("Context parallelism is already enabled on this pipeline; call disable_parallelism(pipe) "
-                           "first.")
+        raise RuntimeError(
+            "Context parallelism is already enabled on this pipeline; call disable_parallelism(pipe) first."
+        )
     components = parallel_components(pipe)
     if not components:
-        raise ValueError(f"{type(pipe).__name__} has no component with a context-parallel plan (components: "
-                         f"{', '.join(pipe.components)}); enable the transformer itself with a plan.")
+        raise ValueError(
+            f"{type(pipe).__name__} has no component with a context-parallel plan (components: "
+            f"{', '.join(pipe.components)}); enable the transformer itself with a plan."
+        )
     for _, component in components:  # everything that can be refused, before the first collective
         refuse_diffusers_parallelism(component)
         refuse_unsupported(component)

@@ -103,16 +103,28 @@ class ContextParallelRuntime(DegreeFacts):
         cfg_group = mesh["cfg"].get_group() if has_cfg else None
         world_group = mesh[("cfg",) + names]._flatten().get_group() if has_cfg else flat_group
         runtime = cls(
-            ring_degree=config.ring_degree, ulysses_degree=config.ulysses_degree, rotate_method=config.rotate_method,
-            convert_to_fp32=config.convert_to_fp32, ulysses_anything=config.ulysses_anything,
-            ring_anything=config.ring_anything, mesh=mesh, ring_group=mesh["ring"].get_group(),
-            ulysses_group=mesh["ulysses"].get_group(), flat_group=flat_group,
-            rank=ring_rank * config.ulysses_degree + ulysses_rank, ring_rank=ring_rank, ulysses_rank=ulysses_rank,
-            device_type=mesh.device_type, flat_group_key=comm.group_key(flat_group),
-            cfg_degree=mesh["cfg"].size() if has_cfg else 1, cfg_group=cfg_group,
+            ring_degree=config.ring_degree,
+            ulysses_degree=config.ulysses_degree,
+            rotate_method=config.rotate_method,
+            convert_to_fp32=config.convert_to_fp32,
+            ulysses_anything=config.ulysses_anything,
+            ring_anything=config.ring_anything,
+            mesh=mesh,
+            ring_group=mesh["ring"].get_group(),
+            ulysses_group=mesh["ulysses"].get_group(),
+            flat_group=flat_group,
+            rank=ring_rank * config.ulysses_degree + ulysses_rank,
+            ring_rank=ring_rank,
+            ulysses_rank=ulysses_rank,
+            device_type=mesh.device_type,
+            flat_group_key=comm.group_key(flat_group),
+            cfg_degree=mesh["cfg"].size() if has_cfg else 1,
+            cfg_group=cfg_group,
             cfg_rank=mesh["cfg"].get_local_rank() if has_cfg else 0,
-            cfg_group_key=comm.group_key(cfg_group) if has_cfg else -1, world_group=world_group,
-            comm_dtype=config.comm_dtype, comm_fp8_keys=config.comm_fp8_keys,
+            cfg_group_key=comm.group_key(cfg_group) if has_cfg else -1,
+            world_group=world_group,
+            comm_dtype=config.comm_dtype,
+            comm_fp8_keys=config.comm_fp8_keys,
         )
         object.__setattr__(runtime, "op_key", register_runtime(runtime))
         return runtime

@@ -69,8 +69,11 @@ def context_parallel_attention(
     # Every rank's lengths: from here on every rank has them, so a mask error below is raised on all alike.
     q_len = query.shape[1]
     q_sizes, kv_sizes = _sizes(q_len, key.shape[1], runtime, query.device)
-    mismatch = runtime.anything and not torch.compiler.is_compiling() and (
-        q_sizes[runtime.rank] != q_len or kv_sizes[runtime.rank] != key.shape[1])
+    mismatch = (
+        runtime.anything
+        and not torch.compiler.is_compiling()
+        and (q_sizes[runtime.rank] != q_len or kv_sizes[runtime.rank] != key.shape[1])
+    )
     if mismatch:
         # Remembered lengths this rank's do not match (recorded; every rank raises at the forward's end): take
         # part in the collectives with the lengths the peers expect (cp_hooks.length_memo).
@@ -81,7 +84,9 @@ def context_parallel_attention(
         bias = _kernel_rows(whole, query.shape[0], q_sizes, kv_sizes, runtime)
     with routing.inside_cp_kernel():
         if dropout_p:
-            out = _ulysses_with_dropout(query, key, value, bias, dropout_p, is_causal, scale, runtime, q_sizes, kv_sizes)
+            out = _ulysses_with_dropout(
+                query, key, value, bias, dropout_p, is_causal, scale, runtime, q_sizes, kv_sizes
+            )
         else:
             out = ops.attention(query, key, value, bias, runtime, q_sizes, kv_sizes, scale, is_causal)
     if query_valid is not None:
@@ -94,8 +99,9 @@ def _kernel_rows(mask, batch, q_sizes, kv_sizes, runtime):
     those of its whole Ulysses group (the group's shards are consecutive in the sequence), else its own."""
     u = runtime.ulysses_degree
     first = runtime.ring_rank * u
-    return whole_mask_rows(mask, batch, sum(q_sizes), sum(kv_sizes), sum(q_sizes[:first]),
-                           sum(q_sizes[first:first + u]))
+    return whole_mask_rows(
+        mask, batch, sum(q_sizes), sum(kv_sizes), sum(q_sizes[:first]), sum(q_sizes[first : first + u])
+    )
 
 
 def _runtime_of(config):
@@ -119,8 +125,11 @@ def _sizes(q_len: int, kv_len: int, runtime, device) -> tuple[list[int], list[in
         return [q_len] * world, [kv_len] * world
     if not torch.compiler.is_compiling():
         q_sizes, kv_sizes = runtime.length_memo.lengths(
-            (q_len, kv_len), runtime.split_lengths.state(), runtime.rank,
-            lambda: comm.exchange_sizes([q_len, kv_len], runtime.flat_group, device))
+            (q_len, kv_len),
+            runtime.split_lengths.state(),
+            runtime.rank,
+            lambda: comm.exchange_sizes([q_len, kv_len], runtime.flat_group, device),
+        )
         return q_sizes, kv_sizes
     q_sizes = runtime.split_lengths.sizes(q_len, world, runtime.rank)
     kv_sizes = q_sizes if kv_len == q_len else runtime.split_lengths.sizes(kv_len, world, runtime.rank)
@@ -139,8 +148,15 @@ def _ulysses_with_dropout(query, key, value, bias, dropout_p, is_causal, scale, 
     heads = query.shape[2]
     q, k, v, b = ops._to_heads(runtime, query, key, value, bias, q_sizes, kv_sizes, reuse_buffer=False)
     mask = None if b is None else b[:, None, None, :].to(q.dtype)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
-                                         dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        attn_mask=mask,
+        dropout_p=dropout_p,
+        is_causal=is_causal,
+        scale=scale,
+    )
     return ops._from_heads(runtime, out.transpose(1, 2), q_sizes, heads)
 
 
@@ -159,7 +175,9 @@ def _validate(query, key, value, attn_mask, dropout_p, is_causal, runtime):
     if not query.is_floating_point():
         raise TypeError(f"attention needs floating-point inputs, got {query.dtype}.")
     if not (query.device == key.device == value.device):
-        raise ValueError(f"query, key and value are on different devices: {query.device}, {key.device}, {value.device}.")
+        raise ValueError(
+            f"query, key and value are on different devices: {query.device}, {key.device}, {value.device}."
+        )
     if query.device.type != runtime.device_type:
         raise ValueError(
             f"Inputs are on {query.device} but the context-parallel mesh communicates on '{runtime.device_type}' "
@@ -170,19 +188,25 @@ def _validate(query, key, value, attn_mask, dropout_p, is_causal, runtime):
     if key.shape != value.shape:
         raise ValueError(f"key and value shapes differ: {tuple(key.shape)} vs {tuple(value.shape)}.")
     if key.shape[0] != b or key.shape[3] != d:
-        raise ValueError(f"key/value shape {tuple(key.shape)} does not match query {tuple(query.shape)} in batch or head_dim.")
+        raise ValueError(
+            f"key/value shape {tuple(key.shape)} does not match query {tuple(query.shape)} in batch or head_dim."
+        )
     if key.shape[2] != h:
         raise ValueError(
             f"query has {h} heads but key/value have {key.shape[2]}; grouped-query attention is not supported yet: "
             "repeat the key/value heads (repeat_interleave on dim 2) before calling."
         )
     if dropout_p and runtime.ring_degree > 1:
-        raise ValueError("Ring attention cannot apply attention dropout; use dropout_p=0.0 (inference) or pure Ulysses.")
+        raise ValueError(
+            "Ring attention cannot apply attention dropout; use dropout_p=0.0 (inference) or pure Ulysses."
+        )
     if dropout_p and runtime.comm_dtype is not None:
         # Dropout runs outside the registered operators, with autograd through the all-to-alls, which a wire
         # form (fp8 bytes) cannot carry.
-        raise ValueError(f"Attention dropout with comm_dtype={runtime.comm_dtype} is not supported; use dropout_p=0.0 "
-                         "or comm_dtype=None.")
+        raise ValueError(
+            f"Attention dropout with comm_dtype={runtime.comm_dtype} is not supported; use dropout_p=0.0 "
+            "or comm_dtype=None."
+        )
     if is_causal and attn_mask is not None:
         raise ValueError("Pass either attn_mask or is_causal=True, not both (as torch's SDPA).")
     if is_causal and key.shape[1] != sq:

@@ -190,8 +190,12 @@ def _log_math_fallback(which: str, refused: list[tuple[str, str]]) -> None:
         return
     _MATH_FALLBACKS_LOGGED.add(key)
     reasons = "; ".join(f"{kernel}: {why}" for kernel, why in refused) or "no CUDA kernel enabled"
-    _log.warning("cp_hooks: CUDA attention %s falls back to the math path, which holds the whole (B, H, Sq, Sk) "
-                 "score matrix of each block (memory quadratic in the sequence) - %s", which, reasons)
+    _log.warning(
+        "cp_hooks: CUDA attention %s falls back to the math path, which holds the whole (B, H, Sq, Sk) "
+        "score matrix of each block (memory quadratic in the sequence) - %s",
+        which,
+        reasons,
+    )
 
 
 def _cuda_forward(q, k, v, bias, scale, is_causal):
@@ -203,12 +207,16 @@ def _cuda_forward(q, k, v, bias, scale, is_causal):
         try:
             if kernel == "cudnn":
                 res = _aten._scaled_dot_product_cudnn_attention(
-                    _bhsd(q), _bhsd(k), _bhsd(v), None, True, 0.0, is_causal, False, scale=scale)
+                    _bhsd(q), _bhsd(k), _bhsd(v), None, True, 0.0, is_causal, False, scale=scale
+                )
             elif kernel == "flash":
-                res = _aten._scaled_dot_product_flash_attention(_bhsd(q), _bhsd(k), _bhsd(v), 0.0, is_causal, scale=scale)
+                res = _aten._scaled_dot_product_flash_attention(
+                    _bhsd(q), _bhsd(k), _bhsd(v), 0.0, is_causal, scale=scale
+                )
             else:
                 res = _aten._scaled_dot_product_efficient_attention(
-                    _bhsd(q), _bhsd(k), _bhsd(v), _efficient_bias(bias, q), True, 0.0, is_causal, scale=scale)
+                    _bhsd(q), _bhsd(k), _bhsd(v), _efficient_bias(bias, q), True, 0.0, is_causal, scale=scale
+                )
         except (RuntimeError, TypeError, IndexError) as e:
             if _out_of_memory(e):
                 raise  # see above: falling back would need more memory, not less
@@ -247,12 +255,41 @@ def _cuda_backward(dout, q, k, v, out, lse, bias, scale, is_causal):
         try:
             if kernel == "cudnn":
                 grads = _aten._scaled_dot_product_cudnn_attention_backward(
-                    dout, _bhsd(q), _bhsd(k), _bhsd(v), out, lse.unsqueeze(-1).contiguous(), seed, seed, None, None,
-                    None, sq, sk, 0.0, is_causal, scale=scale)
+                    dout,
+                    _bhsd(q),
+                    _bhsd(k),
+                    _bhsd(v),
+                    out,
+                    lse.unsqueeze(-1).contiguous(),
+                    seed,
+                    seed,
+                    None,
+                    None,
+                    None,
+                    sq,
+                    sk,
+                    0.0,
+                    is_causal,
+                    scale=scale,
+                )
             else:
                 grads = _aten._scaled_dot_product_flash_attention_backward(
-                    dout, _bhsd(q), _bhsd(k), _bhsd(v), out, lse.contiguous(), None, None, sq, sk, 0.0, is_causal,
-                    rng_state, seed.to(torch.uint64), scale=scale)
+                    dout,
+                    _bhsd(q),
+                    _bhsd(k),
+                    _bhsd(v),
+                    out,
+                    lse.contiguous(),
+                    None,
+                    None,
+                    sq,
+                    sk,
+                    0.0,
+                    is_causal,
+                    rng_state,
+                    seed.to(torch.uint64),
+                    scale=scale,
+                )
         except (RuntimeError, TypeError, IndexError) as e:
             if _out_of_memory(e):
                 raise  # the math backward needs more memory, not less

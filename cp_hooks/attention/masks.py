@@ -1,12 +1,12 @@
 """Attention masks in two canonical forms (b in {1, B}):
 
-  * a key bias (b, S_kv) for key-padding masks, additive float32. A bias row follows its keys: Ulysses
-    gathers it along keys, ring attention rotates (or gathers) it with its key/value block, so every block
-    is attended with the mask of *that* block.
-  * a row bias (b, Sq, S_kv_whole), boolean (True = attend) or additive float32, for a query x key mask that
-    every rank holds for the whole sequence (block-causal, segment masks built in `forward` before the
-    split): each rank keeps the rows of the queries its attention kernel computes and every key's column;
-    a key block takes its own columns. Nothing of it travels (docs/architecture.md, "Masks").
+* a key bias (b, S_kv) for key-padding masks, additive float32. A bias row follows its keys: Ulysses
+  gathers it along keys, ring attention rotates (or gathers) it with its key/value block, so every block
+  is attended with the mask of *that* block.
+* a row bias (b, Sq, S_kv_whole), boolean (True = attend) or additive float32, for a query x key mask that
+  every rank holds for the whole sequence (block-causal, segment masks built in `forward` before the
+  split): each rank keeps the rows of the queries its attention kernel computes and every key's column;
+  a key block takes its own columns. Nothing of it travels (docs/architecture.md, "Masks").
 """
 
 from __future__ import annotations
@@ -48,9 +48,14 @@ def key_bias_from_mask(mask: torch.Tensor | None, batch: int, kv_len: int) -> to
         if mask.dim() == 4:
             if shape[0] not in (1, batch):
                 raise ValueError(f"attn_mask of shape {shape} has batch {shape[0]}; expected {expected}.")
-            if shape[1] > 1 and shape[2] == 1 and _holds(
+            if (
+                shape[1] > 1
+                and shape[2] == 1
+                and _holds(
                     (mask == mask[:, :1]).all(),
-                    f"cp_hooks: an attn_mask of shape {shape} must be a key-padding mask repeated over heads"):
+                    f"cp_hooks: an attn_mask of shape {shape} must be a key-padding mask repeated over heads",
+                )
+            ):
                 mask, shape = mask[:, :1], (shape[0], 1, 1, kv_len)  # a key-padding mask repeated over heads
             lead = shape[1:-1]
         if any(s != 1 for s in lead):
@@ -80,9 +85,11 @@ def split_symmetric_mask(mask: torch.Tensor, q_len: int, kv_len: int):
     if mask.dtype != torch.bool or mask.dim() != 4 or q_len != kv_len or tuple(mask.shape[-2:]) != (q_len, kv_len):
         return None
     valid = mask.diagonal(dim1=-2, dim2=-1)  # (B, h, S)
-    if not _holds((mask == (valid[..., :, None] & valid[..., None, :])).all(),
-                  f"cp_hooks: a boolean attn_mask of shape {tuple(mask.shape)} must be v[q] & v[k] (a token-validity "
-                  "vector on both sides); other masks that vary along queries are not supported"):
+    if not _holds(
+        (mask == (valid[..., :, None] & valid[..., None, :])).all(),
+        f"cp_hooks: a boolean attn_mask of shape {tuple(mask.shape)} must be v[q] & v[k] (a token-validity "
+        "vector on both sides); other masks that vary along queries are not supported",
+    ):
         return None
     return valid[..., None, :], valid[:, 0]
 
@@ -94,8 +101,13 @@ def is_whole_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, world: int
     more than one rank, the local shards are shorter than the whole sequence. Its shape is checked against
     the whole lengths by `whole_mask_rows`.
     """
-    return (mask is not None and world > 1 and mask.dim() == 4 and mask.shape[-2] > 1
-            and tuple(mask.shape[-2:]) != (q_len, kv_len))
+    return (
+        mask is not None
+        and world > 1
+        and mask.dim() == 4
+        and mask.shape[-2] > 1
+        and tuple(mask.shape[-2:]) != (q_len, kv_len)
+    )
 
 
 def whole_mask_rows(mask: torch.Tensor, batch: int, q_total: int, kv_total: int, row_start: int, rows: int):
@@ -122,11 +134,15 @@ def whole_mask_rows(mask: torch.Tensor, batch: int, q_total: int, kv_total: int,
             "plan's split); a mask over the local shards can only be a key-padding mask, (batch, 1, 1, local_kv)."
         )
     if shape[1] > 1:
-        if not _holds((mask == mask[:, :1]).all(),
-                      f"cp_hooks: a whole-sequence attn_mask of shape {shape} must be the same for every head"):
-            raise ValueError(f"attn_mask of shape {shape} differs between heads; only masks shared by all heads "
-                             "(dim 1 of size 1) are supported over the whole sequence.")
-    rows_of_mask = mask[:, 0, row_start:row_start + rows, :]
+        if not _holds(
+            (mask == mask[:, :1]).all(),
+            f"cp_hooks: a whole-sequence attn_mask of shape {shape} must be the same for every head",
+        ):
+            raise ValueError(
+                f"attn_mask of shape {shape} differs between heads; only masks shared by all heads "
+                "(dim 1 of size 1) are supported over the whole sequence."
+            )
+    rows_of_mask = mask[:, 0, row_start : row_start + rows, :]
     # A boolean mask stays boolean (a quarter of float32's bytes, kept for the backward too); each key block
     # turns its columns into an additive bias when it is attended (`kernel_mask`).
     return rows_of_mask if rows_of_mask.dtype == torch.bool else rows_of_mask.detach().to(torch.float32)
@@ -172,8 +188,13 @@ class SameInputsMemo:
     def get(self, key: tuple, build):
         """The value for `key`: the last one if `key` matches the last key, else `build()`."""
         last = self._key
-        if last is None or len(last) != len(key) or not all(
+        if (
+            last is None
+            or len(last) != len(key)
+            or not all(
                 a is b or (not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a == b)
-                for a, b in zip(key, last)):
+                for a, b in zip(key, last)
+            )
+        ):
             self._value, self._key = build(), key
         return self._value

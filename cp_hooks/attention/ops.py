@@ -69,22 +69,32 @@ def _unaliased(outputs, inputs) -> tuple:
 def _ring_kv_sizes(runtime, kv_sizes: list[int]) -> list[int]:
     """The ring group's key lengths: with Ulysses inside, a ring rank holds its Ulysses group's whole sequence."""
     u = runtime.ulysses_degree
-    return [sum(kv_sizes[i * u:(i + 1) * u]) for i in range(runtime.ring_degree)]
+    return [sum(kv_sizes[i * u : (i + 1) * u]) for i in range(runtime.ring_degree)]
 
 
 def _ulysses_sizes(runtime, sizes: list[int]) -> list[int]:
     """This rank's Ulysses group's lengths, from every rank's lengths in the flattened mesh."""
     u, start = runtime.ulysses_degree, runtime.ring_rank * runtime.ulysses_degree
-    return sizes[start:start + u]
+    return sizes[start : start + u]
 
 
 def _inner_forward(runtime, q, k, v, bias, kv_sizes, scale, is_causal):
     """Attention of the (head-layout) q over every rank's keys: local, or a ring across the ring group."""
     if runtime.ring_degree == 1:
         return attention_with_lse(q, k, v, bias, scale=scale, is_causal=is_causal)
-    return ring_forward(q, k, v, bias, group=runtime.ring_group, kv_sizes=_ring_kv_sizes(runtime, kv_sizes),
-                        rotate_method=runtime.rotate_method, scale=scale, is_causal=is_causal,
-                        convert_to_fp32=runtime.convert_to_fp32, travel=_ring_travel(runtime, k.dtype))
+    return ring_forward(
+        q,
+        k,
+        v,
+        bias,
+        group=runtime.ring_group,
+        kv_sizes=_ring_kv_sizes(runtime, kv_sizes),
+        rotate_method=runtime.rotate_method,
+        scale=scale,
+        is_causal=is_causal,
+        convert_to_fp32=runtime.convert_to_fp32,
+        travel=_ring_travel(runtime, k.dtype),
+    )
 
 
 def _ring_travel(runtime, dtype):
@@ -95,10 +105,22 @@ def _ring_travel(runtime, dtype):
 def _inner_backward(runtime, dout, q, k, v, bias, out, lse, kv_sizes, scale, is_causal):
     if runtime.ring_degree == 1:
         return attention_with_lse_backward(dout, q, k, v, out, lse, bias, scale=scale, is_causal=is_causal)
-    return ring_backward(dout, q, k, v, bias, out, lse, group=runtime.ring_group,
-                         kv_sizes=_ring_kv_sizes(runtime, kv_sizes), rotate_method=runtime.rotate_method, scale=scale,
-                         is_causal=is_causal, convert_to_fp32=runtime.convert_to_fp32,
-                         travel=_ring_travel(runtime, k.dtype))
+    return ring_backward(
+        dout,
+        q,
+        k,
+        v,
+        bias,
+        out,
+        lse,
+        group=runtime.ring_group,
+        kv_sizes=_ring_kv_sizes(runtime, kv_sizes),
+        rotate_method=runtime.rotate_method,
+        scale=scale,
+        is_causal=is_causal,
+        convert_to_fp32=runtime.convert_to_fp32,
+        travel=_ring_travel(runtime, k.dtype),
+    )
 
 
 def _travel(runtime, dtype, key: bool = False):
@@ -153,8 +175,17 @@ def _attention_eager(q, k, v, bias, runtime, q_sizes, kv_sizes, scale, is_causal
 
 # ----------------------------------------------------------------------------------------------- operators
 @torch.library.custom_op("cp_hooks::attention", mutates_args=())
-def attention_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key: int, q_sizes: list[int],
-                 kv_sizes: list[int], scale: float, is_causal: bool) -> Tensor:
+def attention_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Optional[Tensor],
+    key: int,
+    q_sizes: list[int],
+    kv_sizes: list[int],
+    scale: float,
+    is_causal: bool,
+) -> Tensor:
     """Context-parallel attention of the local q, k, v (B, S, H, D) without autograd state."""
     out = _attention_eager(q, k, v, bias, _RUNTIMES[key], q_sizes, kv_sizes, scale, is_causal)
     return _unaliased([out], [q, k, v, bias])[0]
@@ -166,8 +197,16 @@ def _(q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal):
 
 
 @torch.library.custom_op("cp_hooks::ring_forward", mutates_args=())
-def ring_forward_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key: int, kv_sizes: list[int],
-                    scale: float, is_causal: bool) -> tuple[Tensor, Tensor]:
+def ring_forward_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Optional[Tensor],
+    key: int,
+    kv_sizes: list[int],
+    scale: float,
+    is_causal: bool,
+) -> tuple[Tensor, Tensor]:
     """Ring attention for training: (out (B, S, H, D), lse (B, H, S) float32)."""
     out, lse = _inner_forward(_RUNTIMES[key], q, k, v, bias, kv_sizes, scale, is_causal)
     return _unaliased([out, lse], [q, k, v, bias])
@@ -180,8 +219,19 @@ def _(q, k, v, bias, key, kv_sizes, scale, is_causal):
 
 
 @torch.library.custom_op("cp_hooks::ring_backward", mutates_args=())
-def ring_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], out: Tensor, lse: Tensor,
-                     key: int, kv_sizes: list[int], scale: float, is_causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+def ring_backward_op(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Optional[Tensor],
+    out: Tensor,
+    lse: Tensor,
+    key: int,
+    kv_sizes: list[int],
+    scale: float,
+    is_causal: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of the local q, k, v under ring attention (the dK/dV of every block go home to their rank)."""
     grads = _inner_backward(_RUNTIMES[key], dout, q, k, v, bias, out, lse, kv_sizes, scale, is_causal)
     return _unaliased(grads, [dout, q, k, v, bias, out, lse])
@@ -193,9 +243,17 @@ def _(dout, q, k, v, bias, out, lse, key, kv_sizes, scale, is_causal):
 
 
 @torch.library.custom_op("cp_hooks::ulysses_forward", mutates_args=())
-def ulysses_forward_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key: int, q_sizes: list[int],
-                       kv_sizes: list[int], scale: float, is_causal: bool
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def ulysses_forward_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Optional[Tensor],
+    key: int,
+    q_sizes: list[int],
+    kv_sizes: list[int],
+    scale: float,
+    is_causal: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Ulysses (or hybrid) attention for training: out, and q, k, v, bias, out, lse in the head layout."""
     runtime = _RUNTIMES[key]
     heads = q.shape[2]
@@ -217,17 +275,41 @@ def _(q, k, v, bias, key, q_sizes, kv_sizes, scale, is_causal):
     u = runtime.ulysses_degree
     q_shape = _head_layout_shape(q, _ulysses_sizes(runtime, q_sizes), u)
     kv_shape = _head_layout_shape(k, _ulysses_sizes(runtime, kv_sizes), u)
-    bias_h = (_empty() if bias is None else bias.new_empty((bias.shape[0], kv_shape[1])) if bias.dim() == 2
-              else bias.new_empty(bias.shape))
-    return (torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q_shape), k.new_empty(kv_shape),
-            v.new_empty(kv_shape), bias_h, q.new_empty(q_shape),
-            q.new_empty((q_shape[0], q_shape[2], q_shape[1]), dtype=torch.float32))
+    bias_h = (
+        _empty()
+        if bias is None
+        else bias.new_empty((bias.shape[0], kv_shape[1]))
+        if bias.dim() == 2
+        else bias.new_empty(bias.shape)
+    )
+    return (
+        torch.empty_like(q, memory_format=torch.contiguous_format),
+        q.new_empty(q_shape),
+        k.new_empty(kv_shape),
+        v.new_empty(kv_shape),
+        bias_h,
+        q.new_empty(q_shape),
+        q.new_empty((q_shape[0], q_shape[2], q_shape[1]), dtype=torch.float32),
+    )
 
 
 @torch.library.custom_op("cp_hooks::ulysses_backward", mutates_args=())
-def ulysses_backward_op(dout: Tensor, q_h: Tensor, k_h: Tensor, v_h: Tensor, bias_h: Tensor, out_h: Tensor,
-                        lse_h: Tensor, key: int, q_sizes: list[int], kv_sizes: list[int], heads: int, scale: float,
-                        is_causal: bool, has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+def ulysses_backward_op(
+    dout: Tensor,
+    q_h: Tensor,
+    k_h: Tensor,
+    v_h: Tensor,
+    bias_h: Tensor,
+    out_h: Tensor,
+    lse_h: Tensor,
+    key: int,
+    q_sizes: list[int],
+    kv_sizes: list[int],
+    heads: int,
+    scale: float,
+    is_causal: bool,
+    has_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of the local q, k, v (B, S, H, D) under Ulysses or hybrid attention."""
     runtime = _RUNTIMES[key]
     group = runtime.ulysses_group
@@ -238,9 +320,11 @@ def ulysses_backward_op(dout: Tensor, q_h: Tensor, k_h: Tensor, v_h: Tensor, bia
     dq, dk, dv = _inner_backward(runtime, dout_h, q_h, k_h, v_h, bias_h, out_h, lse_h, kv_sizes, scale, is_causal)
     del dout_h
     # Gradients travel in the model's precision (docs/comm_precision.md, "Training"): rounded=False.
-    grads = (_from_heads(runtime, dq.to(q_h.dtype), q_sizes, heads, rounded=False),
-             _from_heads(runtime, dk.to(k_h.dtype), kv_sizes, heads, rounded=False),
-             _from_heads(runtime, dv.to(v_h.dtype), kv_sizes, heads, rounded=False))
+    grads = (
+        _from_heads(runtime, dq.to(q_h.dtype), q_sizes, heads, rounded=False),
+        _from_heads(runtime, dk.to(k_h.dtype), kv_sizes, heads, rounded=False),
+        _from_heads(runtime, dv.to(v_h.dtype), kv_sizes, heads, rounded=False),
+    )
     return _unaliased(grads, [dout, q_h, k_h, v_h, bias_h, out_h, lse_h])
 
 
@@ -249,8 +333,11 @@ def _(dout, q_h, k_h, v_h, bias_h, out_h, lse_h, key, q_sizes, kv_sizes, heads, 
     runtime = _RUNTIMES[key]
     b, _, _, d = dout.shape
     own = runtime.rank
-    return (dout.new_empty((b, q_sizes[own], heads, d)), dout.new_empty((b, kv_sizes[own], heads, d)),
-            dout.new_empty((b, kv_sizes[own], heads, d)))
+    return (
+        dout.new_empty((b, q_sizes[own], heads, d)),
+        dout.new_empty((b, kv_sizes[own], heads, d)),
+        dout.new_empty((b, kv_sizes[own], heads, d)),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- autograd

@@ -66,7 +66,10 @@ def _iter_blocks(k, v, bias, kv_sizes, group, rotate_method):
         return
     world, rank = comm.group_size(group), comm.group_rank(group)
     if rotate_method == "allgather":
-        full = [comm.all_gather(t, kv_sizes, group, dim=1, payload=p) for t, p in zip(_block_tensors(k, v, bias), _payloads(bias))]
+        full = [
+            comm.all_gather(t, kv_sizes, group, dim=1, payload=p)
+            for t, p in zip(_block_tensors(k, v, bias), _payloads(bias))
+        ]
         offsets = [sum(kv_sizes[:i]) for i in range(world)]
         for step in range(world):
             src = (rank - step) % world
@@ -98,8 +101,9 @@ def _unwire(kb, vb, travel, dtype):
     return precision.unpack(kb, travel[0], dtype), precision.unpack(vb, travel[1], dtype)
 
 
-def ring_forward(q, k, v, bias, *, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32,
-                 travel=(None, None)):
+def ring_forward(
+    q, k, v, bias, *, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32, travel=(None, None)
+):
     """Forward pass; returns (out (B, Sq, H, D) in q's dtype, lse (B, H, Sq) float32).
 
     `travel`: the dtypes K and V travel in (`comm_dtype`, `cp_hooks.comm.precision.travel_dtype`).
@@ -128,8 +132,23 @@ def ring_forward(q, k, v, bias, *, group, kv_sizes, rotate_method, scale, is_cau
     return out.to(q.dtype), lse
 
 
-def ring_backward(dout, q, k, v, bias, out, lse, *, group, kv_sizes, rotate_method, scale, is_causal, convert_to_fp32,
-                  travel=(None, None)):
+def ring_backward(
+    dout,
+    q,
+    k,
+    v,
+    bias,
+    out,
+    lse,
+    *,
+    group,
+    kv_sizes,
+    rotate_method,
+    scale,
+    is_causal,
+    convert_to_fp32,
+    travel=(None, None),
+):
     """Backward pass; returns (dq, dk, dv) for this rank's q, k, v.
 
     With a `travel` precision the K/V blocks move as in the forward (the same rounded values, the same

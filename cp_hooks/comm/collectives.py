@@ -5,7 +5,6 @@ group and tensors on that group's device. None of them caches sizes across calls
 differ would take different cache paths, and a collective that only some ranks enter hangs all of them.
 """
 
-
 from __future__ import annotations
 
 import math
@@ -68,8 +67,9 @@ def exchange_sizes(values: list[int], group, device, payload: str = "sizes") -> 
     return out.view(group_size(group), len(values)).tolist()
 
 
-def all_to_all(x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], group, *,
-               payload: str = "attention") -> torch.Tensor:
+def all_to_all(
+    x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], group, *, payload: str = "attention"
+) -> torch.Tensor:
     """Send rows `x.split(send_sizes)[j]` (dim 0) to rank j; return the received rows in rank order.
 
     Attention uses it (Ulysses, and the all-gather ring's backward: payload "attention"), and so does the
@@ -86,8 +86,12 @@ def all_to_all(x: torch.Tensor, send_sizes: list[int], recv_sizes: list[int], gr
         out = x.new_empty((sum(recv_sizes),) + tuple(x.shape[1:]))
         even = len(set(send_sizes)) == 1 and len(set(recv_sizes)) == 1
         dist.all_to_all_single(out, x, None if even else recv_sizes, None if even else send_sizes, group=group)
-    _record("all_to_all", row * (sum(send_sizes) - send_sizes[rank]), row * (sum(recv_sizes) - recv_sizes[rank]),
-            payload=payload)
+    _record(
+        "all_to_all",
+        row * (sum(send_sizes) - send_sizes[rank]),
+        row * (sum(recv_sizes) - recv_sizes[rank]),
+        payload=payload,
+    )
     return out
 
 
@@ -97,8 +101,9 @@ def shares_memory(group, x: torch.Tensor) -> bool:
     return transport is not None and transport.disabled_reason is None
 
 
-def all_to_all_views(sources: Sequence[torch.Tensor], out: torch.Tensor, recv_sizes: list[int], group, *,
-                     payload: str = "attention") -> bool:
+def all_to_all_views(
+    sources: Sequence[torch.Tensor], out: torch.Tensor, recv_sizes: list[int], group, *, payload: str = "attention"
+) -> bool:
     """Through shared memory only: `sources[j]` to rank j, rank j's piece into `out.split(recv_sizes)[j]`.
 
     The pieces and `out` may be views with any strides (a permutation): the copies into and out of the shared
@@ -176,7 +181,9 @@ class RingExchange:
         self._works = []
         self._received: list[torch.Tensor] = []
 
-    def start(self, tensors: list[torch.Tensor], recv_shapes: list[torch.Size], payloads: list[str] | None = None) -> None:
+    def start(
+        self, tensors: list[torch.Tensor], recv_shapes: list[torch.Size], payloads: list[str] | None = None
+    ) -> None:
         """Post sends of `tensors` to the next rank and receives of `recv_shapes` from the previous one.
 
         `payloads` labels each tensor for `comm_stats()` (default: all "attention"; the ring is attention's).

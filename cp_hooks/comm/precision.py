@@ -69,8 +69,9 @@ def _names(dtypes) -> str:
     return ", ".join(f"torch.{str(d).removeprefix('torch.')}" for d in dtypes)
 
 
-def travel_dtype(comm_dtype: torch.dtype | None, dtype: torch.dtype, *, key: bool = False,
-                 fp8_keys: bool = False) -> torch.dtype | None:
+def travel_dtype(
+    comm_dtype: torch.dtype | None, dtype: torch.dtype, *, key: bool = False, fp8_keys: bool = False
+) -> torch.dtype | None:
     """The dtype a tensor of `dtype` travels in, or None when it travels as it is.
 
     Args:

@@ -231,7 +231,7 @@ class SharedMemoryAllToAll:
         self._peers = [(self.rank + i) % self.world for i in range(1, self.world)]
         self._control = control
         ints, per_rank = memoryview(control).cast("q"), _header_ints(self.world)
-        self._headers = [ints[r * per_rank:(r + 1) * per_rank] for r in range(self.world)]
+        self._headers = [ints[r * per_rank : (r + 1) * per_rank] for r in range(self.world)]
         self._calls = 0
         self._gen = 0  # generation of this rank's data file (0: none yet)
         self._capacity = 0
@@ -267,7 +267,7 @@ class SharedMemoryAllToAll:
             base = os.path.join(SHM_DIR, f"cp_hooks-{os.getpid()}-{token.decode()}")
             try:
                 control = _map(base + "-control", _control_bytes(world))  # zero-filled: every counter starts at 0
-                control[-_TOKEN_BYTES:-_TOKEN_BYTES + len(token)] = token
+                control[-_TOKEN_BYTES : -_TOKEN_BYTES + len(token)] = token
                 offer = [(base, token, _pid_namespace())]
             except OSError as e:
                 reasons.append(f"cannot create a file in {SHM_DIR}: {e}")
@@ -279,7 +279,7 @@ class SharedMemoryAllToAll:
             else:
                 try:
                     control = _map(base + "-control")
-                    if bytes(control[-_TOKEN_BYTES:-_TOKEN_BYTES + len(token)]) != token:
+                    if bytes(control[-_TOKEN_BYTES : -_TOKEN_BYTES + len(token)]) != token:
                         reasons.append(f"a {SHM_DIR} other than the group's first rank's")
                 except OSError as e:
                     reasons.append(f"cannot open the group's control file: {e}")
@@ -294,7 +294,9 @@ class SharedMemoryAllToAll:
         cores = set().union(*(a["cores"] for a in answers))
         crowded = len(cores) < world
         if crowded and not everyone and not any(a["switch"] == "on" for a in answers):
-            everyone.append(f"more ranks ({world}) than cores ({len(cores)}); {ENV_SWITCH}=1 to use shared memory anyway")
+            everyone.append(
+                f"more ranks ({world}) than cores ({len(cores)}); {ENV_SWITCH}=1 to use shared memory anyway"
+            )
         if offer[0] is None and not everyone:
             everyone = ["the group's first rank offered no control file"]
         if everyone:
@@ -350,7 +352,7 @@ class SharedMemoryAllToAll:
         if ok:
             at = 0
             for j in peers:
-                _typed(self._data[at:at + send_bytes[j]], sources[j]).copy_(sources[j])
+                _typed(self._data[at : at + send_bytes[j]], sources[j]).copy_(sources[j])
                 at += send_bytes[j]
             for j, nbytes in enumerate(send_bytes):
                 me[_SIZES + j] = nbytes
@@ -396,7 +398,7 @@ class SharedMemoryAllToAll:
                 )
             # The peer's buffer holds its pieces for the ranks other than itself, in rank order.
             src = sum(header[_SIZES + j] for j in range(self.rank) if j != peer)
-            dest.copy_(_typed(self._peer_data[peer][src:src + length], dest))
+            dest.copy_(_typed(self._peer_data[peer][src : src + length], dest))
         return True
 
     # ------------------------------------------------------------------ buffers
@@ -409,9 +411,12 @@ class SharedMemoryAllToAll:
             new_map = _map(path, capacity)
         except OSError as e:
             _unlink(path)
-            warnings.warn(f"cp_hooks: cannot grow the shared-memory all-to-all buffer to {capacity} bytes ({e}); "
-                          "this group goes back to gloo. Give /dev/shm more room (Docker: --shm-size) to keep it.",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"cp_hooks: cannot grow the shared-memory all-to-all buffer to {capacity} bytes ({e}); "
+                "this group goes back to gloo. Give /dev/shm more room (Docker: --shm-size) to keep it.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return False
         self._data = None  # drop the tensor view before closing the map under it
         if self._data_map is not None:

@@ -42,12 +42,15 @@ class CommStats:
 
     def as_dict(self) -> dict:
         """Plain-dict view for printing or JSON."""
-        return {"bytes_sent": dict(self.bytes_sent), "bytes_received": dict(self.bytes_received),
-                "calls": dict(self.calls), "payload_sent": dict(self.payload_sent)}
+        return {
+            "bytes_sent": dict(self.bytes_sent),
+            "bytes_received": dict(self.bytes_received),
+            "calls": dict(self.calls),
+            "payload_sent": dict(self.payload_sent),
+        }
 
 
 _ACTIVE_STATS: list[CommStats] = []
-
 
 
 @contextlib.contextmanager

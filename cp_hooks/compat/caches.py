@@ -85,11 +85,13 @@ def global_relative_change(current: torch.Tensor, previous: torch.Tensor, runtim
     """`mean|current - previous| / mean|previous|` over the tokens of every rank of `runtime.world_group`
     (the context-parallel group, and every cfg group when the batch is split)."""
     acc = torch.float32 if current.device.type == "mps" else torch.float64
-    sums = torch.stack([
-        (current - previous).abs().sum(dtype=acc),
-        previous.abs().sum(dtype=acc),
-        torch.tensor(float(current.numel()), dtype=acc, device=current.device),
-    ])
+    sums = torch.stack(
+        [
+            (current - previous).abs().sum(dtype=acc),
+            previous.abs().sum(dtype=acc),
+            torch.tensor(float(current.numel()), dtype=acc, device=current.device),
+        ]
+    )
     dist.all_reduce(sums, group=runtime.world_group)
     numerator, denominator, count = sums.tolist()
     if count == 0:

@@ -11,8 +11,15 @@ import torch.nn as nn
 
 from cp_hooks.config import ContextParallelConfig
 
-_FIELDS = ("ring_degree", "ulysses_degree", "convert_to_fp32", "rotate_method", "ulysses_anything", "ring_anything",
-           "mesh")
+_FIELDS = (
+    "ring_degree",
+    "ulysses_degree",
+    "convert_to_fp32",
+    "rotate_method",
+    "ulysses_anything",
+    "ring_anything",
+    "mesh",
+)
 
 
 def as_cp_hooks_config(config) -> ContextParallelConfig:
@@ -27,11 +34,15 @@ def as_cp_hooks_config(config) -> ContextParallelConfig:
     kind = type(config).__name__
     if kind == "ParallelConfig" and hasattr(config, "context_parallel_config"):
         if getattr(config, "tensor_parallel_config", None) is not None:
-            raise TypeError("diffusers' ParallelConfig with a tensor_parallel_config: cp_hooks does context "
-                            "parallelism only; pass ParallelConfig(context_parallel_config=...) alone.")
+            raise TypeError(
+                "diffusers' ParallelConfig with a tensor_parallel_config: cp_hooks does context "
+                "parallelism only; pass ParallelConfig(context_parallel_config=...) alone."
+            )
         if config.context_parallel_config is None:
-            raise TypeError("diffusers' ParallelConfig has no context_parallel_config; pass "
-                            "ParallelConfig(context_parallel_config=ContextParallelConfig(ulysses_degree=...)).")
+            raise TypeError(
+                "diffusers' ParallelConfig has no context_parallel_config; pass "
+                "ParallelConfig(context_parallel_config=ContextParallelConfig(ulysses_degree=...))."
+            )
         config = config.context_parallel_config
         kind = type(config).__name__
     if kind == "ContextParallelConfig" and all(hasattr(config, name) for name in ("ring_degree", "ulysses_degree")):

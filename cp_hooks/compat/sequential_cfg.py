@@ -156,8 +156,10 @@ class SequentialCfg:
                 warnings.warn(
                     f"cp_hooks cfg_degree=2: the unconditional call of {type(model).__name__} did not match the one "
                     "predicted from the conditional call, so it was computed again (correct, but without the "
-                    "speed-up for this step); the next step learns the difference again.", RuntimeWarning,
-                    stacklevel=1)
+                    "speed-up for this step); the next step learns the difference again.",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
                 self.warned = True
             self.substitutions = None
         elif self.substitutions is None and self.cond is not None:
@@ -167,7 +169,10 @@ class SequentialCfg:
                 warnings.warn(
                     f"cp_hooks cfg_degree=2: the conditional and unconditional calls of {type(model).__name__} take "
                     f"different arguments ({', '.join(keys)} in one only), so they are not paired: both groups "
-                    "compute both calls (correct, without the speed-up).", RuntimeWarning, stacklevel=1)
+                    "compute both calls (correct, without the speed-up).",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
                 self.warned = True
         self.cond = None
         with paired_call():
@@ -238,6 +243,7 @@ def _dynamo_active() -> bool:
 
 def _paired_subclass(cls: type) -> type:
     if cls not in _SUBCLASSES:
+
         def __call__(self, *args, **kwargs):
             state = self.__dict__.get(_STATE_ATTR)
             # Under torch.compile(model) (or inlined into a caller's graph): a plain call, since the pairing
@@ -253,9 +259,9 @@ def _paired_subclass(cls: type) -> type:
         # hooks, and the eager (compiler-disabled) ones would break the graph.
         __call__ = torch.compiler.disable(__call__, recursive=False)
 
-        _SUBCLASSES[cls] = type(cls.__name__, (cls,), {"__call__": __call__,
-                                                        "__module__": cls.__module__,
-                                                        "__qualname__": cls.__qualname__})
+        _SUBCLASSES[cls] = type(
+            cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        )
     return _SUBCLASSES[cls]
 
 

@@ -73,8 +73,9 @@ class CfgBatchHook(ModelHook):
         def gather(t: torch.Tensor) -> torch.Tensor:
             if t.dim() == 0 or t.shape[0] != part:
                 return t  # not batched (a scalar, a loss): the same on every group
-            return gather_tensor(t, 0, runtime.cfg_group, runtime.cfg_degree, uneven=False,
-                                 group_key=runtime.cfg_group_key)
+            return gather_tensor(
+                t, 0, runtime.cfg_group, runtime.cfg_degree, uneven=False, group_key=runtime.cfg_group_key
+            )
 
         return map_tensors(output, gather)
 
@@ -105,6 +106,6 @@ class _Splitter:
         if isinstance(value, list):
             if len(value) == self.batch and not has_tensor(value):
                 part = self.batch // self.degree  # per-sample metadata, one item per sample
-                return value[self.rank * part:(self.rank + 1) * part]
+                return value[self.rank * part : (self.rank + 1) * part]
             return [self(item) for item in value]
         return value

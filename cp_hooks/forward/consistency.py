@@ -53,8 +53,9 @@ def check_consistent(description: str, runtime: ContextParallelRuntime, device: 
     # each cfg group computes its own call (the negative prompt may have another length): there, its group.
     group = runtime.flat_group if groups_compute_different_calls() else runtime.world_group
     world = dist.get_world_size(group)
-    fingerprints = [row[0] for row in comm.exchange_sizes([_fingerprint(description)], group, device,
-                                                         payload="consistency")]
+    fingerprints = [
+        row[0] for row in comm.exchange_sizes([_fingerprint(description)], group, device, payload="consistency")
+    ]
     if len(set(fingerprints)) == 1:
         return
     descriptions: list = [None] * world

@@ -200,4 +200,3 @@ def _refuse_deepcopy(module: nn.Module):
 
     setattr(__deepcopy__, "_cp_hooks_refusal", True)  # noqa: B010 (a marker attribute on the function)
     return __deepcopy__
-

@@ -101,8 +101,9 @@ class LengthMemo:
             self._memory.pop(key, None)
             self._unstable.add(key)
 
-    def lengths(self, local: tuple[int, ...], state: tuple, rank: int,
-                exchange: Callable[[], list[list[int]]]) -> list[list[int]]:
+    def lengths(
+        self, local: tuple[int, ...], state: tuple, rank: int, exchange: Callable[[], list[list[int]]]
+    ) -> list[list[int]]:
         """Every rank's values of `local` (`result[i][r]` = value i on rank r), remembered or exchanged.
 
         Args:
@@ -121,10 +122,15 @@ class LengthMemo:
             remembered = calls[position][1]
             mine = tuple(column[rank] for column in remembered)
             same = tuple(local) == mine
-            message = "" if same else (
-                f"cp_hooks: this rank's lengths {tuple(local)} differ from {mine}, which an earlier forward "
-                "with the same input shapes had at this call: the model's shard lengths depend on values, "
-                "not shapes alone. Its lengths are exchanged every call from now on; run the forward again.")
+            message = (
+                ""
+                if same
+                else (
+                    f"cp_hooks: this rank's lengths {tuple(local)} differ from {mine}, which an earlier forward "
+                    "with the same input shapes had at this call: the model's shard lengths depend on values, "
+                    "not shapes alone. Its lengths are exchanged every call from now on; run the forward again."
+                )
+            )
             value_checks.record(same, message, kind=MISMATCH_KIND)
             return remembered
         columns = _columns(exchange())

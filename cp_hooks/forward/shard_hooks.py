@@ -32,7 +32,9 @@ def _check_dims(x: torch.Tensor, spec, what: str) -> None:
         )
 
 
-def split_for_plan(x: torch.Tensor, spec: ContextParallelInput, runtime: ContextParallelRuntime, what: str) -> torch.Tensor:
+def split_for_plan(
+    x: torch.Tensor, spec: ContextParallelInput, runtime: ContextParallelRuntime, what: str
+) -> torch.Tensor:
     """This rank's shard of `x` as `spec` says, after checking dims and divisibility."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} is a {type(x).__name__}, but the plan splits it as a tensor.")
@@ -99,7 +101,9 @@ def _split_segments(x: torch.Tensor, dim: int, segments: tuple, runtime: Context
     return torch.cat(pieces, dim=dim)
 
 
-def gather_for_plan(x: torch.Tensor, spec: ContextParallelOutput, runtime: ContextParallelRuntime, what: str) -> torch.Tensor:
+def gather_for_plan(
+    x: torch.Tensor, spec: ContextParallelOutput, runtime: ContextParallelRuntime, what: str
+) -> torch.Tensor:
     """The full tensor, gathered from every rank's shard along `spec.gather_dim`, after checking dims."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} is a {type(x).__name__}, but the plan gathers it as a tensor.")
@@ -111,11 +115,21 @@ def gather_for_plan(x: torch.Tensor, spec: ContextParallelOutput, runtime: Conte
     elif runtime.anything:  # eager code exchanges them once per call position and input shape
         local = x.shape[dim]
         sizes = runtime.length_memo.lengths(
-            (local,), runtime.split_lengths.state(), runtime.rank,
-            lambda: comm.exchange_sizes([local], runtime.flat_group, x.device))[0]
+            (local,),
+            runtime.split_lengths.state(),
+            runtime.rank,
+            lambda: comm.exchange_sizes([local], runtime.flat_group, x.device),
+        )[0]
         x = conform(x, sizes[runtime.rank], dim)  # unchanged unless a length mismatch was recorded (length_memo)
-    return gather_tensor(x, dim, runtime.flat_group, runtime.world_size, uneven=runtime.anything, sizes=sizes,
-                         group_key=runtime.flat_group_key)
+    return gather_tensor(
+        x,
+        dim,
+        runtime.flat_group,
+        runtime.world_size,
+        uneven=runtime.anything,
+        sizes=sizes,
+        group_key=runtime.flat_group_key,
+    )
 
 
 class SplitHook(ModelHook):
@@ -124,7 +138,9 @@ class SplitHook(ModelHook):
     An input whose spec is a `ContextParallelOutput` is gathered instead (a module that needs it whole).
     """
 
-    def __init__(self, module: nn.Module, module_name: str, specs: dict, runtime: ContextParallelRuntime | None = None) -> None:
+    def __init__(
+        self, module: nn.Module, module_name: str, specs: dict, runtime: ContextParallelRuntime | None = None
+    ) -> None:
         self.runtime = runtime
         self.module_name = module_name or "<model>"
         # Segmented splits last: they read the lengths that this entry's tagged splits record.
@@ -151,7 +167,9 @@ class SplitHook(ModelHook):
         items = [output] if single else list(output)
         for index, spec in self.output_specs.items():
             if index >= len(items):
-                raise ValueError(f"The plan splits output {index} of '{self.module_name}', which returns {len(items)} output(s).")
+                raise ValueError(
+                    f"The plan splits output {index} of '{self.module_name}', which returns {len(items)} output(s)."
+                )
             items[index] = self._split_value(items[index], spec, index)
         return items[0] if single else type(output)(items)
 
@@ -180,13 +198,17 @@ def _apply_spec(value, spec, runtime: ContextParallelRuntime, what: str):
         return gather_for_plan(value, spec, runtime, what)
     if isinstance(spec, (list, tuple)):
         if not isinstance(value, (list, tuple)) or len(value) != len(spec):
-            raise ValueError(f"{what}: the plan has {len(spec)} specs but the value is {type(value).__name__}"
-                             f"{'' if not isinstance(value, (list, tuple)) else f' of length {len(value)}'}.")
+            raise ValueError(
+                f"{what}: the plan has {len(spec)} specs but the value is {type(value).__name__}"
+                f"{'' if not isinstance(value, (list, tuple)) else f' of length {len(value)}'}."
+            )
         return type(value)(_apply_spec(v, s, runtime, f"{what}[{i}]") for i, (v, s) in enumerate(zip(value, spec)))
     if isinstance(spec, dict):
         if not isinstance(value, dict) or not set(spec) <= set(value):
-            raise ValueError(f"{what}: the plan has specs for keys {sorted(spec)} but the value is "
-                             f"{type(value).__name__}{f' with keys {sorted(value)}' if isinstance(value, dict) else ''}.")
+            raise ValueError(
+                f"{what}: the plan has specs for keys {sorted(spec)} but the value is "
+                f"{type(value).__name__}{f' with keys {sorted(value)}' if isinstance(value, dict) else ''}."
+            )
         return {k: _apply_spec(v, spec.get(k), runtime, f"{what}[{k!r}]") for k, v in value.items()}
     return split_for_plan(value, spec, runtime, what)
 
@@ -203,9 +225,13 @@ class GatherHook(ModelHook):
         single = isinstance(output, torch.Tensor)
         items = [output] if single else list(output) if isinstance(output, (list, tuple)) else None
         if items is None:
-            raise TypeError(f"'{self.module_name}' returned {type(output).__name__}; the plan gathers tensors or tuples of them.")
+            raise TypeError(
+                f"'{self.module_name}' returned {type(output).__name__}; the plan gathers tensors or tuples of them."
+            )
         if len(items) < len(self.specs):
-            raise ValueError(f"The plan gathers {len(self.specs)} output(s) of '{self.module_name}', which returned {len(items)}.")
+            raise ValueError(
+                f"The plan gathers {len(self.specs)} output(s) of '{self.module_name}', which returned {len(items)}."
+            )
         for i, spec in enumerate(self.specs):
             if spec is not None:
                 items[i] = gather_for_plan(items[i], spec, self.runtime, f"'{self.module_name}' output {i}")
@@ -267,8 +293,9 @@ class ReplicatedOutputHook(ModelHook):
         signature, self._ended = self._ended, None
         runtime = self._bound_runtime()
         try:
-            value_checks.agree(checks, runtime.world_group, runtime.device_type,
-                               always=groups_compute_different_calls())
+            value_checks.agree(
+                checks, runtime.world_group, runtime.device_type, always=groups_compute_different_calls()
+            )
         except value_checks.ValueCheckError as error:
             if length_memo.MISMATCH_KIND in error.kinds:
                 runtime.length_memo.forget(signature)  # on every rank: they all raise here
@@ -295,5 +322,7 @@ def _parameter_positions(module: nn.Module, module_name: str, names: list[str]) 
                 f"Parameters: {[p.name for p in params]}."
             )
         kind = params[found].kind
-        positions[name] = found if kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) else None
+        positions[name] = (
+            found if kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) else None
+        )
     return positions

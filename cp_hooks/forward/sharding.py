@@ -106,8 +106,15 @@ def share_replicated_gradient(x: torch.Tensor, world: int) -> torch.Tensor:
     return _ScaleGradient.apply(x, 1.0 / world)
 
 
-def gather_tensor(x: torch.Tensor, dim: int, group, world: int, uneven: bool, sizes: list[int] | None = None,
-                  group_key: int | None = None) -> torch.Tensor:
+def gather_tensor(
+    x: torch.Tensor,
+    dim: int,
+    group,
+    world: int,
+    uneven: bool,
+    sizes: list[int] | None = None,
+    group_key: int | None = None,
+) -> torch.Tensor:
     """Concatenate every rank's shard along `dim` (backward: sum the gradients, keep this rank's piece).
 
     `group_key` is `comm.group_key(group)` computed ahead (traced code must not register groups).

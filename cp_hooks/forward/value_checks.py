@@ -61,8 +61,9 @@ class _Forward:
         already evaluated."""
         if self._pending:
             results = self._conditions().tolist()  # one read
-            self._failures = [(kind, message) for (_, kind, message), ok in zip(self._pending, results) if not ok] \
-                + self._failures
+            self._failures = [
+                (kind, message) for (_, kind, message), ok in zip(self._pending, results) if not ok
+            ] + self._failures
             self._pending = []
         return self._failures
 
@@ -140,6 +141,8 @@ def agree(forward: _Forward | None, group, device_type: str, always: bool = Fals
     kinds = sorted({kind for kind, _ in forward.failures})
     dist.all_gather_object(reports, (dist.get_rank(), forward.failures[:1], kinds), group=group)
     failed = [(rank, found[0][1]) for rank, found, _ in reports if found]
-    raise ValueCheckError(f"{failed[0][1].removeprefix('cp_hooks: ')} (found on rank(s) {[r for r, _ in failed]} "
-                          "during this forward; every rank raises, and the forward's result is discarded).",
-                          {kind for _, _, found in reports for kind in found})
+    raise ValueCheckError(
+        f"{failed[0][1].removeprefix('cp_hooks: ')} (found on rank(s) {[r for r, _ in failed]} "
+        "during this forward; every rank raises, and the forward's result is discarded).",
+        {kind for _, _, found in reports for kind in found},
+    )

@@ -40,13 +40,21 @@ TRANSFORMER_2D = {
 }
 
 _REFUSED = (
-    UnsupportedConfig("", "is_input_continuous", (True,),
-                      "continuous input (the UNet variant) reshapes the tokens back to an image before its output "
-                      "projection, so the sequence would have to be gathered at the last block's output, which the "
-                      "plan cannot name for every depth."),
-    UnsupportedConfig("", "config.cross_attention_dim", (None,),
-                      "the plan marks the blocks' text cross-attention (attn2) local, and these blocks have none; "
-                      "load the checkpoint as DiTTransformer2DModel (as diffusers does for DiT), which is served."),
+    UnsupportedConfig(
+        "",
+        "is_input_continuous",
+        (True,),
+        "continuous input (the UNet variant) reshapes the tokens back to an image before its output "
+        "projection, so the sequence would have to be gathered at the last block's output, which the "
+        "plan cannot name for every depth.",
+    ),
+    UnsupportedConfig(
+        "",
+        "config.cross_attention_dim",
+        (None,),
+        "the plan marks the blocks' text cross-attention (attn2) local, and these blocks have none; "
+        "load the checkpoint as DiTTransformer2DModel (as diffusers does for DiT), which is served.",
+    ),
 )
 
 

@@ -36,10 +36,18 @@ DREAMLITE = {
 }
 
 _REFUSED = (
-    UnsupportedConfig("", "config.use_self_attention", (False,),
-                      "without self-attention its tokens never meet, and the plan splits the self-attention."),
-    UnsupportedConfig("", "config.only_cross_attention", (True,),
-                      "its first attention attends to the replicated text instead of the split image tokens."),
+    UnsupportedConfig(
+        "",
+        "config.use_self_attention",
+        (False,),
+        "without self-attention its tokens never meet, and the plan splits the self-attention.",
+    ),
+    UnsupportedConfig(
+        "",
+        "config.only_cross_attention",
+        (True,),
+        "its first attention attends to the replicated text instead of the split image tokens.",
+    ),
 )
 
 

@@ -30,9 +30,13 @@ HELIOS = {
 
 
 _REFUSED = (
-    UnsupportedConfig("blocks.*.attn1", "is_amplify_history", (True,),
-                      "its self-attention scales the keys of the history tokens, whose count it takes as the length "
-                      "of the (split) sequence it receives minus the current chunk's whole length."),
+    UnsupportedConfig(
+        "blocks.*.attn1",
+        "is_amplify_history",
+        (True,),
+        "its self-attention scales the keys of the history tokens, whose count it takes as the length "
+        "of the (split) sequence it receives minus the current chunk's whole length.",
+    ),
 )
 
 

@@ -47,8 +47,9 @@ HIDREAM = {
     "pe_embedder": {"ids": ContextParallelInput(split_dim=1, expected_dims=3, segments=("image", None))},
     "double_stream_blocks.*": {"hidden_states_masks": ContextParallelInput(split_dim=1, expected_dims=2)},
     # [image mask (whole), ones for the local text]
-    "single_stream_blocks.*": {"hidden_states_masks": ContextParallelInput(split_dim=1, expected_dims=2,
-                                                                           segments=("image", None))},
+    "single_stream_blocks.*": {
+        "hidden_states_masks": ContextParallelInput(split_dim=1, expected_dims=2, segments=("image", None))
+    },
     "final_layer": ContextParallelOutput(gather_dim=1, expected_dims=3),
 }
 
@@ -57,5 +58,6 @@ PLANS = {
     "HiDreamImageTransformer2DModel": PlanDeclaration(
         plan=HIDREAM,
         no_batch_split="its `encoder_hidden_states_llama3` is the stack of Llama hidden layers, (layers, batch, "
-                       "tokens, dim), whose leading dimension is the layer count, not the batch."),
+        "tokens, dim), whose leading dimension is the layer count, not the batch.",
+    ),
 }

@@ -40,9 +40,13 @@ HUNYUAN_VIDEO = {
 
 
 _REFUSED = (
-    UnsupportedConfig("", "config.image_condition_type", ("token_replace",),
-                      "its blocks modulate the first frame's tokens, found by a plain int count from the start of "
-                      "the sequence, which each rank's shard does not share."),
+    UnsupportedConfig(
+        "",
+        "config.image_condition_type",
+        ("token_replace",),
+        "its blocks modulate the first frame's tokens, found by a plain int count from the start of "
+        "the sequence, which each rank's shard does not share.",
+    ),
 )
 
 

@@ -38,8 +38,10 @@ JOYIMAGE_EDIT = {
 
 
 JOYIMAGE_EDIT_PLUS = {
-    "double_blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, tag="image"),
-                        "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, tag="text")},
+    "double_blocks.0": {
+        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, tag="image"),
+        "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, tag="text"),
+    },
     "double_blocks.*": {
         "image_rotary_emb": (ContextParallelInput(split_dim=1, expected_dims=3),) * 2,  # (cos, sin), (B, S_img, D)
         "attention_mask": ContextParallelInput(split_dim=3, expected_dims=4, segments=("image", "text")),

@@ -59,9 +59,13 @@ KANDINSKY5 = {
 }
 
 _REFUSED_K5 = (
-    UnsupportedConfig("", "config.attention_type", ("nabla",),
-                      "its sparse (nabla) attention builds a flex BlockMask from the pooled scores of all queries "
-                      "against all keys, a query x key mask that cannot be split."),
+    UnsupportedConfig(
+        "",
+        "config.attention_type",
+        ("nabla",),
+        "its sparse (nabla) attention builds a flex BlockMask from the pooled scores of all queries "
+        "against all keys, a query x key mask that cannot be split.",
+    ),
 )
 
 
@@ -157,8 +161,8 @@ class Kandinsky6SRContextParallelProcessor:
         u = rt.ulysses_degree
         outs = []
         for h in range(query.shape[2]):
-            q, k, v = (t[:, :, h:h + 1].expand(-1, -1, u, -1).contiguous() for t in (query, key, value))
-            out = context_parallel_attention(q, k, v, _token_mask(blocks[:, h:h + 1]), config=rt)
+            q, k, v = (t[:, :, h : h + 1].expand(-1, -1, u, -1).contiguous() for t in (query, key, value))
+            out = context_parallel_attention(q, k, v, _token_mask(blocks[:, h : h + 1]), config=rt)
             outs.append(out[:, :, :1])
         return attn.out_layer(torch.cat(outs, dim=2).flatten(2, 3))
 

@@ -20,8 +20,10 @@ from cp_hooks.plans.specs import ContextParallelInput, ContextParallelOutput, Lo
 
 KREA2 = {
     "text_fusion": LocalAttention(),
-    "rotary_emb": {0: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
-                   1: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)},
+    "rotary_emb": {
+        0: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
+        1: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
+    },
     "transformer_blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},
     "transformer_blocks.*": {"attention_mask": ContextParallelInput(split_dim=3, expected_dims=4)},
     "transformer_blocks.-1": ContextParallelOutput(gather_dim=1, expected_dims=3),

@@ -33,11 +33,13 @@ def _inside(blocks: str, cross: bool) -> dict:
         f"{blocks}.*.ff.net.2": _GATHER,
     }
     if cross:
-        plan.update({
-            f"{blocks}.*.attn2": LocalAttention(),
-            f"{blocks}.*.attn2.to_q": {"input": _TOKENS},
-            f"{blocks}.*.attn2.to_out.1": _GATHER,
-        })
+        plan.update(
+            {
+                f"{blocks}.*.attn2": LocalAttention(),
+                f"{blocks}.*.attn2.to_q": {"input": _TOKENS},
+                f"{blocks}.*.attn2.to_out.1": _GATHER,
+            }
+        )
     return plan
 
 

@@ -33,5 +33,6 @@ PLANS = {
     "MiniMaxH3Transformer3DModel": PlanDeclaration(
         plan=MINIMAX_H3,
         no_batch_split="its `timestep` holds the distinct noise levels of the packed rows, not one per sample, so its "
-                       "leading dimension says nothing about the batch."),
+        "leading dimension says nothing about the batch.",
+    ),
 }

@@ -49,7 +49,8 @@ PLANS = {
     "OmniGenTransformer2DModel": PlanDeclaration(
         plan=OMNIGEN,
         no_batch_split="its rotary table is built from position_ids[0] for every sample, so a group holding the other "
-                       "half of the batch would rotate by its own first sample's positions (unequal when the prompts' "
-                       "lengths differ), and input_image_sizes is keyed by the sample's index in the whole batch, with"
-                       " input_img_latents a flat list over it."),
+        "half of the batch would rotate by its own first sample's positions (unequal when the prompts' "
+        "lengths differ), and input_image_sizes is keyed by the sample's index in the whole batch, with"
+        " input_img_latents a flat list over it.",
+    ),
 }

@@ -20,6 +20,9 @@ def is_pipeline(obj) -> bool:
 
 def parallel_components(pipe) -> list[tuple[str, nn.Module]]:
     """(name, module) of every component of `pipe` that has a context-parallel plan, in the pipeline's order."""
-    return [(name, module) for name, module in pipe.components.items()
-            if isinstance(module, nn.Module) and (registered_plan(type(module)) is not None
-                                                  or getattr(module, "_cp_plan", None))]
+    return [
+        (name, module)
+        for name, module in pipe.components.items()
+        if isinstance(module, nn.Module)
+        and (registered_plan(type(module)) is not None or getattr(module, "_cp_plan", None))
+    ]

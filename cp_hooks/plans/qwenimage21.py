@@ -48,13 +48,24 @@ class QwenImage21ContextParallelProcessor:
         offset, length = self._shard(prefill, rank)
         return offset, max(0, min(prefix_len - offset, length))
 
-    def __call__(self, attn, hidden_states, attention_mask=None, rotary_emb=None, layer_cache=None,
-                 kv_cache_mode=None, cache_write_slice=None, segments=None, key_valid=None):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        attention_mask=None,
+        rotary_emb=None,
+        layer_cache=None,
+        kv_cache_mode=None,
+        cache_write_slice=None,
+        segments=None,
+        key_valid=None,
+    ):
         from diffusers.models.transformers.transformer_qwenimage21 import apply_rotary_emb_qwen
 
         head_dim = attn.inner_dim // attn.heads
-        query, key, value = (proj(hidden_states).unflatten(-1, (-1, head_dim))
-                             for proj in (attn.to_q, attn.to_k, attn.to_v))
+        query, key, value = (
+            proj(hidden_states).unflatten(-1, (-1, head_dim)) for proj in (attn.to_q, attn.to_k, attn.to_v)
+        )
         query, key = attn.norm_q(query).to(value.dtype), attn.norm_k(key).to(value.dtype)
         if rotary_emb is not None:
             query = apply_rotary_emb_qwen(query, rotary_emb, use_real=False)
@@ -63,8 +74,9 @@ class QwenImage21ContextParallelProcessor:
 
         if segments is None:  # no prefix structure: every query sees every key
             if kv_cache_mode == "cached":
-                query, key, value, attention_mask = self._with_cached_prefix(query, key, value, attention_mask,
-                                                                             layer_cache, whole)
+                query, key, value, attention_mask = self._with_cached_prefix(
+                    query, key, value, attention_mask, layer_cache, whole
+                )
             out = context_parallel_attention(query, key, value, attention_mask, config=self.runtime)
         else:
             prefix_len = segments[-1][1] if segments else 0
@@ -73,8 +85,10 @@ class QwenImage21ContextParallelProcessor:
                 _, mine = self._prefix_part(prefix_len, whole)
                 layer_cache.store(key[:, :mine].clone(), value[:, :mine].clone())
                 layer_cache.cp_prefix = (prefix_len, whole)
-            mask = _MASKS.get((segments, prefix_len, whole, key_valid, query.device),
-                              lambda: _block_causal_mask(segments, prefix_len, whole, key_valid, query.device))
+            mask = _MASKS.get(
+                (segments, prefix_len, whole, key_valid, query.device),
+                lambda: _block_causal_mask(segments, prefix_len, whole, key_valid, query.device),
+            )
             out = context_parallel_attention(query, key, value, mask, config=self.runtime)
 
         out = out.flatten(2, 3).type_as(query)
@@ -84,8 +98,10 @@ class QwenImage21ContextParallelProcessor:
         """Keys and values [this rank's cached prefix part, its target shard], and the text mask cut to them."""
         prefix_len, prefill = layer_cache.cp_prefix
         prefix_offset, mine = self._prefix_part(prefix_len, prefill)
-        counts = [self._prefix_part(prefix_len, prefill, r)[1] + self._shard(target, r)[1]
-                  for r in range(self.runtime.world_size)]  # every rank's key count: the same decision on all
+        counts = [
+            self._prefix_part(prefix_len, prefill, r)[1] + self._shard(target, r)[1]
+            for r in range(self.runtime.world_size)
+        ]  # every rank's key count: the same decision on all
         if len(set(counts)) > 1 and not self.runtime.anything:
             raise ValueError(
                 "QwenImage21Transformer2DModel's cached steps attend over each rank's part of the cached prefix plus "
@@ -96,8 +112,13 @@ class QwenImage21ContextParallelProcessor:
         key, value = torch.cat([cached_k, key], dim=1), torch.cat([cached_v, value], dim=1)
         if attention_mask is not None:  # (B, 1, 1, prefix_len + target) whole: keep the columns of these keys
             offset, length = self._shard(target)
-            attention_mask = torch.cat([attention_mask[..., prefix_offset:prefix_offset + mine],
-                                        attention_mask[..., prefix_len + offset:prefix_len + offset + length]], -1)
+            attention_mask = torch.cat(
+                [
+                    attention_mask[..., prefix_offset : prefix_offset + mine],
+                    attention_mask[..., prefix_len + offset : prefix_len + offset + length],
+                ],
+                -1,
+            )
         return query, key, value, attention_mask
 
 
@@ -127,8 +148,10 @@ _PER_TOKEN = ContextParallelInput(split_dim=0, expected_dims=1)  # (S,) target_t
 
 QWENIMAGE21 = {
     "transformer_blocks.0": {"hidden_states": _TOKENS},
-    "transformer_blocks.*": {"rotary_emb": ContextParallelInput(split_dim=0, expected_dims=2),
-                             "target_token_mask": _PER_TOKEN},
+    "transformer_blocks.*": {
+        "rotary_emb": ContextParallelInput(split_dim=0, expected_dims=2),
+        "target_token_mask": _PER_TOKEN,
+    },
     "transformer_blocks.*.attn": ContextParallelProcessor(QwenImage21ContextParallelProcessor),
     "norm_out": {"target_token_mask": _PER_TOKEN},
     "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),

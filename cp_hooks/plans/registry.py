@@ -31,8 +31,9 @@ _DECLARATIONS: dict[str, tuple[PlanDeclaration, type | None]] = {}
 _LOADED_FAMILIES: set[str] = set()
 
 
-def register_plan(model_class: type, plan: Plan, unsupported: tuple[UnsupportedConfig, ...] = (),
-                  no_batch_split: str = "") -> None:
+def register_plan(
+    model_class: type, plan: Plan, unsupported: tuple[UnsupportedConfig, ...] = (), no_batch_split: str = ""
+) -> None:
     """Register `plan` for `model_class` (and its subclasses), in place of any built-in plan of that class.
 
     Args:

@@ -67,13 +67,20 @@ class ContextParallelInput:
 
     def __post_init__(self) -> None:
         if self.segments is not None:
-            if not isinstance(self.segments, tuple) or not self.segments or not all(
-                    s is None or isinstance(s, str) for s in self.segments):
-                raise TypeError(f"ContextParallelInput(segments=...) takes a non-empty tuple of tags (str) and at "
-                                f"most one None, got {self.segments!r}.")
+            if (
+                not isinstance(self.segments, tuple)
+                or not self.segments
+                or not all(s is None or isinstance(s, str) for s in self.segments)
+            ):
+                raise TypeError(
+                    f"ContextParallelInput(segments=...) takes a non-empty tuple of tags (str) and at "
+                    f"most one None, got {self.segments!r}."
+                )
             if list(self.segments).count(None) > 1:
-                raise ValueError(f"ContextParallelInput(segments={self.segments!r}) has more than one None: the "
-                                 "length of a stream kept whole is what the tagged streams leave, so only one can be.")
+                raise ValueError(
+                    f"ContextParallelInput(segments={self.segments!r}) has more than one None: the "
+                    "length of a stream kept whole is what the tagged streams leave, so only one can be."
+                )
             if self.tag is not None:
                 raise ValueError("A ContextParallelInput with segments cannot also be tagged: tag the streams' splits.")
 
@@ -159,8 +166,9 @@ Plan = dict[str, ModulePlan]
 def _convert_spec(spec: Any, where: str):
     """Accept our specs, diffusers' specs (same fields), None placeholders, and lists/tuples/dicts of them,
     nested as deep as the value they describe (a tuple of (cos, sin) tuples, a dict of tables)."""
-    if spec is None or isinstance(spec, (ContextParallelInput, ContextParallelOutput, LocalAttention,
-                                         ContextParallelProcessor)):
+    if spec is None or isinstance(
+        spec, (ContextParallelInput, ContextParallelOutput, LocalAttention, ContextParallelProcessor)
+    ):
         return spec
     if isinstance(spec, (list, tuple)):
         return type(spec)(_convert_spec(s, where) for s in spec)

@@ -100,9 +100,22 @@ class WanAnimate2ContextParallelProcessor:
         rank = self.runtime.rank
         return sum(sizes[:rank]), sizes[rank]
 
-    def __call__(self, attn, hidden_states, rotary_emb, grid_sizes, kv_cache, kv_cache_mode, rope_stride=1,
-                 reference_rotary_emb=None, reference_grid_sizes=None, reference_rope_stride=1, attention_mask=None,
-                 origin_latent_frames=None, origin_latent_hw=None):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        rotary_emb,
+        grid_sizes,
+        kv_cache,
+        kv_cache_mode,
+        rope_stride=1,
+        reference_rotary_emb=None,
+        reference_grid_sizes=None,
+        reference_rope_stride=1,
+        attention_mask=None,
+        origin_latent_frames=None,
+        origin_latent_hw=None,
+    ):
         query, key, value = _self_attention_qkv(attn, hidden_states)
         whole = self.runtime.split_lengths.named["wan_animate2_tokens"]  # this pass's whole token count
         offset, _ = self._shard(whole)
@@ -123,10 +136,11 @@ class WanAnimate2ContextParallelProcessor:
             else:  # written by one process (whole): keep this rank's rows
                 ref_whole = key_ref.shape[1]
                 ref_offset, length = self._shard(ref_whole)
-                key_ref = key_ref[:, ref_offset:ref_offset + length]
-                value_ref = value_ref[:, ref_offset:ref_offset + length]
-            key_ref = _rope_rows(key_ref, reference_grid_sizes, reference_rotary_emb, reference_rope_stride,
-                                 ref_offset).type_as(value)
+                key_ref = key_ref[:, ref_offset : ref_offset + length]
+                value_ref = value_ref[:, ref_offset : ref_offset + length]
+            key_ref = _rope_rows(
+                key_ref, reference_grid_sizes, reference_rotary_emb, reference_rope_stride, ref_offset
+            ).type_as(value)
             gen_sizes, ref_sizes = self._sizes(whole), self._sizes(ref_whole)
             counts = [g + r for g, r in zip(gen_sizes, ref_sizes)]
             if len(set(counts)) > 1 and not self.runtime.anything:
@@ -136,10 +150,27 @@ class WanAnimate2ContextParallelProcessor:
                     "ContextParallelConfig(ulysses_anything=True) / ring_anything=True."
                 )
             mask = _MASKS.get(
-                (grid_sizes, reference_grid_sizes, origin_latent_frames, origin_latent_hw, whole, gen_sizes, ref_sizes,
-                 query.device),
-                lambda: _generation_mask(grid_sizes, reference_grid_sizes, origin_latent_frames, origin_latent_hw,
-                                         whole, gen_sizes, ref_sizes, query.device))
+                (
+                    grid_sizes,
+                    reference_grid_sizes,
+                    origin_latent_frames,
+                    origin_latent_hw,
+                    whole,
+                    gen_sizes,
+                    ref_sizes,
+                    query.device,
+                ),
+                lambda: _generation_mask(
+                    grid_sizes,
+                    reference_grid_sizes,
+                    origin_latent_frames,
+                    origin_latent_hw,
+                    whole,
+                    gen_sizes,
+                    ref_sizes,
+                    query.device,
+                ),
+            )
             key, value = torch.cat([key, key_ref], dim=1), torch.cat([value, value_ref], dim=1)
             out = context_parallel_attention(query, key, value, mask, config=self.runtime)
         else:
@@ -156,10 +187,15 @@ def _rope_rows(x, grid_sizes, freqs, stride: int, offset: int) -> torch.Tensor:
     parts = freqs.split([c - 2 * (c // 3), c // 3, c // 3], dim=1)
     output = []
     for i, (f, h, w) in enumerate(grid_sizes.tolist()):
-        table = torch.cat([parts[0][: f * stride: stride].view(f, 1, 1, -1).expand(f, h, w, -1),
-                           parts[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
-                           parts[2][:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1).reshape(f * h * w, 1, -1)
-        rows = table[offset:offset + x.size(1)]
+        table = torch.cat(
+            [
+                parts[0][: f * stride : stride].view(f, 1, 1, -1).expand(f, h, w, -1),
+                parts[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
+                parts[2][:w].view(1, 1, w, -1).expand(f, h, w, -1),
+            ],
+            dim=-1,
+        ).reshape(f * h * w, 1, -1)
+        rows = table[offset : offset + x.size(1)]
         k = rows.shape[0]
         x_i = torch.view_as_complex(x[i, :k].to(torch.float64).reshape(k, n, -1, 2))
         output.append(torch.cat([torch.view_as_real(x_i * rows).flatten(2), x[i, k:]]))
@@ -170,8 +206,16 @@ def _rope_rows(x, grid_sizes, freqs, stride: int, offset: int) -> torch.Tensor:
 _MASKS = SameInputsMemo()
 
 
-def _generation_mask(grid_sizes, reference_grid_sizes, origin_frames: int, origin_hw: int, whole: int,
-                     gen_sizes: list[int], ref_sizes: list[int], device) -> torch.Tensor:
+def _generation_mask(
+    grid_sizes,
+    reference_grid_sizes,
+    origin_frames: int,
+    origin_hw: int,
+    whole: int,
+    gen_sizes: list[int],
+    ref_sizes: list[int],
+    device,
+) -> torch.Tensor:
     """The (1, 1, generation tokens, generation + reference tokens) boolean mask of the generation pass, over the
     whole sequence, its key columns in the ranks' order [generation piece 0, reference piece 0, piece 1, ...].
 
@@ -183,8 +227,12 @@ def _generation_mask(grid_sizes, reference_grid_sizes, origin_frames: int, origi
     frames, height, width = grid_sizes[0].tolist()
     ref_frames, ref_height, ref_width = reference_grid_sizes[0].tolist()
     hw, ref_hw = height * width, ref_height * ref_width
-    if not (hw == ref_hw == origin_hw and frames == origin_frames + 1 and ref_frames == origin_frames
-            and whole == frames * hw):
+    if not (
+        hw == ref_hw == origin_hw
+        and frames == origin_frames + 1
+        and ref_frames == origin_frames
+        and whole == frames * hw
+    ):
         raise ValueError(
             "WanAnimate2Transformer3DModel under context parallelism serves the generation pass in the pipeline's "
             f"geometry only (the generation grid {frames}x{hw} tokens = the full video's {origin_frames} latent frames "
@@ -216,5 +264,6 @@ PLANS = {
     "WanAnimate2Transformer3DModel": PlanDeclaration(
         plan=WAN_ANIMATE2,
         no_batch_split="its inputs are lists of per-sample tensors and its KV cache holds the reference pass's batch, "
-                       "which a cfg group's share of the batch would not match"),
+        "which a cfg group's share of the batch would not match",
+    ),
 }

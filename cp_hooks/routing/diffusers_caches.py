@@ -71,5 +71,6 @@ def release() -> None:
 def is_patched() -> bool:
     """True while diffusers' First Block Cache metric is replaced by the group-reduced one."""
     cls = _fbc_hook_class()
-    return cls is not None and getattr(cls.__dict__.get("_should_compute_remaining_blocks"),
-                                       "_cp_hooks_global_metric", False)
+    return cls is not None and getattr(
+        cls.__dict__.get("_should_compute_remaining_blocks"), "_cp_hooks_global_metric", False
+    )

@@ -37,8 +37,16 @@ _patched_modules: dict[str, list] = {}  # module name -> [original function, ref
 _MISSING = object()
 
 # What the context-parallel path reads, with the defaults diffusers gives them.
-_ATTENTION_ARGS = {"query": _MISSING, "key": _MISSING, "value": _MISSING, "attn_mask": None, "dropout_p": 0.0,
-                   "is_causal": False, "scale": None, "enable_gqa": False}
+_ATTENTION_ARGS = {
+    "query": _MISSING,
+    "key": _MISSING,
+    "value": _MISSING,
+    "attn_mask": None,
+    "dropout_p": 0.0,
+    "is_causal": False,
+    "scale": None,
+    "enable_gqa": False,
+}
 # What it may ignore: the backend and its options choose a local kernel, and cp_hooks runs its own.
 _IGNORED_ON_CP_PATH = frozenset({"attention_kwargs", "backend", "parallel_config"})
 
@@ -73,8 +81,11 @@ class _Arguments:
                 f"{getattr(original, '__module__', '?')}.{_DISPATCH_NAME} has no parameter(s) {', '.join(missing)}: "
                 "this diffusers version routes attention differently from what cp_hooks knows. Please report it."
             )
-        positional = [p.name for p in parameters.values()
-                      if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        positional = [
+            p.name
+            for p in parameters.values()
+            if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        ]
         self.positions = {name: i for i, name in enumerate(positional)}
         self.names = positional
         self.defaults = {name: p.default for name, p in parameters.items() if p.default is not p.empty}
@@ -82,8 +93,9 @@ class _Arguments:
         self.fallback = {name: self.defaults.get(name, default) for name, default in _ATTENTION_ARGS.items()}
         # The fast path of `attention`: positional arguments in diffusers' order, keywords all known.
         order = list(_ATTENTION_ARGS)
-        self.prefix = next((i for i, name in enumerate(positional[:len(order)]) if name != order[i]),
-                           min(len(positional), len(order)))
+        self.prefix = next(
+            (i for i, name in enumerate(positional[: len(order)]) if name != order[i]), min(len(positional), len(order))
+        )
         self.known = frozenset(_ATTENTION_ARGS) | _IGNORED_ON_CP_PATH
         # Per number of positional arguments: the (name, fallback) pairs of the attention arguments after them.
         self.rest = [[(name, self.fallback[name]) for name in order[n:]] for n in range(len(order) + 1)]
@@ -99,7 +111,7 @@ class _Arguments:
     def replace(self, args: tuple, kwargs: dict, name: str, value) -> tuple[tuple, dict]:
         index = self.positions.get(name)
         if name not in kwargs and index is not None and index < len(args):
-            return args[:index] + (value,) + args[index + 1:], kwargs
+            return args[:index] + (value,) + args[index + 1 :], kwargs
         return args, {**kwargs, name: value}
 
     def attention(self, args: tuple, kwargs: dict) -> list:
@@ -113,8 +125,11 @@ class _Arguments:
         else:
             passed = dict(zip(self.names, args))
             passed.update(kwargs)
-            dropped = [f"{name}={value!r}" for name, value in passed.items()
-                       if name not in self.known and not _is_default(value, self.defaults.get(name, _MISSING))]
+            dropped = [
+                f"{name}={value!r}"
+                for name, value in passed.items()
+                if name not in self.known and not _is_default(value, self.defaults.get(name, _MISSING))
+            ]
             if dropped or len(args) > len(self.names):
                 raise TypeError(
                     f"{_DISPATCH_NAME} was called with {', '.join(dropped) or 'extra positional arguments'}, which "
@@ -151,8 +166,9 @@ def _make_wrapper(original):
                 q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = arguments.attention(args, kwargs)
                 if enable_gqa:
                     k, v = _repeat_kv_heads(q, k, v)
-                return context_parallel_attention(q, k, v, attn_mask, dropout_p, is_causal, scale,
-                                                  config=parallel_config.runtime)
+                return context_parallel_attention(
+                    q, k, v, attn_mask, dropout_p, is_causal, scale, config=parallel_config.runtime
+                )
         with context.run_locally():
             return original(*args, **kwargs)
 
@@ -232,7 +248,9 @@ class ProcessorRouting:
 
         When nothing changed: one integer and one list compared (a few microseconds for Flux's 57 modules).
         """
-        if context.registration_count() != self._registrations:  # a module was added somewhere: maybe an attention module
+        if (
+            context.registration_count() != self._registrations
+        ):  # a module was added somewhere: maybe an attention module
             self._list_modules()
         current = self.processors
         if current == self._seen:  # list equality tests identity first; processors compare by identity

@@ -43,8 +43,10 @@ class ProcessorSwap(ModelHook):
         self.entries = entries
         for name, module, _ in entries:
             if _processor(module) is None:
-                raise ValueError(f"The plan gives '{name}' ({type(module).__name__}) a ContextParallelProcessor, but "
-                                 "it has no attention processor to replace.")
+                raise ValueError(
+                    f"The plan gives '{name}' ({type(module).__name__}) a ContextParallelProcessor, but "
+                    "it has no attention processor to replace."
+                )
         self._installed: list[tuple[nn.Module, object, object]] = []  # (module, original, replacement)
 
     def install(self, runtime: ContextParallelRuntime) -> None:

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         import sys
 
-        print(f"cp_hooks serve needs FastAPI and uvicorn ({exc}): pip install \"cp_hooks[serve]\"", file=sys.stderr)
+        print(f'cp_hooks serve needs FastAPI and uvicorn ({exc}): pip install "cp_hooks[serve]"', file=sys.stderr)
         return 2
     from cp_hooks.serve.cli import main as serve_main
 

@@ -33,39 +33,76 @@ SHUTDOWN_LINGER_S = 3.0  # after a fatal error, rank 0 keeps answering 503 this 
 
 def parser() -> argparse.ArgumentParser:
     """The options of `python -m cp_hooks serve`."""
-    p = argparse.ArgumentParser(prog="python -m cp_hooks serve", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny-flux",
-                   help='"tiny-flux" (default: a tiny random Flux built offline), "tiny-wan" (a tiny random video '
-                        "pipeline), or a diffusers pipeline's hub id or local path")
+    p = argparse.ArgumentParser(
+        prog="python -m cp_hooks serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        default="tiny-flux",
+        help='"tiny-flux" (default: a tiny random Flux built offline), "tiny-wan" (a tiny random video '
+        "pipeline), or a diffusers pipeline's hub id or local path",
+    )
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"], default="float32")
     p.add_argument("--host", default="127.0.0.1", help="address rank 0 listens on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000)
     g = p.add_argument_group("parallelism (as examples/generate.py)")
-    g.add_argument("--ulysses-degree", "--ulysses", dest="ulysses", type=int, default=None,
-                   help="Ulysses degree (default: world size / (cfg * ring))")
+    g.add_argument(
+        "--ulysses-degree",
+        "--ulysses",
+        dest="ulysses",
+        type=int,
+        default=None,
+        help="Ulysses degree (default: world size / (cfg * ring))",
+    )
     g.add_argument("--ring-degree", "--ring", dest="ring", type=int, default=1, help="ring degree")
-    g.add_argument("--rotate-method", choices=["allgather", "alltoall"], default="allgather",
-                   help="ring: gather all key/value shards at once, or pass one at a time around the ring")
-    g.add_argument("--cfg-degree", type=int, default=1,
-                   help="classifier-free-guidance groups (the conditional and unconditional passes at once)")
-    g.add_argument("--anything", action="store_true",
-                   help="allow sequence lengths / head counts the degrees do not divide (anything modes)")
+    g.add_argument(
+        "--rotate-method",
+        choices=["allgather", "alltoall"],
+        default="allgather",
+        help="ring: gather all key/value shards at once, or pass one at a time around the ring",
+    )
+    g.add_argument(
+        "--cfg-degree",
+        type=int,
+        default=1,
+        help="classifier-free-guidance groups (the conditional and unconditional passes at once)",
+    )
+    g.add_argument(
+        "--anything",
+        action="store_true",
+        help="allow sequence lengths / head counts the degrees do not divide (anything modes)",
+    )
     g.add_argument("--heads", type=int, default=4, help="attention heads of the tiny models")
     s = p.add_argument_group("service")
     s.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 429")
     s.add_argument("--max-images", type=int, default=4, help="largest n per request")
     s.add_argument("--max-steps", type=int, default=50, help="most num_inference_steps per request")
-    s.add_argument("--max-pixels", type=int, default=None,
-                   help="largest width x height (default: 256x256 for the tiny models, 2048x2048 otherwise)")
-    s.add_argument("--pg-timeout", type=float, default=300.0,
-                   help="seconds a collective may wait for a peer before the service gives up and exits non-zero")
-    s.add_argument("--load-timeout", type=float, default=1800.0,
-                   help="seconds every rank may take to start and load the model")
-    s.add_argument("--heartbeat-s", type=float, default=None,
-                   help="idle seconds between control messages (default: min(5, pg-timeout / 3))")
-    s.add_argument("--fault-injection", action="store_true",
-                   help="TESTS ONLY: accept the request field fault_injection (make a rank raise, or slow down)")
+    s.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="largest width x height (default: 256x256 for the tiny models, 2048x2048 otherwise)",
+    )
+    s.add_argument(
+        "--pg-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a collective may wait for a peer before the service gives up and exits non-zero",
+    )
+    s.add_argument(
+        "--load-timeout", type=float, default=1800.0, help="seconds every rank may take to start and load the model"
+    )
+    s.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=None,
+        help="idle seconds between control messages (default: min(5, pg-timeout / 3))",
+    )
+    s.add_argument(
+        "--fault-injection",
+        action="store_true",
+        help="TESTS ONLY: accept the request field fault_injection (make a rank raise, or slow down)",
+    )
     return p
 
 
@@ -145,8 +182,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if rank == 0 and sock is not None:
         # The service object exists before the model: the app answers /health with 503 until `ready`.
-        service = Service(world_size=int(os.environ.get("WORLD_SIZE", "1")), max_queue=args.max_queue,
-                          limits=Limits(), defaults={}, model=args.model)
+        service = Service(
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            max_queue=args.max_queue,
+            limits=Limits(),
+            defaults={},
+            model=args.model,
+        )
         http = _HttpServer(create_app(service), sock)
         signals.on_signal = lambda: service.stop("stopping", "the service is shutting down")
         if not http.wait_started(30):
@@ -155,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(default_threads())
     if "RANK" not in os.environ:  # `python -m cp_hooks serve` without a launcher: one process
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+        )
     # The default group only starts things up and shuts them down, so it gets the long timeout (ranks import
     # and load at different speeds); the model's groups and the control channel get --pg-timeout.
     device = init_distributed(timeout_s=max(args.load_timeout, args.pg_timeout))
@@ -178,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         _log(failure or f"rank {rank}: exiting, the start-up failed on another rank (its log says why)")
         return 1
     try:
-        config = build_config(device, args.ulysses, args.ring, args.cfg_degree, args.rotate_method, args.anything,
-                              args.pg_timeout)
+        config = build_config(
+            device, args.ulysses, args.ring, args.cfg_degree, args.rotate_method, args.anything, args.pg_timeout
+        )
         if config is not None:
             enable_parallelism(pipe, config)  # the transformer(s) and the VAE, over every rank
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the same on every rank (degrees, heads)

@@ -70,8 +70,11 @@ class Metrics:
             header("cp_hooks_serve_requests_total", "counter", "HTTP requests answered, by endpoint and status code.")
             for (endpoint, status), n in sorted(self._requests.items()):
                 out.append(f'cp_hooks_serve_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
-            header("cp_hooks_serve_request_seconds", "histogram",
-                   "Time from a generation request's arrival to its answer (queueing included).")
+            header(
+                "cp_hooks_serve_request_seconds",
+                "histogram",
+                "Time from a generation request's arrival to its answer (queueing included).",
+            )
             for endpoint, buckets in sorted(self._buckets.items()):
                 cumulative = 0
                 for bound, n in zip((*LATENCY_BUCKETS, float("inf")), buckets):
@@ -86,11 +89,15 @@ class Metrics:
             out.append(f"cp_hooks_serve_in_flight {self._in_flight()}")
             header("cp_hooks_serve_steps_total", "counter", "Denoising steps of successful requests.")
             out.append(f"cp_hooks_serve_steps_total {self._steps}")
-            header("cp_hooks_serve_pipeline_seconds_total", "counter",
-                   "Seconds the ranks spent in successful pipeline calls (steps_total / this = mean steps per second).")
+            header(
+                "cp_hooks_serve_pipeline_seconds_total",
+                "counter",
+                "Seconds the ranks spent in successful pipeline calls (steps_total / this = mean steps per second).",
+            )
             out.append(f"cp_hooks_serve_pipeline_seconds_total {self._pipeline_seconds!r}")
-            header("cp_hooks_serve_steps_per_second", "gauge",
-                   "Denoising steps per second of the last successful request.")
+            header(
+                "cp_hooks_serve_steps_per_second", "gauge", "Denoising steps per second of the last successful request."
+            )
             out.append(f"cp_hooks_serve_steps_per_second {self._last_steps_per_second!r}")
             header("cp_hooks_serve_images_total", "counter", "Images (or videos) generated.")
             out.append(f"cp_hooks_serve_images_total {self._images}")

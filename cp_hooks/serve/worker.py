@@ -73,8 +73,18 @@ def is_collective_error(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and any(
-        marker in text for marker in ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset", "Timed out",
-                                      "timed out", "Broken pipe"))
+        marker in text
+        for marker in (
+            "gloo",
+            "Gloo",
+            "NCCL",
+            "Connection closed",
+            "Connection reset",
+            "Timed out",
+            "timed out",
+            "Broken pipe",
+        )
+    )
 
 
 def build_pipeline(model: str, dtype: torch.dtype, device: torch.device, heads: int):
@@ -96,9 +106,15 @@ def build_pipeline(model: str, dtype: torch.dtype, device: torch.device, heads: 
     return pipe
 
 
-def build_config(device: torch.device, ulysses: int | None, ring: int, cfg: int,
-                 rotate_method: Literal["allgather", "alltoall"],
-                 anything: bool, timeout_s: float) -> ContextParallelConfig | None:
+def build_config(
+    device: torch.device,
+    ulysses: int | None,
+    ring: int,
+    cfg: int,
+    rotate_method: Literal["allgather", "alltoall"],
+    anything: bool,
+    timeout_s: float,
+) -> ContextParallelConfig | None:
     """The context-parallel config over every rank, or None in a single process.
 
     The mesh is built here rather than by `ContextParallelConfig.setup()` to give the model's process groups
@@ -113,9 +129,11 @@ def build_config(device: torch.device, ulysses: int | None, ring: int, cfg: int,
         return None
     ulysses = ulysses or world // (cfg * ring)
     if cfg * ring * ulysses != world:
-        raise SystemExit(f"cfg ({cfg}) x ring ({ring}) x ulysses ({ulysses}) = {cfg * ring * ulysses} != world size "
-                         f"({world}): launch that many processes or change --cfg-degree / --ring-degree / "
-                         "--ulysses-degree.")
+        raise SystemExit(
+            f"cfg ({cfg}) x ring ({ring}) x ulysses ({ulysses}) = {cfg * ring * ulysses} != world size "
+            f"({world}): launch that many processes or change --cfg-degree / --ring-degree / "
+            "--ulysses-degree."
+        )
     from torch.distributed.device_mesh import init_device_mesh
 
     names, shape = ("cfg", "ring", "ulysses"), (cfg, ring, ulysses)
@@ -123,8 +141,11 @@ def build_config(device: torch.device, ulysses: int | None, ring: int, cfg: int,
     override: dict[int | str, Any] | None
     try:
         backend = {"cpu": "gloo", "cuda": "nccl"}[device.type]
-        options: Any = (dist.ProcessGroupGloo._Options() if backend == "gloo"  # type: ignore[attr-defined]
-                        else dist.ProcessGroupNCCL.Options())
+        options: Any = (
+            dist.ProcessGroupGloo._Options()
+            if backend == "gloo"  # type: ignore[attr-defined]
+            else dist.ProcessGroupNCCL.Options()
+        )
         options._timeout = datetime.timedelta(seconds=timeout_s)
         override = {name: (backend, options) for name in names}
     except (KeyError, AttributeError, TypeError):  # another device, or a torch without these options
@@ -136,8 +157,12 @@ def build_config(device: torch.device, ulysses: int | None, ring: int, cfg: int,
             mesh = None
     if mesh is None:
         mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
-    return ContextParallelConfig(mesh=mesh, rotate_method=rotate_method, ulysses_anything=anything and ulysses > 1,
-                                 ring_anything=anything and ring > 1)
+    return ContextParallelConfig(
+        mesh=mesh,
+        rotate_method=rotate_method,
+        ulysses_anything=anything and ulysses > 1,
+        ring_anything=anything and ring > 1,
+    )
 
 
 def describe_mode(config: ContextParallelConfig | None) -> str:
@@ -196,8 +221,11 @@ class Worker:
             try:
                 if fault.get("sleep_per_step_s"):
                     time.sleep(fault["sleep_per_step_s"])
-                if fault.get("raise_on_rank") == self.rank and fault.get("raise_at", "step") == "step" \
-                        and step == fault.get("raise_at_step", 0):
+                if (
+                    fault.get("raise_on_rank") == self.rank
+                    and fault.get("raise_at", "step") == "step"
+                    and step == fault.get("raise_at_step", 0)
+                ):
                     raise InjectedFault(f"fault injected at step {step} on rank {self.rank}")
             except Exception as exc:  # noqa: BLE001 - any error is reported to the peers, then to the client
                 local = local_failure(exc)
@@ -213,8 +241,9 @@ class Worker:
         try:
             if fault.get("raise_on_rank") == self.rank and fault.get("raise_at") == "prepare":
                 raise InjectedFault(f"fault injected before the pipeline on rank {self.rank}")
-            kwargs = dict(message["call"], generator=torch.Generator("cpu").manual_seed(message["seed"]),
-                          output_type="pil")
+            kwargs = dict(
+                message["call"], generator=torch.Generator("cpu").manual_seed(message["seed"]), output_type="pil"
+            )
             if self.step_callbacks:
                 kwargs["callback_on_step_end"] = on_step_end
         except Exception as exc:  # noqa: BLE001
@@ -239,8 +268,12 @@ class Worker:
                     agree(OK)  # agreement point 3: every rank finished
         seconds = time.perf_counter() - start
         for failure in error:
-            print(f"[cp_hooks serve] rank {self.rank}: request {message.get('id')} failed:\n"
-                  + "".join(traceback.format_exception(failure)), file=sys.stderr, flush=True)
+            print(
+                f"[cp_hooks serve] rank {self.rank}: request {message.get('id')} failed:\n"
+                + "".join(traceback.format_exception(failure)),
+                file=sys.stderr,
+                flush=True,
+            )
         status = decided[0]
         outcome = Outcome(status=status, output=output if status == OK else None, steps=steps[0], seconds=seconds)
         if status == FAILED:
@@ -251,8 +284,9 @@ class Worker:
             if gathered is not None:
                 outcome.errors = [e for e in gathered if e]
         elif status == FATAL:
-            outcome.errors = [f"rank {self.rank}: {type(e).__name__}: {e}" for e in error] or \
-                             ["a peer rank failed in a collective"]
+            outcome.errors = [f"rank {self.rank}: {type(e).__name__}: {e}" for e in error] or [
+                "a peer rank failed in a collective"
+            ]
         return outcome
 
 

@@ -12,5 +12,11 @@ from cp_hooks.vae.api import (
     supports_vae,
 )
 
-__all__ = ["enable_vae_parallelism", "disable_vae_parallelism", "supports_vae", "is_vae_parallel",
-           "UnsupportedVAEError", "SUPPORTED_CLASSES"]
+__all__ = [
+    "enable_vae_parallelism",
+    "disable_vae_parallelism",
+    "supports_vae",
+    "is_vae_parallel",
+    "UnsupportedVAEError",
+    "SUPPORTED_CLASSES",
+]

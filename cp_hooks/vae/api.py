@@ -70,7 +70,9 @@ _CONFIG_REFUSALS = {
     # the whole map's draw, so the result would differ from one process (it is random, but not the same).
     "AutoencoderKLLTXVideo": lambda config: (
         "decoder noise injection (decoder_inject_noise) draws noise of the slab's shape, not the whole map's"
-        if any(getattr(config, "decoder_inject_noise", ()) or ()) else None),
+        if any(getattr(config, "decoder_inject_noise", ()) or ())
+        else None
+    ),
 }
 
 
@@ -89,8 +91,11 @@ def supports_vae(vae: nn.Module) -> bool | str:
     """
     name = type(vae).__name__
     if name not in SUPPORTED_CLASSES:
-        return UNSUPPORTED_REASONS.get(name, f"{name} is not among the VAE classes verified for patch-parallel "
-                                             f"decode ({', '.join(sorted(SUPPORTED_CLASSES))})")
+        return UNSUPPORTED_REASONS.get(
+            name,
+            f"{name} is not among the VAE classes verified for patch-parallel "
+            f"decode ({', '.join(sorted(SUPPORTED_CLASSES))})",
+        )
     refusal = _CONFIG_REFUSALS.get(name, lambda config: None)(vae.config)
     if refusal:
         return f"{name}: {refusal}"
@@ -132,8 +137,11 @@ def _layout(vae, latent_rows: int) -> slab.SlabLayout | None:
         return None
     if getattr(vae, "use_tiling", False):
         if not state.get("warned_tiling"):
-            logger.info("cp_hooks: %s has tiling on: every rank runs diffusers' whole tiled decode/encode (the "
-                        "tiles' blending is reproduced exactly, not split)", type(vae).__name__)
+            logger.info(
+                "cp_hooks: %s has tiling on: every rank runs diffusers' whole tiled decode/encode (the "
+                "tiles' blending is reproduced exactly, not split)",
+                type(vae).__name__,
+            )
             state["warned_tiling"] = True
         return None
     if latent_rows < world:
@@ -187,10 +195,11 @@ def _make_encode(vae, inner):
                 return inner(x, *args, **kwargs)
         start, stop, _ = layout.rows(layout.units[layout.rank])
         with slab.active(layout):
-            out = inner(x[..., start * factor: stop * factor, :], *args, **kwargs)
+            out = inner(x[..., start * factor : stop * factor, :], *args, **kwargs)
         local = _output_tensor(out)
-        full = comm.all_gather(local.contiguous(), list(layout.units), layout.group, dim=local.ndim - 2,
-                               payload=OUTPUT_PAYLOAD)
+        full = comm.all_gather(
+            local.contiguous(), list(layout.units), layout.group, dim=local.ndim - 2, payload=OUTPUT_PAYLOAD
+        )
         return _replace_output(out, full)
 
     return _encode
@@ -222,8 +231,10 @@ def enable_vae_parallelism(vae: nn.Module, group=None) -> nn.Module:
         UnsupportedVAEError: the class (or one of its layers) cannot be split exactly.
     """
     if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError("enable_vae_parallelism needs an initialised process group: launch with torchrun or "
-                           "accelerate launch (or call torch.distributed.init_process_group)")
+        raise RuntimeError(
+            "enable_vae_parallelism needs an initialised process group: launch with torchrun or "
+            "accelerate launch (or call torch.distributed.init_process_group)"
+        )
     reason = supports_vae(vae)
     if reason is not True:
         raise UnsupportedVAEError(f"cp_hooks cannot split this VAE exactly: {reason}")
@@ -260,8 +271,11 @@ def disable_vae_parallelism(vae: nn.Module) -> nn.Module:
         return vae
     for module, attr, previous, patched in reversed(state["patches"]):
         if module.__dict__.get(attr) is not patched:
-            logger.warning("cp_hooks: %s.%s was replaced after VAE parallelism was enabled; leaving it",
-                           type(module).__name__, attr)
+            logger.warning(
+                "cp_hooks: %s.%s was replaced after VAE parallelism was enabled; leaving it",
+                type(module).__name__,
+                attr,
+            )
             continue
         if previous is _MISSING:
             del module.__dict__[attr]

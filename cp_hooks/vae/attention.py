@@ -51,15 +51,21 @@ class SlabAttnProcessor:
     def __init__(self, previous) -> None:
         self.previous = previous
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
-                 **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         layout = slab.current()
         if layout is None:
             return self.previous(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        if encoder_hidden_states is not None or hidden_states.ndim not in (3, 4) or (
-                (hidden_states.ndim == 3) != (attention_mask is not None)):
-            raise RuntimeError("cp_hooks VAE parallelism: the slab attention handles spatial self-attention on "
-                               "(B, C, H, W) maps, or on (B, frames*H*W, C) tokens with a frame-causal mask")
+        if (
+            encoder_hidden_states is not None
+            or hidden_states.ndim not in (3, 4)
+            or ((hidden_states.ndim == 3) != (attention_mask is not None))
+        ):
+            raise RuntimeError(
+                "cp_hooks VAE parallelism: the slab attention handles spatial self-attention on "
+                "(B, C, H, W) maps, or on (B, frames*H*W, C) tokens with a frame-causal mask"
+            )
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -67,7 +73,7 @@ class SlabAttnProcessor:
         if hidden_states.ndim == 4:
             batch, channels, height, width = hidden_states.shape
             _, _, sizes = layout.rows(height)
-            frames, rank_tokens = 1, [r * width for r in sizes]   # tokens per frame of every rank
+            frames, rank_tokens = 1, [r * width for r in sizes]  # tokens per frame of every rank
             hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
         else:
             batch, length, channels = hidden_states.shape
@@ -119,14 +125,18 @@ def _frame_causal_structure(mask: torch.Tensor) -> tuple[int, int]:
         RuntimeError: the mask is not frame-causal (a rank's local mask would not say what to do with the
             other ranks' keys).
     """
-    allowed = (mask.reshape(-1, mask.shape[-2], mask.shape[-1])[0] == 0) if mask.dtype != torch.bool else \
-        mask.reshape(-1, mask.shape[-2], mask.shape[-1])[0]
+    allowed = (
+        (mask.reshape(-1, mask.shape[-2], mask.shape[-1])[0] == 0)
+        if mask.dtype != torch.bool
+        else mask.reshape(-1, mask.shape[-2], mask.shape[-1])[0]
+    )
     length = allowed.shape[-1]
     frame_tokens = int(allowed[0].sum())
     index = torch.arange(length, device=mask.device) // max(frame_tokens, 1)
     if frame_tokens == 0 or length % frame_tokens or not torch.equal(allowed, index[None, :] <= index[:, None]):
-        raise RuntimeError("cp_hooks VAE parallelism: an attention mask that is not frame-causal cannot be split "
-                           "over image rows")
+        raise RuntimeError(
+            "cp_hooks VAE parallelism: an attention mask that is not frame-causal cannot be split over image rows"
+        )
     return length // frame_tokens, frame_tokens
 
 

@@ -48,7 +48,7 @@ class UnsupportedLayer(TypeError):
 class RowGeometry:
     """How a conv-like unit maps input rows to output rows (see the module docstring)."""
 
-    reach: int   # (kernel - 1) * dilation along height
+    reach: int  # (kernel - 1) * dilation along height
     stride: int
     pad_top: int
 
@@ -82,7 +82,7 @@ def _first_conv(module: nn.Module):
 def _sequential_zero_pad(m):
     children = list(m.children())
     if len(children) == 2 and isinstance(children[0], nn.ZeroPad2d) and isinstance(children[1], nn.Conv2d):
-        return children[0].padding[2]   # (left, right, top, bottom)
+        return children[0].padding[2]  # (left, right, top, bottom)
     return None
 
 
@@ -90,11 +90,11 @@ def _sequential_zero_pad(m):
 # (None: this instance does not pad, look at its children). The unit is then the module, not its conv.
 _PADDING_OWNERS = {
     "Downsample2D": lambda m: 0 if getattr(m, "padding", None) == 0 and getattr(m, "use_conv", False) else None,
-    "WanCausalConv3d": lambda m: m._padding[2],          # (w, w, h, h, 2t, 0); its conv padding was zeroed
+    "WanCausalConv3d": lambda m: m._padding[2],  # (w, w, h, h, 2t, 0); its conv padding was zeroed
     "QwenImageCausalConv3d": lambda m: m._padding[2],
     "HunyuanVideoCausalConv3d": lambda m: m.time_causal_padding[2],
     "CogVideoXCausalConv3d": lambda m: m.time_causal_padding[2] if m.pad_mode == "replicate" else None,
-    "CogVideoXDownsample3D": lambda m: 0,                 # F.pad (0, 1, 0, 1) then a stride-2 conv
+    "CogVideoXDownsample3D": lambda m: 0,  # F.pad (0, 1, 0, 1) then a stride-2 conv
     "Sequential": _sequential_zero_pad,
 }
 
@@ -129,8 +129,10 @@ def find_units(root: nn.Module) -> dict[nn.Module, RowGeometry]:
                 raise UnsupportedLayer(f"{name}: string padding {module.padding!r}")
             geometry = _conv_geometry(module, _h(module.padding))
             if geometry.reach and not _h(module.padding):
-                raise UnsupportedLayer(f"{name} ({type(module).__name__}): a height kernel of "
-                                       f"{geometry.reach + 1} with its padding done by an unknown parent")
+                raise UnsupportedLayer(
+                    f"{name} ({type(module).__name__}): a height kernel of "
+                    f"{geometry.reach + 1} with its padding done by an unknown parent"
+                )
             if geometry.halo_top or geometry.halo_bottom:
                 units[module] = geometry
             return
@@ -183,6 +185,7 @@ def make_unit_forward(module: nn.Module, geometry: RowGeometry, inner):
         last = layout.rank == layout.world - 1
         top = geometry.halo_top if layout.rank > 0 else 0
         bottom = geometry.halo_bottom if not last else 0
+
         # The slab's other tensors of the same height (temporal caches) take the same rows, so the layer's own
         # concatenation along time sees matching heights.
         def same_slab(t):
@@ -192,10 +195,10 @@ def make_unit_forward(module: nn.Module, geometry: RowGeometry, inner):
         slots += [("k", k) for k, v in kwargs.items() if same_slab(v)]
         tensors = [args[i] if kind == "a" else kwargs[i] for kind, i in slots]
         keep = (stop - start) // s
-        n_top = -(-p // s) if top else 0                      # outputs that read rows above the slab
-        top_rows = s * (n_top - 1) - p + reach + 1            # slab rows those outputs read
-        first_bad = -(-(stop + p - reach) // s) if bottom else stop // s   # first output reading rows below
-        window_start = s * (first_bad - -(-p // s))           # stride-aligned, covers that output's top padding
+        n_top = -(-p // s) if top else 0  # outputs that read rows above the slab
+        top_rows = s * (n_top - 1) - p + reach + 1  # slab rows those outputs read
+        first_bad = -(-(stop + p - reach) // s) if bottom else stop // s  # first output reading rows below
+        window_start = s * (first_bad - -(-p // s))  # stride-aligned, covers that output's top padding
         if top_rows <= height and window_start >= start and n_top <= first_bad - start // s:
             # The same exchange as the other path (a rank's neighbours may take either path).
             halos = fetch_halo(tensors, geometry.halo_top, geometry.halo_bottom, layout, sizes)
@@ -203,18 +206,29 @@ def make_unit_forward(module: nn.Module, geometry: RowGeometry, inner):
             if not last:
                 first = first[..., :keep, :]
             if n_top:
-                _, fixed = call(args, kwargs, slots, [torch.cat([above, t[..., :top_rows, :]], dim=-2)
-                                                      for t, (above, _) in zip(tensors, halos)])
-                first[..., :n_top, :] = fixed[..., top // s: top // s + n_top, :]
+                _, fixed = call(
+                    args,
+                    kwargs,
+                    slots,
+                    [torch.cat([above, t[..., :top_rows, :]], dim=-2) for t, (above, _) in zip(tensors, halos)],
+                )
+                first[..., :n_top, :] = fixed[..., top // s : top // s + n_top, :]
             if bottom and first_bad < stop // s:
-                _, fixed = call(args, kwargs, slots, [torch.cat([t[..., window_start - start:, :], below], dim=-2)
-                                                      for t, (_, below) in zip(tensors, halos)])
+                _, fixed = call(
+                    args,
+                    kwargs,
+                    slots,
+                    [
+                        torch.cat([t[..., window_start - start :, :], below], dim=-2)
+                        for t, (_, below) in zip(tensors, halos)
+                    ],
+                )
                 lo = first_bad - window_start // s
-                first[..., first_bad - start // s:, :] = fixed[..., lo: lo + stop // s - first_bad, :]
+                first[..., first_bad - start // s :, :] = fixed[..., lo : lo + stop // s - first_bad, :]
         else:
             extended = extend_with_halo(tensors, geometry.halo_top, geometry.halo_bottom, layout, sizes)
             out, first = call(args, kwargs, slots, extended)
-            first = first[..., top // s: top // s + keep, :] if not last else first[..., top // s:, :]
+            first = first[..., top // s : top // s + keep, :] if not last else first[..., top // s :, :]
         return (first,) + tuple(out[1:]) if isinstance(out, tuple) else first
 
     forward.__name__ = "forward"

@@ -21,15 +21,21 @@ from cp_hooks.vae.slab import SlabLayout
 HALO_PAYLOAD = "vae_halo"
 
 
-def extend_with_halo(tensors: list[torch.Tensor], up: int, down: int, layout: SlabLayout,
-                     sizes: list[int]) -> list[torch.Tensor]:
+def extend_with_halo(
+    tensors: list[torch.Tensor], up: int, down: int, layout: SlabLayout, sizes: list[int]
+) -> list[torch.Tensor]:
     """Return each tensor with `up` neighbour rows prepended and `down` appended along dim -2 (`fetch_halo`)."""
-    return [torch.cat([p for p in (top, t, bottom) if p is not None], dim=-2) if (top is not None or bottom is not None)
-            else t for t, (top, bottom) in zip(tensors, fetch_halo(tensors, up, down, layout, sizes))]
+    return [
+        torch.cat([p for p in (top, t, bottom) if p is not None], dim=-2)
+        if (top is not None or bottom is not None)
+        else t
+        for t, (top, bottom) in zip(tensors, fetch_halo(tensors, up, down, layout, sizes))
+    ]
 
 
-def fetch_halo(tensors: list[torch.Tensor], up: int, down: int, layout: SlabLayout,
-               sizes: list[int]) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+def fetch_halo(
+    tensors: list[torch.Tensor], up: int, down: int, layout: SlabLayout, sizes: list[int]
+) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
     """The `up` rows above and `down` rows below each tensor's slab, from the neighbouring ranks.
 
     Args:
@@ -50,8 +56,10 @@ def fetch_halo(tensors: list[torch.Tensor], up: int, down: int, layout: SlabLayo
     has_prev, has_next = rank > 0 and up + down > 0, rank < world - 1 and up + down > 0
     for neighbour, need in ((rank - 1, up) if has_prev else (None, 0), (rank + 1, down) if has_next else (None, 0)):
         if neighbour is not None and sizes[neighbour] < need:
-            raise RuntimeError(f"cp_hooks VAE parallelism: rank {neighbour}'s slab has {sizes[neighbour]} rows, "
-                               f"fewer than the {need}-row halo a convolution needs")
+            raise RuntimeError(
+                f"cp_hooks VAE parallelism: rank {neighbour}'s slab has {sizes[neighbour]} rows, "
+                f"fewer than the {need}-row halo a convolution needs"
+            )
     ops, received, sent_bytes, recv_bytes = [], [], 0, 0
     for t in tensors:
         t = t.contiguous()
@@ -67,7 +75,7 @@ def fetch_halo(tensors: list[torch.Tensor], up: int, down: int, layout: SlabLayo
                 recv_bytes += top.numel() * top.element_size()
         if has_next:
             if up:  # the rank below needs my last `up` rows above its slab
-                piece = t[..., t.shape[-2] - up:, :].contiguous()
+                piece = t[..., t.shape[-2] - up :, :].contiguous()
                 ops.append(dist.P2POp(dist.isend, piece, layout.global_rank(rank + 1), layout.group))
                 sent_bytes += piece.numel() * piece.element_size()
             if down:

@@ -44,14 +44,14 @@ def make_group_norm_forward(module: nn.GroupNorm, inner):
         xf = x.reshape(batch, groups, -1)
         count = xf.shape[-1]
         var, mean = torch.var_mean(xf.float() if x.dtype != torch.float32 else xf, dim=-1, unbiased=False)
-        local = torch.stack([torch.full_like(mean, count), mean, var * count]).double()   # (3, B, G): n, mean, M2
+        local = torch.stack([torch.full_like(mean, count), mean, var * count]).double()  # (3, B, G): n, mean, M2
         # Every rank needs every other rank's (n, mean, M2): one all-gather of 3·B·G numbers.
         stats = comm.all_gather(local.unsqueeze(0), None, layout.group, dim=0, payload=NORM_PAYLOAD)
-        n, means, m2s = stats[:, 0], stats[:, 1], stats[:, 2]                             # (world, B, G)
+        n, means, m2s = stats[:, 0], stats[:, 1], stats[:, 2]  # (world, B, G)
         total = n.sum(0)
         global_mean = (n * means).sum(0) / total
         global_m2 = m2s.sum(0) + (n * (means - global_mean).square()).sum(0)
-        rstd = torch.rsqrt(global_m2 / total + module.eps)                                 # (B, G), float64
+        rstd = torch.rsqrt(global_m2 / total + module.eps)  # (B, G), float64
         # y = (x - mean) * rstd * weight + bias = x * scale + shift, per (sample, channel): one fused pass over
         # the slab and no temporary of its size.
         per_channel = channels // groups

@@ -60,7 +60,8 @@ class SlabLayout:
                 raise RuntimeError(
                     f"cp_hooks VAE parallelism: a feature map of local height {local_height} does not follow the "
                     f"slab layout {self.units} (rank {self.rank}); this VAE changes heights in a way the "
-                    "row split cannot map exactly")
+                    "row split cannot map exactly"
+                )
             sizes.append(u * local_height // own)
         start = sum(sizes[: self.rank])
         return start, start + sizes[self.rank], sizes

@@ -138,8 +138,9 @@ def _clone(value):
     return value
 
 
-def compare_parallel(model, inputs: dict, config: ContextParallelConfig, plan: dict | None = None,
-                     tol: float = FP32_TOL) -> list[OutputDiff]:
+def compare_parallel(
+    model, inputs: dict, config: ContextParallelConfig, plan: dict | None = None, tol: float = FP32_TOL
+) -> list[OutputDiff]:
     """Run `model(**inputs)` alone and with context parallelism; the difference of every output tensor.
 
     Args:
@@ -163,12 +164,15 @@ def compare_parallel(model, inputs: dict, config: ContextParallelConfig, plan: d
         finally:
             disable_parallelism(model)
     _check_outputs(parallel, reference)
-    return [OutputDiff(i, tuple(ref.shape), *relative_difference(out, ref), tol)
-            for i, (out, ref) in enumerate(zip(parallel, reference))]
+    return [
+        OutputDiff(i, tuple(ref.shape), *relative_difference(out, ref), tol)
+        for i, (out, ref) in enumerate(zip(parallel, reference))
+    ]
 
 
-def compare_parallel_backward(model, inputs: dict, config: ContextParallelConfig, plan: dict | None = None,
-                              tol: float = FP32_TOL, seed: int = 0) -> list[GradientDiff]:
+def compare_parallel_backward(
+    model, inputs: dict, config: ContextParallelConfig, plan: dict | None = None, tol: float = FP32_TOL, seed: int = 0
+) -> list[GradientDiff]:
     """Back-propagate the same loss alone and with context parallelism; the difference of every gradient.
 
     The loss is `sum_i (output_i * w_i).sum()` over the floating-point output tensors, with a fixed random
@@ -216,9 +220,13 @@ def compare_parallel_backward(model, inputs: dict, config: ContextParallelConfig
             # The model itself cannot back-propagate as written: it overwrites a tensor that autograd saved
             # (CogVideoX's attention writes the rotated queries back into a slice of the query, and in fp32
             # `apply_rotary_emb`'s `.float()` is no copy). Both runs then save copies: the math the forward did.
-            warnings.warn(f"{type(model).__name__} modifies a tensor in place that autograd saved for its "
-                          "backward, so it cannot be trained in this dtype as it is; the gradients are compared "
-                          "with copies of the saved tensors.", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{type(model).__name__} modifies a tensor in place that autograd saved for its "
+                "backward, so it cannot be trained in this dtype as it is; the gradients are compared "
+                "with copies of the saved tensors.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             model.zero_grad(set_to_none=True)
             saved = _copies_of_saved_tensors
             ref_params, ref_inputs, outputs, weights = _reference_backward(model, inputs, params, seed, saved)
@@ -237,10 +245,10 @@ def compare_parallel_backward(model, inputs: dict, config: ContextParallelConfig
         par_params = {name: _grad(p) for name, p in params.items()}
     finally:
         model.zero_grad(set_to_none=True)
-    diffs = [_gradient_diff("parameter", name, par_params[name], ref_params[name], params[name], tol)
-             for name in params]
-    diffs += [_gradient_diff("input", name, par_inputs[name], ref_inputs[name], leaves[name], tol)
-              for name in leaves]
+    diffs = [
+        _gradient_diff("parameter", name, par_params[name], ref_params[name], params[name], tol) for name in params
+    ]
+    diffs += [_gradient_diff("input", name, par_inputs[name], ref_inputs[name], leaves[name], tol) for name in leaves]
     return [d for d in diffs if d is not None]
 
 
@@ -300,15 +308,20 @@ def _loss_weights(outputs: list[torch.Tensor], seed: int) -> list[torch.Tensor |
         else:
             weights.append(None)
     if all(w is None for w in weights):
-        raise ValueError("No output of the model depends on a parameter or input that requires a gradient; there is "
-                         "nothing to back-propagate (are the parameters frozen, requires_grad=False?).")
+        raise ValueError(
+            "No output of the model depends on a parameter or input that requires a gradient; there is "
+            "nothing to back-propagate (are the parameters frozen, requires_grad=False?)."
+        )
     return weights
 
 
 def _weighted_sum(outputs: list[torch.Tensor], weights: list[torch.Tensor | None]) -> torch.Tensor:
     # Accumulated in at least fp32, so that a half-precision model's loss does not round away gradients.
-    terms = [(out * w).sum(dtype=torch.promote_types(out.dtype, torch.float32))
-             for out, w in zip(outputs, weights) if w is not None]
+    terms = [
+        (out * w).sum(dtype=torch.promote_types(out.dtype, torch.float32))
+        for out, w in zip(outputs, weights)
+        if w is not None
+    ]
     return torch.stack(terms).sum()
 
 
@@ -317,16 +330,19 @@ def _check_outputs(parallel: list[torch.Tensor], reference: list[torch.Tensor]) 
         raise ValueError(f"The parallel run returned {len(parallel)} outputs, the single-process run {len(reference)}.")
     for i, (out, ref) in enumerate(zip(parallel, reference)):
         if out.shape != ref.shape:
-            raise ValueError(f"Output {i} has shape {tuple(out.shape)} in parallel, {tuple(ref.shape)} alone: the plan "
-                             "does not gather it back along the sequence (add a ContextParallelOutput).")
+            raise ValueError(
+                f"Output {i} has shape {tuple(out.shape)} in parallel, {tuple(ref.shape)} alone: the plan "
+                "does not gather it back along the sequence (add a ContextParallelOutput)."
+            )
 
 
 def _grad(tensor: torch.Tensor) -> torch.Tensor | None:
     return None if tensor.grad is None else tensor.grad.detach().clone()
 
 
-def _sum_over_group(grads: dict[str, torch.Tensor | None], leaves: dict[str, torch.Tensor],
-                    config: ContextParallelConfig) -> dict[str, torch.Tensor | None]:
+def _sum_over_group(
+    grads: dict[str, torch.Tensor | None], leaves: dict[str, torch.Tensor], config: ContextParallelConfig
+) -> dict[str, torch.Tensor | None]:
     """Sum the input gradients over the context-parallel group (None where no rank has one).
 
     Every rank must issue the same all-reduce, so the ranks first agree on which inputs have a gradient
@@ -348,13 +364,14 @@ def _sum_over_group(grads: dict[str, torch.Tensor | None], leaves: dict[str, tor
         dist.all_reduce(flat, group=group)
         offset = 0
         for n, g in zip(present, full):
-            grads[n] = flat[offset:offset + g.numel()].view_as(g).to(g.dtype)
+            grads[n] = flat[offset : offset + g.numel()].view_as(g).to(g.dtype)
             offset += g.numel()
     return grads
 
 
-def _gradient_diff(kind: str, name: str, actual: torch.Tensor | None, expected: torch.Tensor | None,
-                   like: torch.Tensor, tol: float) -> GradientDiff | None:
+def _gradient_diff(
+    kind: str, name: str, actual: torch.Tensor | None, expected: torch.Tensor | None, like: torch.Tensor, tol: float
+) -> GradientDiff | None:
     """The difference of one gradient; None when neither run has one. A missing gradient counts as zero,
     and fails unless the other run's is all zero."""
     if actual is None and expected is None:
@@ -371,9 +388,19 @@ def _gradient_diff(kind: str, name: str, actual: torch.Tensor | None, expected: 
     return GradientDiff(kind, name, tuple(like.shape), *relative_difference(actual, expected), tol, missing)
 
 
-def check_entry(entry: ModelEntry, case: str, mode: Mode, *, anything: bool | None = None, plan: dict | None = None,
-                overrides: dict | None = None, seed: int = 0, mesh=None, model_class: type | None = None,
-                device: torch.device | str = "cpu") -> list[OutputDiff]:
+def check_entry(
+    entry: ModelEntry,
+    case: str,
+    mode: Mode,
+    *,
+    anything: bool | None = None,
+    plan: dict | None = None,
+    overrides: dict | None = None,
+    seed: int = 0,
+    mesh=None,
+    model_class: type | None = None,
+    device: torch.device | str = "cpu",
+) -> list[OutputDiff]:
     """Build the entry's tiny model for `case` and compare it under `mode` (see `compare_parallel`).
 
     `anything` defaults to the entry's own flag; `mesh` is an optional pre-built ("ring", "ulysses") mesh;
@@ -409,23 +436,36 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cp_hooks check", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_class", help="diffusers class name (e.g. FluxTransformer2DModel) or module:Class")
     parser.add_argument("--ring", type=int, default=None, help="ring degree (default 1)")
-    parser.add_argument("--ulysses", type=int, default=None,
-                        help="Ulysses degree (default: the world size divided by the ring degree)")
+    parser.add_argument(
+        "--ulysses", type=int, default=None, help="Ulysses degree (default: the world size divided by the ring degree)"
+    )
     parser.add_argument("--rotate-method", choices=("allgather", "alltoall"), default="allgather")
-    parser.add_argument("--anything", action="store_true",
-                        help="allow uneven sequence shards and head counts (ulysses_anything / ring_anything); "
-                        "on by default for catalogue entries whose real token counts do not divide")
-    parser.add_argument("--config", default=None, help="JSON (or a path to a JSON file) of config fields that "
-                        "override the catalogue's tiny config")
+    parser.add_argument(
+        "--anything",
+        action="store_true",
+        help="allow uneven sequence shards and head counts (ulysses_anything / ring_anything); "
+        "on by default for catalogue entries whose real token counts do not divide",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="JSON (or a path to a JSON file) of config fields that override the catalogue's tiny config",
+    )
     parser.add_argument("--case", default=None, help="one input case (default: every case of the model)")
     parser.add_argument("--plan", default=None, help="module:NAME of a plan to check instead of the registered one")
-    parser.add_argument("--entry", default=None,
-                        help="module:NAME of your own ModelEntry (or list of entries, e.g. a family file's ENTRIES) "
-                        "for a class outside the catalogue: its plan, tiny config and input cases are checked")
+    parser.add_argument(
+        "--entry",
+        default=None,
+        help="module:NAME of your own ModelEntry (or list of entries, e.g. a family file's ENTRIES) "
+        "for a class outside the catalogue: its plan, tiny config and input cases are checked",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backward", action="store_true",
-                        help="also compare the gradients of every parameter (after reduce_gradients) and of every "
-                        "floating-point input, for a weighted sum of the outputs as the loss")
+    parser.add_argument(
+        "--backward",
+        action="store_true",
+        help="also compare the gradients of every parameter (after reduce_gradients) and of every "
+        "floating-point input, for a weighted sum of the outputs as the loss",
+    )
     return parser
 
 
@@ -461,8 +501,10 @@ def _load_entry(spec: str, model_class: type) -> ModelEntry:
     for entry in entries:
         if entry.class_name == model_class.__name__:
             return entry
-    raise SystemExit(f"error: --entry {spec} has no ModelEntry for {model_class.__name__}; it has "
-                     f"{', '.join(e.class_name for e in entries)}.")
+    raise SystemExit(
+        f"error: --entry {spec} has no ModelEntry for {model_class.__name__}; it has "
+        f"{', '.join(e.class_name for e in entries)}."
+    )
 
 
 def _load_overrides(text: str | None) -> dict:
@@ -493,9 +535,11 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{model_class.__name__} has no context-parallel plan (none built in, no `_cp_plan`).\n{HOW_TO_DECLARE}")
         return 1
     if entry is None:
-        say(f"{model_class.__name__} is not in the catalogue, so the checker cannot shape its inputs. Write a "
+        say(
+            f"{model_class.__name__} is not in the catalogue, so the checker cannot shape its inputs. Write a "
             f"ModelEntry for it (its plan, a tiny config and a function that builds the inputs as its pipeline "
-            f"does) and pass it with --entry my_family:ENTRIES; catalogued classes: {', '.join(sorted(ENTRIES))}.")
+            f"does) and pass it with --entry my_family:ENTRIES; catalogued classes: {', '.join(sorted(ENTRIES))}."
+        )
         return 1
 
     from cp_hooks.launch import init_distributed, shutdown_distributed
@@ -517,17 +561,20 @@ def _check_cases(args, entry: ModelEntry, model_class: type, plan: dict | None, 
     overrides = _load_overrides(args.config)
     anything = args.anything or entry.anything  # the catalogue's uneven inputs need the flags
     cases = [args.case] if args.case else list(entry.cases)
-    say(f"{model_class.__name__}: {mode.name} on {world} processes"
+    say(
+        f"{model_class.__name__}: {mode.name} on {world} processes"
         f"{' with the anything flags' if anything else ''}{', outputs and gradients' if args.backward else ''}; "
-        f"tolerance {FP32_TOL:g} (fp32, relative)")
+        f"tolerance {FP32_TOL:g} (fp32, relative)"
+    )
     ok = True
     agreement = _Agreement()
     for number, case in enumerate(cases):
         backward = args.backward and case not in entry.forward_only_cases
         tracker = ModuleTracker()
         try:
-            model, inputs, config = _prepare(entry, case, mode, anything, overrides, args.seed, None, model_class,
-                                             device)
+            model, inputs, config = _prepare(
+                entry, case, mode, anything, overrides, args.seed, None, model_class, device
+            )
             with tracker.watching(model):
                 diffs = compare_parallel(model, inputs, config, plan)
                 grads = _backward_with_notes(case, model, inputs, config, plan, args.seed, say) if backward else []
@@ -543,13 +590,17 @@ def _check_cases(args, entry: ModelEntry, model_class: type, plan: dict | None, 
             say("FAIL")
             return False
         for d in diffs:
-            say(f"  {case} output {d.index} {list(d.shape)}: max diff {d.max_abs:.3e}, relative {d.rel:.3e} "
-                f"-> {'PASS' if d.passed else 'FAIL'}")
+            say(
+                f"  {case} output {d.index} {list(d.shape)}: max diff {d.max_abs:.3e}, relative {d.rel:.3e} "
+                f"-> {'PASS' if d.passed else 'FAIL'}"
+            )
         if not all(d.passed for d in diffs):
             ok = False
-            say(f"  {case}: the context-parallel result is wrong. A tensor that carries the sequence is probably not "
+            say(
+                f"  {case}: the context-parallel result is wrong. A tensor that carries the sequence is probably not "
                 "split (text tokens, masks, per-token conditioning), a positional embedding is not split with its "
-                "tokens (split_output=True), or attention over replicated keys is not marked LocalAttention().")
+                "tokens (split_output=True), or attention over replicated keys is not marked LocalAttention()."
+            )
         if backward:
             ok = _report_gradients(case, grads, say) and ok
         elif args.backward:
@@ -648,9 +699,12 @@ class _Agreement:
             pass
         missing = [r for r in range(self.world) if not self._has(f"{key}/rank{r}")]
         if missing:
-            print(f"  [rank {self.rank}] FAIL: rank(s) {missing} did not finish case {number + 1}: they wait in a "
-                  "collective that a failing rank left; ending the process groups to release them, the remaining "
-                  "cases are not run", flush=True)
+            print(
+                f"  [rank {self.rank}] FAIL: rank(s) {missing} did not finish case {number + 1}: they wait in a "
+                "collective that a failing rank left; ending the process groups to release them, the remaining "
+                "cases are not run",
+                flush=True,
+            )
         self._set(f"{key}/abort")
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
@@ -697,8 +751,10 @@ def _report_gradients(case: str, grads: list[GradientDiff], say) -> bool:
             say(f"  {case} gradients of the {kind}s: none ({what})")
             continue
         worst = max(of_kind, key=lambda d: (not d.passed, d.rel))
-        say(f"  {case} gradients of {len(of_kind)} {kind}s: worst {worst.name} {list(worst.shape)}: max diff "
-            f"{worst.max_abs:.3e}, relative {worst.rel:.3e} -> {'PASS' if all(d.passed for d in of_kind) else 'FAIL'}")
+        say(
+            f"  {case} gradients of {len(of_kind)} {kind}s: worst {worst.name} {list(worst.shape)}: max diff "
+            f"{worst.max_abs:.3e}, relative {worst.rel:.3e} -> {'PASS' if all(d.passed for d in of_kind) else 'FAIL'}"
+        )
     failed = [d for d in grads if not d.passed]
     for d in failed[:MAX_LISTED_FAILURES]:
         why = f"no gradient {d.missing}, a non-zero one in the other" if d.missing else f"relative {d.rel:.3e}"
@@ -706,11 +762,13 @@ def _report_gradients(case: str, grads: list[GradientDiff], say) -> bool:
     if len(failed) > MAX_LISTED_FAILURES:
         say(f"    ... and {len(failed) - MAX_LISTED_FAILURES} more failing gradients")
     if failed:
-        say(f"  {case}: the context-parallel gradients are wrong although every rank back-propagated the same loss. "
+        say(
+            f"  {case}: the context-parallel gradients are wrong although every rank back-propagated the same loss. "
             "If the outputs above pass, something on the parallel path has a backward that does not match its "
             "forward: a collective or attention of the model's own (outside cp_hooks) without an autograd-correct "
             "backward, or a tensor moved between ranks around the plan's hooks (see cp_hooks.forward.sharding, "
-            "'Gradient convention').")
+            "'Gradient convention')."
+        )
     return not failed
 
 

@@ -25,8 +25,14 @@ _WORDS = (
 ).split()
 
 
-def word_tokenizer(specials: dict[str, int], bos: str | None, eos: str | None, model_max_length: int,
-                   words: tuple[str, ...] = (), added: tuple[str, ...] = ()):
+def word_tokenizer(
+    specials: dict[str, int],
+    bos: str | None,
+    eos: str | None,
+    model_max_length: int,
+    words: tuple[str, ...] = (),
+    added: tuple[str, ...] = (),
+):
     """A word-level fast tokenizer: lowercase, split on whitespace and punctuation, `bos`/`eos` added.
 
     Args:
@@ -61,15 +67,23 @@ def word_tokenizer(specials: dict[str, int], bos: str | None, eos: str | None, m
     )
     pad = next(token for token in specials if "pad" in token)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token=unk, pad_token=pad, eos_token=eos, bos_token=bos,
+        tokenizer_object=tok,
+        unk_token=unk,
+        pad_token=pad,
+        eos_token=eos,
+        bos_token=bos,
         model_max_length=model_max_length,
     )
 
 
 def clip_tokenizer():
     """CLIP-like: <|startoftext|> ... <|endoftext|>, 77 tokens; ids match the tiny CLIPTextConfig below."""
-    return word_tokenizer({"<|startoftext|>": 0, "<pad>": 1, "<|endoftext|>": 2, "<unk>": 3},
-                          bos="<|startoftext|>", eos="<|endoftext|>", model_max_length=77)
+    return word_tokenizer(
+        {"<|startoftext|>": 0, "<pad>": 1, "<|endoftext|>": 2, "<unk>": 3},
+        bos="<|startoftext|>",
+        eos="<|endoftext|>",
+        model_max_length=77,
+    )
 
 
 def t5_tokenizer():
@@ -80,20 +94,40 @@ def t5_tokenizer():
 def _t5_encoder(vocab_size: int = 128, d_model: int = 32):
     from transformers import T5Config, T5EncoderModel
 
-    return T5EncoderModel(T5Config(  # type: ignore[call-arg]  # the stubs lack decoder_start_token_id
-        vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )).eval()
+    return T5EncoderModel(
+        T5Config(  # type: ignore[call-arg]  # the stubs lack decoder_start_token_id
+            vocab_size=vocab_size,
+            d_model=d_model,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    ).eval()
 
 
 def _clip_encoder(hidden_size: int = 32):
     """A tiny CLIPTextModel for `clip_tokenizer`; its pooled output has `hidden_size` features."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    return CLIPTextModel(CLIPTextConfig(
-        bos_token_id=0, eos_token_id=2, pad_token_id=1, vocab_size=128, hidden_size=hidden_size, intermediate_size=37,
-        num_attention_heads=4, num_hidden_layers=2, projection_dim=32, hidden_act="gelu",
-    )).eval()
+    return CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+            vocab_size=128,
+            hidden_size=hidden_size,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            projection_dim=32,
+            hidden_act="gelu",
+        )
+    ).eval()
 
 
 def tiny_flux_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim: int = 16):
@@ -112,19 +146,40 @@ def tiny_flux_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim:
     torch.manual_seed(seed)
     rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=layers, num_single_layers=layers, attention_head_dim=head_dim,
-        num_attention_heads=heads, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        patch_size=1,
+        in_channels=16,
+        num_layers=layers,
+        num_single_layers=layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
         axes_dims_rope=rope,
     )
     text_encoder = _clip_encoder()
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1, latent_channels=4,
-        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
     )
     pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(),
-        text_encoder_2=_t5_encoder(), tokenizer_2=t5_tokenizer(), transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=_t5_encoder(),
+        tokenizer_2=t5_tokenizer(),
+        transformer=transformer,
     )
     for module in (transformer, text_encoder, vae, pipe.text_encoder_2):
         module.eval()
@@ -136,12 +191,22 @@ def _wan_like_transformer_and_vae(transformer_class, layers: int, heads: int, he
     from diffusers import AutoencoderKLWan
 
     transformer = transformer_class(
-        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=16,
-        out_channels=16, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=layers, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        patch_size=(1, 2, 2),
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=64,
+        num_layers=layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
     )
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
     return transformer, vae
 
 
@@ -155,8 +220,13 @@ def tiny_wan_pipeline(seed: int = 0, layers: int = 2, heads: int = 4, head_dim: 
 
     torch.manual_seed(seed)
     transformer, vae = _wan_like_transformer_and_vae(WanTransformer3DModel, layers, heads, head_dim)
-    pipe = WanPipeline(tokenizer=t5_tokenizer(), text_encoder=_t5_encoder(), vae=vae, transformer=transformer,
-                       scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
+    pipe = WanPipeline(
+        tokenizer=t5_tokenizer(),
+        text_encoder=_t5_encoder(),
+        vae=vae,
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+    )
     for module in (transformer, vae, pipe.text_encoder):
         module.eval()
     return pipe
@@ -176,8 +246,14 @@ def qwen_tokenizer():
     pipeline drops `prompt_template_encode_start_idx` = 34), and the prompt's words followed by 5 tokens
     (`<|im_end|>` "\\n" `<|im_start|>` assistant "\\n") after it.
     """
-    return word_tokenizer({"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "<unk>": 3, "<pad>": 4},
-                          bos=None, eos=None, model_max_length=32768, words=_QWEN_TEMPLATE_WORDS, added=("\n",))
+    return word_tokenizer(
+        {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "<unk>": 3, "<pad>": 4},
+        bos=None,
+        eos=None,
+        model_max_length=32768,
+        words=_QWEN_TEMPLATE_WORDS,
+        added=("\n",),
+    )
 
 
 def _qwen25vl_encoder(vocab_size: int = 128, hidden_size: int = 32):
@@ -186,16 +262,34 @@ def _qwen25vl_encoder(vocab_size: int = 128, hidden_size: int = 32):
     head_dim = hidden_size // 2
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=None,
-            eos_token_id=2, pad_token_id=4,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
-                             "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]},
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=None,
+            eos_token_id=2,
+            pad_token_id=4,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 1000000.0,
+                "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16],
+            },
         ),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=hidden_size,
-                           fullatt_block_indexes=[0]),
-        image_token_id=vocab_size, video_token_id=vocab_size + 1,  # no vision tokens in a text-only vocabulary
-        vision_start_token_id=vocab_size + 2, vision_end_token_id=vocab_size + 3,
+        vision_config=dict(
+            depth=1,
+            hidden_size=16,
+            intermediate_size=16,
+            num_heads=2,
+            out_hidden_size=hidden_size,
+            fullatt_block_indexes=[0],
+        ),
+        image_token_id=vocab_size,
+        video_token_id=vocab_size + 1,  # no vision tokens in a text-only vocabulary
+        vision_start_token_id=vocab_size + 2,
+        vision_end_token_id=vocab_size + 3,
     )
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
@@ -223,13 +317,31 @@ def tiny_qwenimage_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head
     torch.manual_seed(seed)
     rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
     transformer = QwenImageTransformer2DModel(
-        patch_size=2, in_channels=16, out_channels=4, num_layers=layers, attention_head_dim=head_dim,
-        num_attention_heads=heads, joint_attention_dim=32, axes_dims_rope=rope,
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=32,
+        axes_dims_rope=rope,
     )
-    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1,
-                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
-    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
-                             text_encoder=_qwen25vl_encoder(), tokenizer=qwen_tokenizer(), transformer=transformer)
+    vae = AutoencoderKLQwenImage(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True],
+        latents_mean=[0.0] * 4,
+        latents_std=[1.0] * 4,
+    )
+    pipe = QwenImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=_qwen25vl_encoder(),
+        tokenizer=qwen_tokenizer(),
+        transformer=transformer,
+    )
     for module in (transformer, vae, pipe.text_encoder):
         module.eval()
     return pipe
@@ -237,18 +349,27 @@ def tiny_qwenimage_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head
 
 def glm_tokenizer():
     """GLM-like: `[gMASK]` before every text (GLM-4 puts `[gMASK]<sop>`), no end token, pad 0."""
-    return word_tokenizer({"<pad>": 0, "<unk>": 1, "[gMASK]": 2, "<sop>": 3}, bos="[gMASK]", eos=None,
-                          model_max_length=1024)
+    return word_tokenizer(
+        {"<pad>": 0, "<unk>": 1, "[gMASK]": 2, "<sop>": 3}, bos="[gMASK]", eos=None, model_max_length=1024
+    )
 
 
 def _glm_encoder(vocab_size: int = 128, hidden_size: int = 32):
     from transformers import GlmConfig, GlmModel
 
-    return GlmModel(GlmConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, head_dim=hidden_size // 2, max_position_embeddings=512,
-        pad_token_id=0,
-    )).eval()
+    return GlmModel(
+        GlmConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=hidden_size // 2,
+            max_position_embeddings=512,
+            pad_token_id=0,
+        )
+    ).eval()
 
 
 def tiny_cogview4_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim: int = 8):
@@ -268,19 +389,38 @@ def tiny_cogview4_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_
 
     torch.manual_seed(seed)
     transformer = CogView4Transformer2DModel(
-        patch_size=2, in_channels=4, out_channels=4, num_layers=layers, attention_head_dim=head_dim,
-        num_attention_heads=heads, text_embed_dim=32, time_embed_dim=16, condition_dim=8, pos_embed_max_size=32,
-        sample_size=16, rope_axes_dim=(16, 16),
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        text_embed_dim=32,
+        time_embed_dim=16,
+        condition_dim=8,
+        pos_embed_max_size=32,
+        sample_size=16,
+        rope_axes_dim=(16, 16),
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1, latent_channels=4,
-        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        use_quant_conv=False, use_post_quant_conv=False, scaling_factor=1.0,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=1.0,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(base_shift=0.25, max_shift=0.75, base_image_seq_len=256,
-                                                use_dynamic_shifting=True, time_shift_type="linear")
-    pipe = CogView4Pipeline(tokenizer=glm_tokenizer(), text_encoder=_glm_encoder(), vae=vae,
-                            transformer=transformer, scheduler=scheduler)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_shift=0.25, max_shift=0.75, base_image_seq_len=256, use_dynamic_shifting=True, time_shift_type="linear"
+    )
+    pipe = CogView4Pipeline(
+        tokenizer=glm_tokenizer(), text_encoder=_glm_encoder(), vae=vae, transformer=transformer, scheduler=scheduler
+    )
     for module in (transformer, vae, pipe.text_encoder):
         module.eval()
     return pipe
@@ -303,10 +443,22 @@ def llama_tokenizer():
     token; its part before the prompt is 94 tokens here, not the 95 that the pipeline's default `crop_start`
     counts with Llama 3's byte-level BPE tokenizer: use `hunyuan_video_prompt_template()`.
     """
-    specials = {"<|begin_of_text|>": 0, "<pad>": 1, "<unk>": 2, "<|start_header_id|>": 3, "<|end_header_id|>": 4,
-                "<|eot_id|>": 5}
-    return word_tokenizer(specials, bos="<|begin_of_text|>", eos=None, model_max_length=512,
-                          words=_hunyuan_template_words(), added=("\n\n",))
+    specials = {
+        "<|begin_of_text|>": 0,
+        "<pad>": 1,
+        "<unk>": 2,
+        "<|start_header_id|>": 3,
+        "<|end_header_id|>": 4,
+        "<|eot_id|>": 5,
+    }
+    return word_tokenizer(
+        specials,
+        bos="<|begin_of_text|>",
+        eos=None,
+        model_max_length=512,
+        words=_hunyuan_template_words(),
+        added=("\n\n",),
+    )
 
 
 def hunyuan_video_prompt_template() -> dict:
@@ -325,11 +477,20 @@ def hunyuan_video_prompt_template() -> dict:
 def _llama_encoder(vocab_size: int = 256, hidden_size: int = 32):
     from transformers import LlamaConfig, LlamaModel
 
-    return LlamaModel(LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=3,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=0, eos_token_id=5,
-        pad_token_id=1,
-    )).eval()
+    return LlamaModel(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=0,
+            eos_token_id=5,
+            pad_token_id=1,
+        )
+    ).eval()
 
 
 def tiny_hunyuan_video_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim: int = 16):
@@ -357,18 +518,41 @@ def tiny_hunyuan_video_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, 
     torch.manual_seed(seed)
     rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
     transformer = HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=heads, attention_head_dim=head_dim, num_layers=layers,
-        num_single_layers=layers, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
-        text_embed_dim=32, pooled_projection_dim=32, rope_axes_dim=rope, guidance_embeds=True,
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        num_layers=layers,
+        num_single_layers=layers,
+        num_refiner_layers=1,
+        mlp_ratio=2.0,
+        patch_size=2,
+        patch_size_t=1,
+        text_embed_dim=32,
+        pooled_projection_dim=32,
+        rope_axes_dim=rope,
+        guidance_embeds=True,
     )
     vae = AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=4, down_block_types=("HunyuanVideoDownBlock3D",) * 3,
-        up_block_types=("HunyuanVideoUpBlock3D",) * 3, block_out_channels=(8, 8, 8), layers_per_block=1,
-        norm_num_groups=4, spatial_compression_ratio=4, temporal_compression_ratio=4, mid_block_add_attention=False,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 3,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 3,
+        block_out_channels=(8, 8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        spatial_compression_ratio=4,
+        temporal_compression_ratio=4,
+        mid_block_add_attention=False,
     )
     pipe = HunyuanVideoPipeline(
-        text_encoder=_llama_encoder(), tokenizer=llama_tokenizer(), transformer=transformer, vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=_clip_encoder(),
+        text_encoder=_llama_encoder(),
+        tokenizer=llama_tokenizer(),
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        text_encoder_2=_clip_encoder(),
         tokenizer_2=clip_tokenizer(),
     )
     for module in (transformer, vae, pipe.text_encoder, pipe.text_encoder_2):
@@ -376,8 +560,9 @@ def tiny_hunyuan_video_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, 
     return pipe
 
 
-def tiny_longcat_image_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim: int = 16,
-                                text_tokens: int = 16):
+def tiny_longcat_image_pipeline(
+    seed: int = 0, layers: int = 1, heads: int = 4, head_dim: int = 16, text_tokens: int = 16
+):
     """A LongCatImagePipeline with a tiny random transformer, VAE and Qwen2.5-VL text encoder (no prompt rewrite).
 
     The VAE downsamples by 2 and the pipeline packs 2x2 latent patches (16 latent channels, hard-coded by the
@@ -407,17 +592,37 @@ def tiny_longcat_image_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, 
     torch.manual_seed(seed)
     rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
     transformer = LongCatImageTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=layers, num_single_layers=layers, attention_head_dim=head_dim,
-        num_attention_heads=heads, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=rope,
+        patch_size=1,
+        in_channels=64,
+        num_layers=layers,
+        num_single_layers=layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=rope,
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1, latent_channels=16,
-        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
     )
     pipe = LongCatImagePipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae,
-        text_encoder=_qwen25vl_encoder(), tokenizer=qwen_tokenizer(), text_processor=None, transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
+        vae=vae,
+        text_encoder=_qwen25vl_encoder(),
+        tokenizer=qwen_tokenizer(),
+        text_processor=None,
+        transformer=transformer,
     )
     pipe.tokenizer_max_length = text_tokens
     for module in (transformer, vae, pipe.text_encoder):
@@ -448,8 +653,9 @@ def tiny_skyreels_v2_pipeline(seed: int = 0, layers: int = 2, heads: int = 4, he
     torch.manual_seed(seed)
     transformer, vae = _wan_like_transformer_and_vae(SkyReelsV2Transformer3DModel, layers, heads, head_dim)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0)
-    pipe = SkyReelsV2Pipeline(tokenizer=t5_tokenizer(), text_encoder=_t5_encoder(), vae=vae, transformer=transformer,
-                              scheduler=scheduler)
+    pipe = SkyReelsV2Pipeline(
+        tokenizer=t5_tokenizer(), text_encoder=_t5_encoder(), vae=vae, transformer=transformer, scheduler=scheduler
+    )
     for module in (transformer, vae, pipe.text_encoder):
         module.eval()
     return pipe
@@ -474,10 +680,14 @@ def qwen3_tokenizer():
     with Qwen3's byte-level BPE tokenizer). After the prompt come 10 tokens: `<|im_end|>` "\\n" `<|im_start|>`
     assistant "\\n" `<think>` "\\n\\n" `</think>` "\\n\\n" and nothing else (the text is right-padded).
     """
-    tok = word_tokenizer({"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "<unk>": 3, "<pad>": 4,
-                          "<think>": 5, "</think>": 6},
-                         bos=None, eos=None, model_max_length=32768, words=_QWEN_TEMPLATE_WORDS,
-                         added=("\n", "\n\n"))
+    tok = word_tokenizer(
+        {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "<unk>": 3, "<pad>": 4, "<think>": 5, "</think>": 6},
+        bos=None,
+        eos=None,
+        model_max_length=32768,
+        words=_QWEN_TEMPLATE_WORDS,
+        added=("\n", "\n\n"),
+    )
     tok.chat_template = _QWEN3_CHAT_TEMPLATE
     return tok
 
@@ -485,18 +695,28 @@ def qwen3_tokenizer():
 def ovis_image_prompt_begin(pipe) -> int:
     """The number of tokens before the prompt in OvisImagePipeline's message, counted with its own tokenizer."""
     message = pipe._get_messages("")[0]
-    prefix = message[:message.index(pipe.system_prompt) + len(pipe.system_prompt)]
+    prefix = message[: message.index(pipe.system_prompt) + len(pipe.system_prompt)]
     return len(pipe.tokenizer(prefix, add_special_tokens=False).input_ids)
 
 
 def _qwen3_encoder(vocab_size: int = 128, hidden_size: int = 32):
     from transformers import Qwen3Config, Qwen3Model
 
-    return Qwen3Model(Qwen3Config(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, head_dim=hidden_size // 2, max_position_embeddings=512,
-        pad_token_id=4, bos_token_id=None, eos_token_id=2,
-    )).eval()
+    return Qwen3Model(
+        Qwen3Config(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=hidden_size // 2,
+            max_position_embeddings=512,
+            pad_token_id=4,
+            bos_token_id=None,
+            eos_token_id=2,
+        )
+    ).eval()
 
 
 def tiny_ovis_image_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, head_dim: int = 16):
@@ -519,16 +739,37 @@ def tiny_ovis_image_pipeline(seed: int = 0, layers: int = 1, heads: int = 4, hea
     torch.manual_seed(seed)
     rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
     transformer = OvisImageTransformer2DModel(
-        patch_size=1, in_channels=64, out_channels=64, num_layers=layers, num_single_layers=layers,
-        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32, axes_dims_rope=rope,
+        patch_size=1,
+        in_channels=64,
+        out_channels=64,
+        num_layers=layers,
+        num_single_layers=layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=32,
+        axes_dims_rope=rope,
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(8, 8), layers_per_block=1, latent_channels=16,
-        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
     )
-    pipe = OvisImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae,
-                             text_encoder=_qwen3_encoder(), tokenizer=qwen3_tokenizer(), transformer=transformer)
+    pipe = OvisImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
+        vae=vae,
+        text_encoder=_qwen3_encoder(),
+        tokenizer=qwen3_tokenizer(),
+        transformer=transformer,
+    )
     pipe.user_prompt_begin_id = ovis_image_prompt_begin(pipe)
     for module in (transformer, vae, pipe.text_encoder):
         module.eval()
@@ -549,17 +790,38 @@ def tiny_cogvideox_pipeline(seed: int = 0, layers: int = 2, heads: int = 4, head
 
     torch.manual_seed(seed)
     transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=heads, attention_head_dim=head_dim, in_channels=4, out_channels=4, time_embed_dim=16,
-        text_embed_dim=32, num_layers=layers, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
-        temporal_compression_ratio=4, max_text_seq_length=text_tokens,
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=16,
+        text_embed_dim=32,
+        num_layers=layers,
+        sample_width=8,
+        sample_height=8,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=text_tokens,
     )
     vae = AutoencoderKLCogVideoX(
-        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
-        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
-        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
     )
-    pipe = CogVideoXPipeline(tokenizer=t5_tokenizer(), text_encoder=_t5_encoder(), vae=vae, transformer=transformer,
-                             scheduler=CogVideoXDDIMScheduler())
+    pipe = CogVideoXPipeline(
+        tokenizer=t5_tokenizer(),
+        text_encoder=_t5_encoder(),
+        vae=vae,
+        transformer=transformer,
+        scheduler=CogVideoXDDIMScheduler(),
+    )
     for module in (transformer, vae, pipe.text_encoder):
         module.eval()
     return pipe

@@ -103,9 +103,11 @@ class ModelEntry:
             object.__setattr__(self, "no_batch_split", "")
         unknown = set(self.forward_only_cases) - set(self.cases)
         if unknown or not all(str(reason).strip() for reason in self.forward_only_cases.values()):
-            raise ValueError(f"ModelEntry {self.class_name!r}: forward_only_cases maps cases of the entry to the "
-                             "reason their gradients are not compared; unknown cases "
-                             f"{sorted(unknown)} or an empty reason.")
+            raise ValueError(
+                f"ModelEntry {self.class_name!r}: forward_only_cases maps cases of the entry to the "
+                "reason their gradients are not compared; unknown cases "
+                f"{sorted(unknown)} or an empty reason."
+            )
         if not self.plan:
             raise ValueError(f"ModelEntry {self.class_name!r} has an empty plan.")
 
@@ -122,8 +124,9 @@ class ModelEntry:
         """The tiny config of `case` with the user's `overrides` applied on top."""
         return {**self.config, **self.case_configs.get(case, {}), **(overrides or {})}
 
-    def build(self, case: str | None = None, seed: int = 0, overrides: dict | None = None,
-              model_class: type | None = None) -> tuple[nn.Module, dict]:
+    def build(
+        self, case: str | None = None, seed: int = 0, overrides: dict | None = None, model_class: type | None = None
+    ) -> tuple[nn.Module, dict]:
         """A randomly initialised model in eval mode and the inputs of `case` (default: the first case).
 
         `model_class` builds a subclass of the entry's class (with the same config and inputs) instead.
@@ -160,9 +163,11 @@ def family_modules() -> list[str]:
     """The module names of the verification family files, `cp_hooks.verify.models.<family>`, alphabetically."""
     from cp_hooks.verify import models
 
-    return [f"{models.__name__}.{info.name}" for info in sorted(pkgutil.iter_modules(models.__path__),
-                                                               key=lambda info: info.name)
-            if not info.name.startswith("_")]
+    return [
+        f"{models.__name__}.{info.name}"
+        for info in sorted(pkgutil.iter_modules(models.__path__), key=lambda info: info.name)
+        if not info.name.startswith("_")
+    ]
 
 
 _loaded: dict[str, ModelEntry] | None = None

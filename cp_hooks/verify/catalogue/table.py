@@ -38,7 +38,7 @@ def models_section() -> str:
         "`tests/test_catalogue.py` and `tests/test_checker_backward.py`: a tiny random model of the class, inputs "
         "shaped as its pipeline shapes them, context-parallel outputs and gradients (every parameter and input) "
         "equal to the single-process ones (fp32, relative difference ≤ 1e-5). "
-        "\"(anything)\": the real text or token counts do not divide, so the model is verified with uneven "
+        '"(anything)": the real text or token counts do not divide, so the model is verified with uneven '
         "shards and needs `ulysses_anything=True` / `ring_anything=True`. Check any of them on your machine with "
         "`torchrun --nproc_per_node 2 -m cp_hooks check CLASS [--ring 2]`.\n",
         models_table(),

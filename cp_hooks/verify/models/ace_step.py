@@ -8,9 +8,19 @@ from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
 # Two layers: one sliding-window (window 4, shorter than the tiny sequence, so the band is real) and one full.
-_ACE = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            head_dim=8, in_channels=24, audio_acoustic_hidden_dim=8, patch_size=2, sliding_window=4,
-            encoder_hidden_size=24)
+_ACE = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    in_channels=24,
+    audio_acoustic_hidden_dim=8,
+    patch_size=2,
+    sliding_window=4,
+    encoder_hidden_size=24,
+)
 
 
 def _ace(config, g, frames=25, condition=11):
@@ -28,7 +38,12 @@ def _ace(config, g, frames=25, condition=11):
 
 
 ENTRIES = [
-    ModelEntry("AceStepTransformer1DModel", config=_ACE, cases={"t2m": _ace}, anything=True,
-               note="odd latent length (patch padding); self-attention runs whole on every rank (q/k/v gathered): "
-                    "the sliding-window layers' banded mask cannot be split and a plan cannot tell them apart"),
+    ModelEntry(
+        "AceStepTransformer1DModel",
+        config=_ACE,
+        cases={"t2m": _ace},
+        anything=True,
+        note="odd latent length (patch padding); self-attention runs whole on every rank (q/k/v gathered): "
+        "the sliding-window layers' banded mask cannot be split and a plan cannot tell them apart",
+    ),
 ]

@@ -7,8 +7,18 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
-_ANYFLOW = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=12, in_channels=4, out_channels=4,
-                text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, rope_max_seq_len=32)
+_ANYFLOW = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=4,
+    attention_head_dim=12,
+    in_channels=4,
+    out_channels=4,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    rope_max_seq_len=32,
+)
 _I2V = dict(image_dim=32)
 
 
@@ -31,13 +41,20 @@ def _anyflow(config, g, frames=3, height=6, width=10, text=12, context=0, image=
 
 
 ENTRIES = [
-    ModelEntry("AnyFlowTransformer3DModel", config=_ANYFLOW,
-               cases={"t2v": _anyflow, "v2v": lambda c, g: _anyflow(c, g, context=1),
-                      "i2v": lambda c, g: _anyflow(c, g, image=5)},
-               case_configs={"i2v": _I2V}, anything=True,
-               note="per-frame timesteps expanded to tokens, split at the condition embedder's output; rotary dict "
-                    "{query, key} split with a dict spec in every block; video-to-video (t = 0 context frames); "
-                    "cross-attention marked LocalAttention()"),
+    ModelEntry(
+        "AnyFlowTransformer3DModel",
+        config=_ANYFLOW,
+        cases={
+            "t2v": _anyflow,
+            "v2v": lambda c, g: _anyflow(c, g, context=1),
+            "i2v": lambda c, g: _anyflow(c, g, image=5),
+        },
+        case_configs={"i2v": _I2V},
+        anything=True,
+        note="per-frame timesteps expanded to tokens, split at the condition embedder's output; rotary dict "
+        "{query, key} split with a dict spec in every block; video-to-video (t = 0 context frames); "
+        "cross-attention marked LocalAttention()",
+    ),
 ]
 
 UNSUPPORTED = {

@@ -7,9 +7,19 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
-_AURAFLOW = dict(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_mmdit_layers=1,
-                 num_single_dit_layers=1, attention_head_dim=8, num_attention_heads=4, joint_attention_dim=16,
-                 caption_projection_dim=32, pos_embed_max_size=64)
+_AURAFLOW = dict(
+    sample_size=8,
+    patch_size=2,
+    in_channels=4,
+    out_channels=4,
+    num_mmdit_layers=1,
+    num_single_dit_layers=1,
+    attention_head_dim=8,
+    num_attention_heads=4,
+    joint_attention_dim=16,
+    caption_projection_dim=32,
+    pos_embed_max_size=64,
+)
 
 
 def _auraflow(config, g, text=8, height=8, width=12):
@@ -25,7 +35,10 @@ def _auraflow(config, g, text=8, height=8, width=12):
 
 
 ENTRIES = [
-    ModelEntry("AuraFlowTransformer2DModel", config=_AURAFLOW, cases={"t2i": _auraflow},
-               note="8 register tokens prepended to the text; joint blocks, then single blocks over the local "
-                    "[text, image]"),
+    ModelEntry(
+        "AuraFlowTransformer2DModel",
+        config=_AURAFLOW,
+        cases={"t2i": _auraflow},
+        note="8 register tokens prepended to the text; joint blocks, then single blocks over the local [text, image]",
+    ),
 ]

@@ -7,8 +7,19 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
-_COMMON = dict(patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
-               text_embed_dim=16, time_embed_dim=16, condition_dim=8, pos_embed_max_size=16, sample_size=8)
+_COMMON = dict(
+    patch_size=2,
+    in_channels=4,
+    out_channels=4,
+    num_layers=1,
+    attention_head_dim=8,
+    num_attention_heads=4,
+    text_embed_dim=16,
+    time_embed_dim=16,
+    condition_dim=8,
+    pos_embed_max_size=16,
+    sample_size=8,
+)
 _COGVIEW3PLUS = _COMMON
 _COGVIEW4 = dict(_COMMON, rope_axes_dim=(16, 16))
 
@@ -28,10 +39,18 @@ def _cogview(config, g, text=16, height=8, width=12):
 
 
 ENTRIES = [
-    ModelEntry("CogView3PlusTransformer2DModel", config=_COGVIEW3PLUS, cases={"t2i": _cogview},
-               note="[text, image] from one patch embedding, split at the first block"),
-    ModelEntry("CogView4Transformer2DModel", config=_COGVIEW4,
-               cases={"t2i": _cogview, "control": _cogview}, case_configs={"control": dict(in_channels=8)},
-               note="2-D rotary table split with the image; Control: latents concatenated along channels; not the "
-                    "optional attention_mask (a query x key mask, refused)"),
+    ModelEntry(
+        "CogView3PlusTransformer2DModel",
+        config=_COGVIEW3PLUS,
+        cases={"t2i": _cogview},
+        note="[text, image] from one patch embedding, split at the first block",
+    ),
+    ModelEntry(
+        "CogView4Transformer2DModel",
+        config=_COGVIEW4,
+        cases={"t2i": _cogview, "control": _cogview},
+        case_configs={"control": dict(in_channels=8)},
+        note="2-D rotary table split with the image; Control: latents concatenated along channels; not the "
+        "optional attention_mask (a query x key mask, refused)",
+    ),
 ]

@@ -11,11 +11,29 @@ _LATENT = 4
 _HEAD_DIM = 16  # the rotary table splits it 4 (time) + 6 (height) + 6 (width)
 _INNER = 4 * _HEAD_DIM
 _CONSISID = dict(
-    num_attention_heads=4, attention_head_dim=_HEAD_DIM, in_channels=2 * _LATENT, out_channels=_LATENT,
-    time_embed_dim=16, text_embed_dim=16, num_layers=2, patch_size=2, use_rotary_positional_embeddings=True,
-    is_train_face=True, cross_attn_interval=2, cross_attn_dim_head=8, cross_attn_num_heads=2,
-    LFE_id_dim=12, LFE_vit_dim=16, LFE_depth=2, LFE_dim_head=8, LFE_num_heads=2, LFE_num_id_token=2,
-    LFE_num_querie=4, LFE_output_dim=int(_INNER / 3 * 2), LFE_ff_mult=1, LFE_num_scale=2,
+    num_attention_heads=4,
+    attention_head_dim=_HEAD_DIM,
+    in_channels=2 * _LATENT,
+    out_channels=_LATENT,
+    time_embed_dim=16,
+    text_embed_dim=16,
+    num_layers=2,
+    patch_size=2,
+    use_rotary_positional_embeddings=True,
+    is_train_face=True,
+    cross_attn_interval=2,
+    cross_attn_dim_head=8,
+    cross_attn_num_heads=2,
+    LFE_id_dim=12,
+    LFE_vit_dim=16,
+    LFE_depth=2,
+    LFE_dim_head=8,
+    LFE_num_heads=2,
+    LFE_num_id_token=2,
+    LFE_num_querie=4,
+    LFE_output_dim=int(_INNER / 3 * 2),
+    LFE_ff_mult=1,
+    LFE_num_scale=2,
 )
 
 
@@ -36,7 +54,12 @@ def _consisid(config, g, text=13, frames=2, height=8, width=12):
 
 
 ENTRIES = [
-    ModelEntry("ConsisIDTransformer3DModel", config=_CONSISID, cases={"i2v": _consisid}, anything=True,
-               note="video split; the text is split only inside each attention (forward drops it by its whole "
-                    "length); face identity modules (local cross-attention to replicated face tokens)"),
+    ModelEntry(
+        "ConsisIDTransformer3DModel",
+        config=_CONSISID,
+        cases={"i2v": _consisid},
+        anything=True,
+        note="video split; the text is split only inside each attention (forward drops it by its whole "
+        "length); face identity modules (local cross-attention to replicated face tokens)",
+    ),
 ]

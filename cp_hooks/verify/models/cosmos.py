@@ -9,15 +9,26 @@ from cp_hooks.verify.catalogue._inputs import randn
 
 _LATENT = 4
 # head dim 12: the rotary table gives 4 channels each to time, height and width.
-_COSMOS = dict(in_channels=_LATENT, out_channels=_LATENT, num_attention_heads=4, attention_head_dim=12,
-               num_layers=2, mlp_ratio=2.0, text_embed_dim=32, adaln_lora_dim=16, max_size=(8, 32, 32),
-               concat_padding_mask=False)
+_COSMOS = dict(
+    in_channels=_LATENT,
+    out_channels=_LATENT,
+    num_attention_heads=4,
+    attention_head_dim=12,
+    num_layers=2,
+    mlp_ratio=2.0,
+    text_embed_dim=32,
+    adaln_lora_dim=16,
+    max_size=(8, 32, 32),
+    concat_padding_mask=False,
+)
 _COSMOS1 = dict(extra_pos_embed_type="learnable")  # Cosmos 1.0: learnable positions added in every block
 _COSMOS2 = dict(extra_pos_embed_type=None, in_channels=_LATENT + 1)  # + the condition mask channel
-_COSMOS25 = dict(_COSMOS2, use_crossattn_projection=True, crossattn_proj_in_channels=24,
-                 encoder_hidden_states_channels=32)
-_TRANSFER25 = dict(_COSMOS25, controlnet_block_every_n=1, img_context_dim_in=8, img_context_num_tokens=3,
-                   img_context_dim_out=48)
+_COSMOS25 = dict(
+    _COSMOS2, use_crossattn_projection=True, crossattn_proj_in_channels=24, encoder_hidden_states_channels=32
+)
+_TRANSFER25 = dict(
+    _COSMOS25, controlnet_block_every_n=1, img_context_dim_in=8, img_context_num_tokens=3, img_context_dim_out=48
+)
 
 
 def _cosmos(config, g, text=8, frames=3, height=8, width=12, per_frame=False, fps=24, control=False):
@@ -44,21 +55,31 @@ def _cosmos(config, g, text=8, frames=3, height=8, width=12, per_frame=False, fp
     if control:  # Cosmos Transfer: one control residual per block (every_n = 1)
         tokens = frames * (height // 2) * (width // 2)
         hidden = config["num_attention_heads"] * config["attention_head_dim"]
-        inputs["block_controlnet_hidden_states"] = [randn(g, batch, tokens, hidden)
-                                                    for _ in range(config["num_layers"])]
+        inputs["block_controlnet_hidden_states"] = [
+            randn(g, batch, tokens, hidden) for _ in range(config["num_layers"])
+        ]
     return inputs
 
 
 ENTRIES = [
-    ModelEntry("CosmosTransformer3DModel", config=_COSMOS,
-               cases={"text2world": _cosmos,
-                      "video2world_2": lambda c, g: _cosmos(c, g, per_frame=True),
-                      "predict_2_5": lambda c, g: _cosmos(c, g, per_frame=True, fps=None),
-                      "transfer_2_5": lambda c, g: _cosmos(c, g, per_frame=True, fps=None, control=True)},
-               case_configs={"text2world": _COSMOS1, "video2world_2": _COSMOS2, "predict_2_5": _COSMOS25,
-                             "transfer_2_5": _TRANSFER25},
-               note="Cosmos 1.0 learnable positions; 2.0 / 2.5 per-frame timesteps (per-token modulation split in "
-                    "every block); 2.5 Transfer control residuals and image context; text cross-attention local"),
+    ModelEntry(
+        "CosmosTransformer3DModel",
+        config=_COSMOS,
+        cases={
+            "text2world": _cosmos,
+            "video2world_2": lambda c, g: _cosmos(c, g, per_frame=True),
+            "predict_2_5": lambda c, g: _cosmos(c, g, per_frame=True, fps=None),
+            "transfer_2_5": lambda c, g: _cosmos(c, g, per_frame=True, fps=None, control=True),
+        },
+        case_configs={
+            "text2world": _COSMOS1,
+            "video2world_2": _COSMOS2,
+            "predict_2_5": _COSMOS25,
+            "transfer_2_5": _TRANSFER25,
+        },
+        note="Cosmos 1.0 learnable positions; 2.0 / 2.5 per-frame timesteps (per-token modulation split in "
+        "every block); 2.5 Transfer control residuals and image context; text cross-attention local",
+    ),
 ]
 
 UNSUPPORTED = {

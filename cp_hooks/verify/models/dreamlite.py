@@ -8,8 +8,17 @@ from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import padding_mask, randn
 
 # A U-Net level as DreamLite builds it: qk RMSNorm, grouped-query attention (2 key/value heads), GEGLU ff.
-_DREAMLITE = dict(num_attention_heads=4, attention_head_dim=8, in_channels=8, num_layers=2, norm_num_groups=2,
-                  cross_attention_dim=16, qk_norm="rms_norm", num_kv_heads=2, ff_mult=2)
+_DREAMLITE = dict(
+    num_attention_heads=4,
+    attention_head_dim=8,
+    in_channels=8,
+    num_layers=2,
+    norm_num_groups=2,
+    cross_attention_dim=16,
+    qk_norm="rms_norm",
+    num_kv_heads=2,
+    ff_mult=2,
+)
 
 
 def _install_processor(model, g):
@@ -35,9 +44,13 @@ def _dreamlite(config, g, text=9, valid=(4, 9), height=4, width=6):
 
 
 ENTRIES = [
-    ModelEntry("DreamLiteTransformer2DModel", config=_DREAMLITE,
-               cases={"unet": _dreamlite, "linear_projection": _dreamlite},
-               case_configs={"linear_projection": dict(use_linear_projection=True)}, prepare=_install_processor,
-               note="U-Net attention stage: self-attention and feed-forward split inside each block (any depth); "
-                    "text cross-attention local; use_self_attention=False refused"),
+    ModelEntry(
+        "DreamLiteTransformer2DModel",
+        config=_DREAMLITE,
+        cases={"unet": _dreamlite, "linear_projection": _dreamlite},
+        case_configs={"linear_projection": dict(use_linear_projection=True)},
+        prepare=_install_processor,
+        note="U-Net attention stage: self-attention and feed-forward split inside each block (any depth); "
+        "text cross-attention local; use_self_attention=False refused",
+    ),
 ]

@@ -8,8 +8,17 @@ from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
 # The rotary axes (2, 2, 4) sum to head_dim = 8.
-_ERNIE_IMAGE = dict(hidden_size=32, num_attention_heads=4, num_layers=2, ffn_hidden_size=64, in_channels=4,
-                    out_channels=4, patch_size=1, text_in_dim=16, rope_axes_dim=(2, 2, 4))
+_ERNIE_IMAGE = dict(
+    hidden_size=32,
+    num_attention_heads=4,
+    num_layers=2,
+    ffn_hidden_size=64,
+    in_channels=4,
+    out_channels=4,
+    patch_size=1,
+    text_in_dim=16,
+    rope_axes_dim=(2, 2, 4),
+)
 
 
 def _ernie_image(config, g, lengths=(7, 3), height=6, width=8):
@@ -28,8 +37,13 @@ def _ernie_image(config, g, lengths=(7, 3), height=6, width=8):
 
 
 ENTRIES = [
-    ModelEntry("ErnieImageTransformer2DModel", config=_ERNIE_IMAGE, cases={"t2i": _ernie_image}, anything=True,
-               redraw=("adaLN_modulation.*", "final_linear.*"),
-               note="sequence-first layers; per-token modulation, rotary table and text mask split in every layer; "
-                    "zero-initialised modulation and output redrawn"),
+    ModelEntry(
+        "ErnieImageTransformer2DModel",
+        config=_ERNIE_IMAGE,
+        cases={"t2i": _ernie_image},
+        anything=True,
+        redraw=("adaLN_modulation.*", "final_linear.*"),
+        note="sequence-first layers; per-token modulation, rotary table and text mask split in every layer; "
+        "zero-initialised modulation and output redrawn",
+    ),
 ]

@@ -7,9 +7,18 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
-_GLM_IMAGE = dict(patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
-                  num_attention_heads=4, text_embed_dim=16, time_embed_dim=16, condition_dim=8,
-                  prior_vq_quantizer_codebook_size=64)
+_GLM_IMAGE = dict(
+    patch_size=2,
+    in_channels=4,
+    out_channels=4,
+    num_layers=1,
+    attention_head_dim=8,
+    num_attention_heads=4,
+    text_embed_dim=16,
+    time_embed_dim=16,
+    condition_dim=8,
+    prior_vq_quantizer_codebook_size=64,
+)
 
 
 def _glm_image(config, g, text=5, height=8, width=12, drop=False):
@@ -30,8 +39,12 @@ def _glm_image(config, g, text=5, height=8, width=12, drop=False):
 
 
 ENTRIES = [
-    ModelEntry("GlmImageTransformer2DModel", config=_GLM_IMAGE,
-               cases={"cond": _glm_image, "uncond": lambda c, g: _glm_image(c, g, text=3, drop=True)}, anything=True,
-               note="prior-token embeddings added before the split; odd glyph text lengths; the editing KV cache "
-                    "is not in the cases"),
+    ModelEntry(
+        "GlmImageTransformer2DModel",
+        config=_GLM_IMAGE,
+        cases={"cond": _glm_image, "uncond": lambda c, g: _glm_image(c, g, text=3, drop=True)},
+        anything=True,
+        note="prior-token embeddings added before the split; odd glyph text lengths; the editing KV cache "
+        "is not in the cases",
+    ),
 ]

@@ -7,8 +7,18 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
-_HELIOS = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=12, in_channels=4, out_channels=4,
-               text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, rope_dim=(4, 4, 4))
+_HELIOS = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=4,
+    attention_head_dim=12,
+    in_channels=4,
+    out_channels=4,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    rope_dim=(4, 4, 4),
+)
 
 
 def _helios(config, g, frames=2, height=16, width=8, text=9, history=(8, 2, 1)):
@@ -36,8 +46,11 @@ def _helios(config, g, frames=2, height=16, width=8, text=9, history=(8, 2, 1)):
 
 
 ENTRIES = [
-    ModelEntry("HeliosTransformer3DModel", config=_HELIOS,
-               cases={"t2v": lambda c, g: _helios(c, g, history=None), "history": _helios},
-               note="long / mid / short history latents before the current chunk; attention and feed-forward "
-                    "split inside each block (diffusers' plan with wildcards); is_amplify_history=True refused"),
+    ModelEntry(
+        "HeliosTransformer3DModel",
+        config=_HELIOS,
+        cases={"t2v": lambda c, g: _helios(c, g, history=None), "history": _helios},
+        note="long / mid / short history latents before the current chunk; attention and feed-forward "
+        "split inside each block (diffusers' plan with wildcards); is_amplify_history=True refused",
+    ),
 ]

@@ -9,9 +9,21 @@ from cp_hooks.verify.catalogue._inputs import randn
 
 # 1 double + 1 single block, 4 heads of 8 (head_dim = sum of the three rotary axes, as HiDream-I1's 128 = 64 +
 # 32 + 32), MoE on (4 routed experts, top 2, and a shared one). max_seq = 10 * 10 / 2**2 = 25 padded tokens.
-_HIDREAM = dict(patch_size=2, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=8,
-                num_attention_heads=4, caption_channels=[12, 16], text_emb_dim=8, num_routed_experts=4,
-                num_activated_experts=2, axes_dims_rope=(4, 2, 2), max_resolution=(10, 10), llama_layers=[1, 2])
+_HIDREAM = dict(
+    patch_size=2,
+    in_channels=4,
+    num_layers=1,
+    num_single_layers=1,
+    attention_head_dim=8,
+    num_attention_heads=4,
+    caption_channels=[12, 16],
+    text_emb_dim=8,
+    num_routed_experts=4,
+    num_activated_experts=2,
+    axes_dims_rope=(4, 2, 2),
+    max_resolution=(10, 10),
+    llama_layers=[1, 2],
+)
 _INFERENCE = dict(force_inference_output=True)  # in training mode: the pipeline's (eval) branches, see above
 
 
@@ -36,14 +48,22 @@ def _train_mode(model, g):
 
 
 ENTRIES = [
-    ModelEntry("HiDreamImageTransformer2DModel", config=_HIDREAM,
-               cases={"t2i": _hidream, "non_square": lambda c, g: _hidream(c, g, height=8, width=10),
-                      "train": lambda c, g: _hidream(c, g, height=8, width=10)},
-               case_configs={"t2i": _INFERENCE, "non_square": _INFERENCE}, anything=True, prepare=_train_mode,
-               note="image split at x_embedder, T5 and every Llama layer at their projections; one rotary table "
-                    "over [image, text] and the padding mask (non-square) split by segments (\"image\", None); "
-                    "top-2 MoE; CFG batch; training branches with gradients through the experts; refuses "
-                    "cfg_degree > 1 (Llama stack batched in dim 1)"),
+    ModelEntry(
+        "HiDreamImageTransformer2DModel",
+        config=_HIDREAM,
+        cases={
+            "t2i": _hidream,
+            "non_square": lambda c, g: _hidream(c, g, height=8, width=10),
+            "train": lambda c, g: _hidream(c, g, height=8, width=10),
+        },
+        case_configs={"t2i": _INFERENCE, "non_square": _INFERENCE},
+        anything=True,
+        prepare=_train_mode,
+        note="image split at x_embedder, T5 and every Llama layer at their projections; one rotary table "
+        'over [image, text] and the padding mask (non-square) split by segments ("image", None); '
+        "top-2 MoE; CFG batch; training branches with gradients through the experts; refuses "
+        "cfg_degree > 1 (Llama stack batched in dim 1)",
+    ),
 ]
 
 UNSUPPORTED: dict[str, str] = {}

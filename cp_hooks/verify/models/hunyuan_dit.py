@@ -9,9 +9,20 @@ from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import padding_mask, randn
 
 # 4 blocks: the smallest depth with a long skip (block 0 -> block 3).
-_HUNYUAN_DIT = dict(num_attention_heads=4, attention_head_dim=8, in_channels=4, patch_size=2, sample_size=8,
-                    hidden_size=32, num_layers=4, cross_attention_dim=16, cross_attention_dim_t5=16,
-                    pooled_projection_dim=16, text_len=6, text_len_t5=10)
+_HUNYUAN_DIT = dict(
+    num_attention_heads=4,
+    attention_head_dim=8,
+    in_channels=4,
+    patch_size=2,
+    sample_size=8,
+    hidden_size=32,
+    num_layers=4,
+    cross_attention_dim=16,
+    cross_attention_dim_t5=16,
+    pooled_projection_dim=16,
+    text_len=6,
+    text_len_t5=10,
+)
 
 
 def _hunyuan_dit(config, g, height=8, width=12):
@@ -36,7 +47,11 @@ def _hunyuan_dit(config, g, height=8, width=12):
 
 
 ENTRIES = [
-    ModelEntry("HunyuanDiT2DModel", config=_HUNYUAN_DIT, cases={"v1.1": _hunyuan_dit, "v1.2": _hunyuan_dit},
-               case_configs={"v1.2": dict(use_style_cond_and_image_meta_size=False)},
-               note="text cross-attention and the T5 attention pooler local; long skips; not ControlNet residuals"),
+    ModelEntry(
+        "HunyuanDiT2DModel",
+        config=_HUNYUAN_DIT,
+        cases={"v1.1": _hunyuan_dit, "v1.2": _hunyuan_dit},
+        case_configs={"v1.2": dict(use_style_cond_and_image_meta_size=False)},
+        note="text cross-attention and the T5 attention pooler local; long skips; not ControlNet residuals",
+    ),
 ]

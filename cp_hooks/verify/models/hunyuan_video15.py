@@ -8,14 +8,27 @@ from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import padding_mask, randn
 
 _LATENT = 4
-_HUNYUAN15 = dict(in_channels=2 * _LATENT + 1, out_channels=_LATENT, num_attention_heads=4, attention_head_dim=16,
-                  num_layers=2, num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1,
-                  text_embed_dim=32, text_embed_2_dim=24, image_embed_dim=20, rope_axes_dim=(4, 6, 6))
+_HUNYUAN15 = dict(
+    in_channels=2 * _LATENT + 1,
+    out_channels=_LATENT,
+    num_attention_heads=4,
+    attention_head_dim=16,
+    num_layers=2,
+    num_refiner_layers=1,
+    mlp_ratio=2.0,
+    patch_size=1,
+    patch_size_t=1,
+    text_embed_dim=32,
+    text_embed_2_dim=24,
+    image_embed_dim=20,
+    rope_axes_dim=(4, 6, 6),
+)
 _I2V = dict(use_meanflow=True)
 
 
-def _hunyuan15(config, g, i2v=False, text=10, valid=(7, 4), text_2=8, valid_2=(5, 0), image_tokens=5,
-               frames=2, height=6, width=8):
+def _hunyuan15(
+    config, g, i2v=False, text=10, valid=(7, 4), text_2=8, valid_2=(5, 0), image_tokens=5, frames=2, height=6, width=8
+):
     batch = len(valid)
     latents = randn(g, batch, _LATENT, frames, height, width)
     cond = torch.zeros(batch, _LATENT, frames, height, width)
@@ -43,10 +56,14 @@ def _hunyuan15(config, g, i2v=False, text=10, valid=(7, 4), text_2=8, valid_2=(5
 
 
 ENTRIES = [
-    ModelEntry("HunyuanVideo15Transformer3DModel", config=_HUNYUAN15,
-               cases={"t2v": _hunyuan15, "i2v": lambda c, g: _hunyuan15(c, g, i2v=True)},
-               case_configs={"i2v": _I2V}, anything=True,
-               note="the processor's v[q] & v[k] mask over the local [video, text] tokens (the text mask split in "
-                    "every block); batch of 2 prompts with padded Qwen text and ByT5 glyph text in one; odd text "
-                    "length; I2V SigLIP tokens, first-frame condition latents, MeanFlow timestep_r"),
+    ModelEntry(
+        "HunyuanVideo15Transformer3DModel",
+        config=_HUNYUAN15,
+        cases={"t2v": _hunyuan15, "i2v": lambda c, g: _hunyuan15(c, g, i2v=True)},
+        case_configs={"i2v": _I2V},
+        anything=True,
+        note="the processor's v[q] & v[k] mask over the local [video, text] tokens (the text mask split in "
+        "every block); batch of 2 prompts with padded Qwen text and ByT5 glyph text in one; odd text "
+        "length; I2V SigLIP tokens, first-frame condition latents, MeanFlow timestep_r",
+    ),
 ]

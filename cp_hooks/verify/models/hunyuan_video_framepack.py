@@ -7,14 +7,29 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import padding_mask, randn
 
-_FRAMEPACK = dict(in_channels=4, out_channels=4, num_attention_heads=4, attention_head_dim=16, num_layers=1,
-                  num_single_layers=2, num_refiner_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=32,
-                  pooled_projection_dim=16, rope_axes_dim=(4, 6, 6), guidance_embeds=True, has_image_proj=True,
-                  image_proj_dim=24, has_clean_x_embedder=True)
+_FRAMEPACK = dict(
+    in_channels=4,
+    out_channels=4,
+    num_attention_heads=4,
+    attention_head_dim=16,
+    num_layers=1,
+    num_single_layers=2,
+    num_refiner_layers=1,
+    patch_size=2,
+    patch_size_t=1,
+    text_embed_dim=32,
+    pooled_projection_dim=16,
+    rope_axes_dim=(4, 6, 6),
+    guidance_embeds=True,
+    has_image_proj=True,
+    image_proj_dim=24,
+    has_clean_x_embedder=True,
+)
 
 
-def _framepack(config, g, frames=2, height=8, width=10, text=10, valid=7, image_tokens=5, history=(4, 2, 1),
-               anti_drifting=True):
+def _framepack(
+    config, g, frames=2, height=8, width=10, text=10, valid=7, image_tokens=5, history=(4, 2, 1), anti_drifting=True
+):
     """One call of the FramePack pipeline's denoising loop (history sizes scaled down from [16, 2, 1])."""
     channels = config["in_channels"]
     long, mid, short = history  # 4x, 2x and 1x history frames
@@ -45,10 +60,13 @@ def _framepack(config, g, frames=2, height=8, width=10, text=10, valid=7, image_
 
 
 ENTRIES = [
-    ModelEntry("HunyuanVideoFramepackTransformer3DModel", config=_FRAMEPACK,
-               cases={"anti_drifting": _framepack, "vanilla": lambda c, g: _framepack(c, g, anti_drifting=False)},
-               anything=True,
-               note="packed [4x, 2x, clean history, current] video and [image, text] condition split from the first "
-                    "block, gathered at the last single block (single_transformer_blocks.-1) before forward keeps "
-                    "the current chunk; refiner local; batch of one (a batch's key mask is built whole)"),
+    ModelEntry(
+        "HunyuanVideoFramepackTransformer3DModel",
+        config=_FRAMEPACK,
+        cases={"anti_drifting": _framepack, "vanilla": lambda c, g: _framepack(c, g, anti_drifting=False)},
+        anything=True,
+        note="packed [4x, 2x, clean history, current] video and [image, text] condition split from the first "
+        "block, gathered at the last single block (single_transformer_blocks.-1) before forward keeps "
+        "the current chunk; refiner local; batch of one (a batch's key mask is built whole)",
+    ),
 ]

@@ -7,8 +7,16 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
-_CONFIG = dict(in_channels=8, num_layers=2, attention_head_dim=16, num_attention_heads=2, intermediate_size=48,
-               adaln_dim=16, llm_features_dim=24, mrope_section=(4, 2, 2))
+_CONFIG = dict(
+    in_channels=8,
+    num_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    intermediate_size=48,
+    adaln_dim=16,
+    llm_features_dim=24,
+    mrope_section=(4, 2, 2),
+)
 
 _PAD, _IMAGE, _TEXT = -1, 2, 3  # the pipeline's segment id of padding and the model's role indicators
 _IMAGE_POSITION_OFFSET = 65536
@@ -35,20 +43,36 @@ def _ideogram4(config, g, text_lengths=(4, 7), max_text=9, grid=(3, 5), uncondit
         total = image
     latents = randn(g, batch, image, config["in_channels"])
     hidden = latents if unconditional else torch.cat([torch.zeros(batch, max_text, config["in_channels"]), latents], 1)
-    features = torch.zeros(batch, total, config["llm_features_dim"]) if unconditional else randn(
-        g, batch, total, config["llm_features_dim"])
-    return dict(hidden_states=hidden, timestep=torch.full((batch,), 0.3), encoder_hidden_states=features,
-                position_ids=position_ids, segment_ids=segment_ids, indicator=indicator, return_dict=False)
+    features = (
+        torch.zeros(batch, total, config["llm_features_dim"])
+        if unconditional
+        else randn(g, batch, total, config["llm_features_dim"])
+    )
+    return dict(
+        hidden_states=hidden,
+        timestep=torch.full((batch,), 0.3),
+        encoder_hidden_states=features,
+        position_ids=position_ids,
+        segment_ids=segment_ids,
+        indicator=indicator,
+        return_dict=False,
+    )
 
 
 ENTRIES = [
-    ModelEntry("Ideogram4Transformer2DModel", config=_CONFIG,
-               cases={"cond": _ideogram4, "uncond": lambda c, g: _ideogram4(c, g, unconditional=True),
-                      "long_prompt": lambda c, g: _ideogram4(c, g, text_lengths=(11, 2), max_text=11, grid=(2, 3))},
-               anything=True,
-               note="segment mask seg[q] == seg[k] built in forward over the whole packed [left-padded text, image] "
-                    "sequence (segment_ids left whole; each rank takes its rows, each key block its columns); "
-                    "prompts of different lengths; the unconditional image-only pass"),
+    ModelEntry(
+        "Ideogram4Transformer2DModel",
+        config=_CONFIG,
+        cases={
+            "cond": _ideogram4,
+            "uncond": lambda c, g: _ideogram4(c, g, unconditional=True),
+            "long_prompt": lambda c, g: _ideogram4(c, g, text_lengths=(11, 2), max_text=11, grid=(2, 3)),
+        },
+        anything=True,
+        note="segment mask seg[q] == seg[k] built in forward over the whole packed [left-padded text, image] "
+        "sequence (segment_ids left whole; each rank takes its rows, each key block its columns); "
+        "prompts of different lengths; the unconditional image-only pass",
+    ),
 ]
 
 UNSUPPORTED: dict[str, str] = {}

@@ -7,8 +7,16 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
-_JOYIMAGE = dict(patch_size=[1, 2, 2], in_channels=4, hidden_size=48, num_attention_heads=4, text_dim=32,
-                 mlp_width_ratio=2.0, num_layers=2, rope_dim_list=[4, 4, 4])
+_JOYIMAGE = dict(
+    patch_size=[1, 2, 2],
+    in_channels=4,
+    hidden_size=48,
+    num_attention_heads=4,
+    text_dim=32,
+    mlp_width_ratio=2.0,
+    num_layers=2,
+    rope_dim_list=[4, 4, 4],
+)
 
 
 def _joyimage(config, g, items=1, text=9, height=6, width=10):
@@ -44,21 +52,33 @@ def _joyimage_plus(config, g, shapes, text=9, text_lens=(6, 9)):
 
 
 ENTRIES = [
-    ModelEntry("JoyImageEditTransformer3DModel", config=_JOYIMAGE,
-               cases={"t2i": _joyimage, "edit": lambda c, g: _joyimage(c, g, items=2, text=13),
-                      "mrope": lambda c, g: _joyimage(c, g, items=2, text=11)},
-               case_configs={"mrope": dict(rope_type="mrope")}, anything=True,
-               note="image and text both split for the joint attention; every block splits its nested rotary "
-                    "tuple ((image cos, sin), (text cos, sin) or None); edit with a reference item; mrope text table"),
-    ModelEntry("JoyImageEditPlusTransformer3DModel", config=_JOYIMAGE,
-               cases={"t2i": lambda c, g: _joyimage_plus(c, g, [[(1, 3, 5)]] * 2),
-                      "edit": lambda c, g: _joyimage_plus(c, g, [[(1, 3, 5), (1, 2, 4)]] * 2, text=11,
-                                                          text_lens=(7, 11)),
-                      "prompts": lambda c, g: _joyimage_plus(c, g, [[(1, 3, 5), (1, 2, 4)], [(1, 3, 5)]], text=10,
-                                                       text_lens=(10, 8))},
-               anything=True,
-               note="[image, text] key mask (image padding + text padding) split segment by segment with the two "
-                    "streams; references of other sizes; samples with different patch counts padded; CFG batch"),
+    ModelEntry(
+        "JoyImageEditTransformer3DModel",
+        config=_JOYIMAGE,
+        cases={
+            "t2i": _joyimage,
+            "edit": lambda c, g: _joyimage(c, g, items=2, text=13),
+            "mrope": lambda c, g: _joyimage(c, g, items=2, text=11),
+        },
+        case_configs={"mrope": dict(rope_type="mrope")},
+        anything=True,
+        note="image and text both split for the joint attention; every block splits its nested rotary "
+        "tuple ((image cos, sin), (text cos, sin) or None); edit with a reference item; mrope text table",
+    ),
+    ModelEntry(
+        "JoyImageEditPlusTransformer3DModel",
+        config=_JOYIMAGE,
+        cases={
+            "t2i": lambda c, g: _joyimage_plus(c, g, [[(1, 3, 5)]] * 2),
+            "edit": lambda c, g: _joyimage_plus(c, g, [[(1, 3, 5), (1, 2, 4)]] * 2, text=11, text_lens=(7, 11)),
+            "prompts": lambda c, g: _joyimage_plus(
+                c, g, [[(1, 3, 5), (1, 2, 4)], [(1, 3, 5)]], text=10, text_lens=(10, 8)
+            ),
+        },
+        anything=True,
+        note="[image, text] key mask (image padding + text padding) split segment by segment with the two "
+        "streams; references of other sizes; samples with different patch counts padded; CFG batch",
+    ),
 ]
 
 UNSUPPORTED: dict[str, str] = {}

@@ -28,9 +28,19 @@ from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
 _LATENT = 4
-_K5 = dict(in_visual_dim=_LATENT, out_visual_dim=_LATENT, in_text_dim=32, in_text_dim2=24, time_dim=32,
-           patch_size=(1, 2, 2), model_dim=64, ff_dim=128, num_text_blocks=1, num_visual_blocks=2,
-           axes_dims=(4, 6, 6))
+_K5 = dict(
+    in_visual_dim=_LATENT,
+    out_visual_dim=_LATENT,
+    in_text_dim=32,
+    in_text_dim2=24,
+    time_dim=32,
+    patch_size=(1, 2, 2),
+    model_dim=64,
+    ff_dim=128,
+    num_text_blocks=1,
+    num_visual_blocks=2,
+    axes_dims=(4, 6, 6),
+)
 _K5_I2V = dict(visual_cond=True)
 
 
@@ -58,11 +68,31 @@ def _kandinsky5(config, g, frames=2, height=8, width=12, text=9, cond=False):
 _K6_AUDIO = 6
 # The released checkpoints' flags (ca_rope, cross_gates, fix_modulation, text padding) at tiny widths; the audio
 # branch is narrower than the video one, as in the checkpoints.
-_K6 = dict(in_visual_dim=_LATENT, out_visual_dim=_LATENT, in_text_dim=32, in_text_dim2=24, time_dim=32,
-           patch_size=(1, 2, 2), model_dim=64, ff_dim=128, num_text_blocks=1, num_visual_blocks=2, axes_dims=(4, 6, 6),
-           visual_cond=True, in_audio_dim=_K6_AUDIO, out_audio_dim=_K6_AUDIO, model_dim_a=32, time_dim_a=32,
-           ff_dim_a=64, axes_dims_a=(4, 6, 6), text_token_padding=True, ca_rope=True, cross_gates=True,
-           fix_modulation=True, visual_token_type_num_embeddings=2)
+_K6 = dict(
+    in_visual_dim=_LATENT,
+    out_visual_dim=_LATENT,
+    in_text_dim=32,
+    in_text_dim2=24,
+    time_dim=32,
+    patch_size=(1, 2, 2),
+    model_dim=64,
+    ff_dim=128,
+    num_text_blocks=1,
+    num_visual_blocks=2,
+    axes_dims=(4, 6, 6),
+    visual_cond=True,
+    in_audio_dim=_K6_AUDIO,
+    out_audio_dim=_K6_AUDIO,
+    model_dim_a=32,
+    time_dim_a=32,
+    ff_dim_a=64,
+    axes_dims_a=(4, 6, 6),
+    text_token_padding=True,
+    ca_rope=True,
+    cross_gates=True,
+    fix_modulation=True,
+    visual_token_type_num_embeddings=2,
+)
 
 
 def _kandinsky6(config, g, frames=2, height=8, width=10, text=9, valid=6, audio=7, image=False):
@@ -81,8 +111,11 @@ def _kandinsky6(config, g, frames=2, height=8, width=10, text=9, valid=6, audio=
         latents = torch.cat([latents, randn(g, 1, 1, height, width, _LATENT)], dim=1)
         mask = torch.cat([mask, torch.ones(1, 1, height, width, 1)], dim=1)
         inputs["visual_token_type_ids"] = torch.tensor([[0] * frames + [1]])
-        inputs["visual_rope_pos"] = (torch.cat([torch.arange(frames), torch.zeros(1, dtype=torch.long)]),
-                                     torch.arange(height // 2), torch.arange(width // 2))
+        inputs["visual_rope_pos"] = (
+            torch.cat([torch.arange(frames), torch.zeros(1, dtype=torch.long)]),
+            torch.arange(height // 2),
+            torch.arange(width // 2),
+        )
     inputs["hidden_states"] = torch.cat([latents, torch.zeros_like(latents), mask], dim=-1)
     if audio:
         inputs["audio_hidden_states"] = randn(g, 1, audio, config["in_audio_dim"])
@@ -104,10 +137,12 @@ class Kandinsky6SRReferenceProcessor:
 
     def __call__(self, attn, hidden_states, rotary_emb, sparse_params):
         query, key, value = _sr_qkv(attn, hidden_states, rotary_emb)
-        blocks = _nabla_blocks(_tile_means(query), _tile_means(key), sparse_params["sta_mask"],
-                               sparse_params["threshold"])
-        out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                                             attn_mask=_token_mask(blocks))
+        blocks = _nabla_blocks(
+            _tile_means(query), _tile_means(key), sparse_params["sta_mask"], sparse_params["threshold"]
+        )
+        out = F.scaled_dot_product_attention(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=_token_mask(blocks)
+        )
         return attn.out_layer(out.transpose(1, 2).flatten(2, 3))
 
 
@@ -120,8 +155,17 @@ def _sr_reference(model, generator) -> None:
 _SR_LATENT = 4
 # A sliding-tile window of (1, 3, 3) tiles (the checkpoints' (11, 7, 7) covers a tiny grid whole), so that the
 # prior leaves blocks out and the pooled-score selection decides them; the checkpoints' threshold.
-_K6_SR = dict(in_visual_dim=_SR_LATENT, out_visual_dim=_SR_LATENT, time_dim=32, model_dim=64, ff_dim=128,
-              num_visual_blocks=2, axes_dims=(4, 6, 6), nabla_window=(1, 3, 3), nabla_threshold=0.8)
+_K6_SR = dict(
+    in_visual_dim=_SR_LATENT,
+    out_visual_dim=_SR_LATENT,
+    time_dim=32,
+    model_dim=64,
+    ff_dim=128,
+    num_visual_blocks=2,
+    axes_dims=(4, 6, 6),
+    nabla_window=(1, 3, 3),
+    nabla_threshold=0.8,
+)
 
 
 def _kandinsky6_sr(config, g, batch=1, frames=3, height=16, width=16):
@@ -133,28 +177,46 @@ def _kandinsky6_sr(config, g, batch=1, frames=3, height=16, width=16):
 
 
 ENTRIES = [
-    ModelEntry("Kandinsky5Transformer3DModel", config=_K5,
-               cases={"t2v": _kandinsky5, "t2i": lambda c, g: _kandinsky5(c, g, frames=1, height=10),
-                      "i2v": lambda c, g: _kandinsky5(c, g, cond=True)},
-               case_configs={"i2v": _K5_I2V}, anything=True,
-               note="split along the video's height rows (with visual_rope_pos[1]); text encoder blocks and "
-                    "cross-attention local; T2I single frame, I2V first-frame condition; nabla attention refused"),
-    ModelEntry("Kandinsky6Transformer3DModel", config=_K6,
-               cases={"t2va": _kandinsky6, "i2va": lambda c, g: _kandinsky6(c, g, image=True, audio=9, valid=9),
-                      "t2v": lambda c, g: _kandinsky6(c, g, audio=0, height=6)},
-               anything=True,
-               note="fused video + audio blocks: the flattened video split at the first block and gathered at the "
-                    "last (visual_transformer_blocks.-1), the audio from its embedding to its output layer; text "
-                    "branches and text cross-attention local; I2V tail frame, video-only T2V, padded text"),
-    ModelEntry("Kandinsky6SRTransformer3DModel", config=_K6_SR,
-               cases={"tile": _kandinsky6_sr,
-                      "tiles_batch": lambda c, g: _kandinsky6_sr(c, g, batch=2, frames=2, height=24, width=16)},
-               prepare=_sr_reference,
-               note="NABLA sparse attention through a processor of the plan's own (ContextParallelProcessor): pooled "
-                    "tile queries/keys all-gathered, the same block selection on every rank, one whole-sequence "
-                    "token mask per head; split in forward's 8x8-tile order; square and portrait tiles, batch of "
-                    "2 tiles; one-process backward through a dense-mask twin of the flex processor (no flex "
-                    "backward on CPU)"),
+    ModelEntry(
+        "Kandinsky5Transformer3DModel",
+        config=_K5,
+        cases={
+            "t2v": _kandinsky5,
+            "t2i": lambda c, g: _kandinsky5(c, g, frames=1, height=10),
+            "i2v": lambda c, g: _kandinsky5(c, g, cond=True),
+        },
+        case_configs={"i2v": _K5_I2V},
+        anything=True,
+        note="split along the video's height rows (with visual_rope_pos[1]); text encoder blocks and "
+        "cross-attention local; T2I single frame, I2V first-frame condition; nabla attention refused",
+    ),
+    ModelEntry(
+        "Kandinsky6Transformer3DModel",
+        config=_K6,
+        cases={
+            "t2va": _kandinsky6,
+            "i2va": lambda c, g: _kandinsky6(c, g, image=True, audio=9, valid=9),
+            "t2v": lambda c, g: _kandinsky6(c, g, audio=0, height=6),
+        },
+        anything=True,
+        note="fused video + audio blocks: the flattened video split at the first block and gathered at the "
+        "last (visual_transformer_blocks.-1), the audio from its embedding to its output layer; text "
+        "branches and text cross-attention local; I2V tail frame, video-only T2V, padded text",
+    ),
+    ModelEntry(
+        "Kandinsky6SRTransformer3DModel",
+        config=_K6_SR,
+        cases={
+            "tile": _kandinsky6_sr,
+            "tiles_batch": lambda c, g: _kandinsky6_sr(c, g, batch=2, frames=2, height=24, width=16),
+        },
+        prepare=_sr_reference,
+        note="NABLA sparse attention through a processor of the plan's own (ContextParallelProcessor): pooled "
+        "tile queries/keys all-gathered, the same block selection on every rank, one whole-sequence "
+        "token mask per head; split in forward's 8x8-tile order; square and portrait tiles, batch of "
+        "2 tiles; one-process backward through a dense-mask twin of the flex processor (no flex "
+        "backward on CPU)",
+    ),
 ]
 
 UNSUPPORTED: dict[str, str] = {}

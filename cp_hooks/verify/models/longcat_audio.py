@@ -33,8 +33,13 @@ def _longcat_padded(config, g):
 _REDRAW = ("adaln_global_mlp.*", "blocks.*.adaln_mlp.*", "norm_out.*", "proj_out.*")
 
 ENTRIES = [
-    ModelEntry("LongCatAudioDiTTransformer", config=_LONGCAT,
-               cases={"t2a": _longcat, "padded": _longcat_padded}, anything=True, redraw=_REDRAW,
-               note="blocks run whole (long skip, shared rotary module): self-attention, cross-attention and "
-                    "feed-forward split inside each block; padded audio mask; zero-initialised output redrawn"),
+    ModelEntry(
+        "LongCatAudioDiTTransformer",
+        config=_LONGCAT,
+        cases={"t2a": _longcat, "padded": _longcat_padded},
+        anything=True,
+        redraw=_REDRAW,
+        note="blocks run whole (long skip, shared rotary module): self-attention, cross-attention and "
+        "feed-forward split inside each block; padded audio mask; zero-initialised output redrawn",
+    ),
 ]

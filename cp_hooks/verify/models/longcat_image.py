@@ -7,8 +7,17 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
-_LONGCAT = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-                num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
+_LONGCAT = dict(
+    patch_size=1,
+    in_channels=16,
+    num_layers=1,
+    num_single_layers=1,
+    attention_head_dim=16,
+    num_attention_heads=4,
+    joint_attention_dim=32,
+    pooled_projection_dim=32,
+    axes_dims_rope=(4, 6, 6),
+)
 
 
 def pos_ids(modality: int, start: int, text: int = 0, height: int = 0, width: int = 0) -> torch.Tensor:
@@ -34,12 +43,19 @@ def _longcat(config, g, text=9, height=3, width=4, edit=False):
     return dict(
         hidden_states=randn(g, 1, tokens, config["in_channels"]),
         encoder_hidden_states=randn(g, 1, text, config["joint_attention_dim"]),
-        timestep=torch.full((1,), 0.5), img_ids=img_ids, txt_ids=pos_ids(0, 0, text=text), return_dict=False,
+        timestep=torch.full((1,), 0.5),
+        img_ids=img_ids,
+        txt_ids=pos_ids(0, 0, text=text),
+        return_dict=False,
     )
 
 
 ENTRIES = [
-    ModelEntry("LongCatImageTransformer2DModel", config=_LONGCAT,
-               cases={"t2i": _longcat, "edit": lambda c, g: _longcat(c, g, edit=True)}, anything=True,
-               note="odd text length (prompt + chat template); edit: reference-image tokens appended to the image"),
+    ModelEntry(
+        "LongCatImageTransformer2DModel",
+        config=_LONGCAT,
+        cases={"t2i": _longcat, "edit": lambda c, g: _longcat(c, g, edit=True)},
+        anything=True,
+        note="odd text length (prompt + chat template); edit: reference-image tokens appended to the image",
+    ),
 ]

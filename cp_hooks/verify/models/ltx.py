@@ -7,8 +7,15 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import grid_ids, padding_mask, randn
 
-_LTX = dict(in_channels=8, out_channels=8, num_attention_heads=4, attention_head_dim=8, cross_attention_dim=32,
-            num_layers=2, caption_channels=16)
+_LTX = dict(
+    in_channels=8,
+    out_channels=8,
+    num_attention_heads=4,
+    attention_head_dim=8,
+    cross_attention_dim=32,
+    num_layers=2,
+    caption_channels=16,
+)
 
 
 def _ltx(config, g, text=9, frames=2, height=4, width=6, conditioned=False, coords=False, extra=0):
@@ -40,9 +47,15 @@ def _ltx(config, g, text=9, frames=2, height=4, width=6, conditioned=False, coor
 
 
 ENTRIES = [
-    ModelEntry("LTXVideoTransformer3DModel", config=_LTX,
-               cases={"t2v": _ltx, "i2v": lambda c, g: _ltx(c, g, conditioned=True),
-                      "condition": lambda c, g: _ltx(c, g, conditioned=True, coords=True, extra=24)},
-               note="CFG batch with a padded text mask; I2V / condition per-token timesteps and video_coords; "
-                    "text cross-attention local (diffusers' _cp_plan fails on per-token timesteps)"),
+    ModelEntry(
+        "LTXVideoTransformer3DModel",
+        config=_LTX,
+        cases={
+            "t2v": _ltx,
+            "i2v": lambda c, g: _ltx(c, g, conditioned=True),
+            "condition": lambda c, g: _ltx(c, g, conditioned=True, coords=True, extra=24),
+        },
+        note="CFG batch with a padded text mask; I2V / condition per-token timesteps and video_coords; "
+        "text cross-attention local (diffusers' _cp_plan fails on per-token timesteps)",
+    ),
 ]

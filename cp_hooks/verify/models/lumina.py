@@ -8,9 +8,20 @@ from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import padding_mask, randn
 
 # 4 query heads sharing 2 key/value heads (the released model: 24 and 8); rotary axes sum to head_dim.
-_LUMINA2 = dict(sample_size=8, patch_size=2, in_channels=4, hidden_size=32, num_layers=1, num_refiner_layers=1,
-                num_attention_heads=4, num_kv_heads=2, multiple_of=16, axes_dim_rope=(2, 2, 4),
-                axes_lens=(32, 16, 16), cap_feat_dim=16)
+_LUMINA2 = dict(
+    sample_size=8,
+    patch_size=2,
+    in_channels=4,
+    hidden_size=32,
+    num_layers=1,
+    num_refiner_layers=1,
+    num_attention_heads=4,
+    num_kv_heads=2,
+    multiple_of=16,
+    axes_dim_rope=(2, 2, 4),
+    axes_lens=(32, 16, 16),
+    cap_feat_dim=16,
+)
 
 
 def _lumina2(config, g, text=12, valid=(9,), height=8, width=12):
@@ -27,10 +38,14 @@ def _lumina2(config, g, text=12, valid=(9,), height=8, width=12):
 
 
 ENTRIES = [
-    ModelEntry("Lumina2Transformer2DModel", config=_LUMINA2,
-               cases={"t2i": _lumina2, "prompts": lambda c, g: _lumina2(c, g, valid=(9, 4))}, anything=True,
-               note="refiners run whole; packed [text, image] sequence split; batch of prompts with different "
-                    "text lengths (padding mask); grouped key/value heads"),
+    ModelEntry(
+        "Lumina2Transformer2DModel",
+        config=_LUMINA2,
+        cases={"t2i": _lumina2, "prompts": lambda c, g: _lumina2(c, g, valid=(9, 4))},
+        anything=True,
+        note="refiners run whole; packed [text, image] sequence split; batch of prompts with different "
+        "text lengths (padding mask); grouped key/value heads",
+    ),
 ]
 
 UNSUPPORTED = {

@@ -7,8 +7,16 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
-_MUSIC = dict(in_channels=8, condition_dim=12, num_layers=2, num_attention_heads=4, attention_head_dim=8,
-              ff_inner_dim=48, rotary_dim=4, fourier_embedding_dim=16)
+_MUSIC = dict(
+    in_channels=8,
+    condition_dim=12,
+    num_layers=2,
+    num_attention_heads=4,
+    attention_head_dim=8,
+    ff_inner_dim=48,
+    rotary_dim=4,
+    fourier_embedding_dim=16,
+)
 
 
 def _music(config, g, length=13, unconditional=False):
@@ -22,8 +30,15 @@ def _music(config, g, length=13, unconditional=False):
     )
 
 
-_DEPTH = dict(hidden_size=32, num_layers=2, num_attention_heads=4, intermediate_size=48, audio_vocab_size=16,
-              num_codebooks=8, max_position_embeddings=16)
+_DEPTH = dict(
+    hidden_size=32,
+    num_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    audio_vocab_size=16,
+    num_codebooks=8,
+    max_position_embeddings=16,
+)
 
 
 def _depth(config, g, steps=7):
@@ -32,11 +47,20 @@ def _depth(config, g, steps=7):
 
 
 ENTRIES = [
-    ModelEntry("MiniMaxMusic3Transformer1DModel", config=_MUSIC,
-               cases={"t2m": _music, "unconditional": lambda c, g: _music(c, g, unconditional=True)}, anything=True,
-               note="blocks run whole ([timestep token, audio], the token dropped by position): attention and "
-                    "feed-forward split inside each block"),
-    ModelEntry("MiniMaxMusic3RVQDepthDecoder", config=_DEPTH, cases={"frame": _depth}, anything=True,
-               note="autoregressive codebook decoder, causal attention over 2-8 steps: short by construction "
-                    "(verified, no speed-up to expect)"),
+    ModelEntry(
+        "MiniMaxMusic3Transformer1DModel",
+        config=_MUSIC,
+        cases={"t2m": _music, "unconditional": lambda c, g: _music(c, g, unconditional=True)},
+        anything=True,
+        note="blocks run whole ([timestep token, audio], the token dropped by position): attention and "
+        "feed-forward split inside each block",
+    ),
+    ModelEntry(
+        "MiniMaxMusic3RVQDepthDecoder",
+        config=_DEPTH,
+        cases={"frame": _depth},
+        anything=True,
+        note="autoregressive codebook decoder, causal attention over 2-8 steps: short by construction "
+        "(verified, no speed-up to expect)",
+    ),
 ]

@@ -7,8 +7,17 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import padding_mask, randn
 
-_MOCHI = dict(patch_size=2, num_attention_heads=4, attention_head_dim=8, num_layers=2, pooled_projection_dim=16,
-              in_channels=4, text_embed_dim=32, time_embed_dim=16, max_sequence_length=10)
+_MOCHI = dict(
+    patch_size=2,
+    num_attention_heads=4,
+    attention_head_dim=8,
+    num_layers=2,
+    pooled_projection_dim=16,
+    in_channels=4,
+    text_embed_dim=32,
+    time_embed_dim=16,
+    max_sequence_length=10,
+)
 
 
 def _mochi(config, g, text=10, valid=(0, 7), frames=2, height=8, width=12):
@@ -23,7 +32,12 @@ def _mochi(config, g, text=10, valid=(0, 7), frames=2, height=8, width=12):
 
 
 ENTRIES = [
-    ModelEntry("MochiTransformer3DModel", config=_MOCHI, cases={"t2v": _mochi}, anything=True,
-               note="each rank keeps its own valid text tokens (lengths differ per rank: anything flags); "
-                    "CFG batch with an empty negative prompt"),
+    ModelEntry(
+        "MochiTransformer3DModel",
+        config=_MOCHI,
+        cases={"t2v": _mochi},
+        anything=True,
+        note="each rank keeps its own valid text tokens (lengths differ per rank: anything flags); "
+        "CFG batch with an empty negative prompt",
+    ),
 ]

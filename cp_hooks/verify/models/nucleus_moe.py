@@ -8,10 +8,23 @@ from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
 # Block 0 dense, block 1 MoE; 4 experts each choosing S/4 tokens; grouped-query attention (2 key/value heads).
-_NUCLEUS = dict(patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,
-                num_attention_heads=4, num_key_value_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 6, 6),
-                mlp_ratio=4.0, moe_enabled=True, dense_moe_strategy="leave_first_block_dense", num_experts=4,
-                moe_intermediate_dim=32, capacity_factors=1.0)
+_NUCLEUS = dict(
+    patch_size=2,
+    in_channels=16,
+    out_channels=4,
+    num_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    joint_attention_dim=32,
+    axes_dims_rope=(4, 6, 6),
+    mlp_ratio=4.0,
+    moe_enabled=True,
+    dense_moe_strategy="leave_first_block_dense",
+    num_experts=4,
+    moe_intermediate_dim=32,
+    capacity_factors=1.0,
+)
 
 
 def _nucleus(config, g, text=8, height=4, width=6):
@@ -38,7 +51,12 @@ def _fill_experts(model, g):
 
 
 ENTRIES = [
-    ModelEntry("NucleusMoEImageTransformer2DModel", config=_NUCLEUS, cases={"t2i": _nucleus}, prepare=_fill_experts,
-               note="image queries over [image, text] keys (both split); expert-choice MoE gathered around; "
-                    "without a padded text mask (refused with an error, see below)"),
+    ModelEntry(
+        "NucleusMoEImageTransformer2DModel",
+        config=_NUCLEUS,
+        cases={"t2i": _nucleus},
+        prepare=_fill_experts,
+        note="image queries over [image, text] keys (both split); expert-choice MoE gathered around; "
+        "without a padded text mask (refused with an error, see below)",
+    ),
 ]

@@ -9,10 +9,20 @@ from cp_hooks.verify.catalogue._inputs import randn
 
 # 4 heads of 8 (the released model: 32 of 96, as many key/value heads); the tokenizer's padding id (2, the
 # collator's) is not the embedding's padding_idx, as in the released model (32000).
-_OMNIGEN = dict(in_channels=4, patch_size=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
-                intermediate_size=64, num_layers=2, vocab_size=48, pad_token_id=47, pos_embed_max_size=16,
-                time_step_dim=32, rope_scaling=dict(short_factor=[1.0, 1.05, 1.1, 1.2],
-                                                    long_factor=[1.0, 1.5, 2.0, 3.0]))
+_OMNIGEN = dict(
+    in_channels=4,
+    patch_size=2,
+    hidden_size=32,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    intermediate_size=64,
+    num_layers=2,
+    vocab_size=48,
+    pad_token_id=47,
+    pos_embed_max_size=16,
+    time_step_dim=32,
+    rope_scaling=dict(short_factor=[1.0, 1.05, 1.1, 1.2], long_factor=[1.0, 1.5, 2.0, 3.0]),
+)
 
 
 def _prompt(g, vocab, chunks, images=()):
@@ -53,8 +63,9 @@ def _omnigen(config, g, prompts, negative=6, images=None, height=48, width=80):
         hidden_states=torch.cat([latents] * (batch // len(prompts))),
         timestep=torch.full((batch,), 0.7),
         input_ids=data["input_ids"],
-        input_img_latents=[randn(g, 1, config["in_channels"], x.shape[-2] // 8, x.shape[-1] // 8)
-                           for x in data["input_pixel_values"]],
+        input_img_latents=[
+            randn(g, 1, config["in_channels"], x.shape[-2] // 8, x.shape[-1] // 8) for x in data["input_pixel_values"]
+        ],
         input_image_sizes=data["input_image_sizes"],
         attention_mask=data["attention_mask"],
         position_ids=data["position_ids"],
@@ -63,20 +74,23 @@ def _omnigen(config, g, prompts, negative=6, images=None, height=48, width=80):
 
 
 ENTRIES = [
-    ModelEntry("OmniGenTransformer2DModel", config=_OMNIGEN,
-               cases={
-                   # [prompt, negative]: the negative prompt shorter, left-padded; 9 + 1 + 15 = 25 tokens
-                   "t2i": lambda c, g: _omnigen(c, g, [[9]]),
-                   # two prompts of other lengths and a longer negative: [p1, p2, n, n], 11 + 1 + 6 = 18 tokens
-                   "prompts": lambda c, g: _omnigen(c, g, [[7], [5]], negative=11, height=32, width=48),
-                   # editing with two input images of other sizes: [prompt, negative, image-only prompt]
-                   "edit": lambda c, g: _omnigen(c, g, [[3, 2, 4]], images=[[(32, 48), (48, 32)]]),
-               },
-               anything=True,
-               note="packed [condition, time token, image] split at the first layer with the rotary table; the "
-                    "collator's block-causal (B, S, S) mask left whole (a query x key mask over the whole "
-                    "sequence); gathered at `norm`, before forward keeps the image by an int from the end; CFG "
-                    "batch with a left-padded negative prompt, two prompts, editing with two input images"),
+    ModelEntry(
+        "OmniGenTransformer2DModel",
+        config=_OMNIGEN,
+        cases={
+            # [prompt, negative]: the negative prompt shorter, left-padded; 9 + 1 + 15 = 25 tokens
+            "t2i": lambda c, g: _omnigen(c, g, [[9]]),
+            # two prompts of other lengths and a longer negative: [p1, p2, n, n], 11 + 1 + 6 = 18 tokens
+            "prompts": lambda c, g: _omnigen(c, g, [[7], [5]], negative=11, height=32, width=48),
+            # editing with two input images of other sizes: [prompt, negative, image-only prompt]
+            "edit": lambda c, g: _omnigen(c, g, [[3, 2, 4]], images=[[(32, 48), (48, 32)]]),
+        },
+        anything=True,
+        note="packed [condition, time token, image] split at the first layer with the rotary table; the "
+        "collator's block-causal (B, S, S) mask left whole (a query x key mask over the whole "
+        "sequence); gathered at `norm`, before forward keeps the image by an int from the end; CFG "
+        "batch with a left-padded negative prompt, two prompts, editing with two input images",
+    ),
 ]
 
 UNSUPPORTED: dict[str, str] = {}

@@ -7,9 +7,19 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import padding_mask, randn
 
-_PIXART = dict(num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
-               cross_attention_dim=32, caption_channels=16, sample_size=8, patch_size=2, norm_num_groups=1,
-               use_additional_conditions=False)
+_PIXART = dict(
+    num_attention_heads=4,
+    attention_head_dim=8,
+    in_channels=4,
+    out_channels=8,
+    num_layers=2,
+    cross_attention_dim=32,
+    caption_channels=16,
+    sample_size=8,
+    patch_size=2,
+    norm_num_groups=1,
+    use_additional_conditions=False,
+)
 
 
 def _pixart(config, g, text=9, height=8, width=12):
@@ -24,6 +34,10 @@ def _pixart(config, g, text=9, height=8, width=12):
 
 
 ENTRIES = [
-    ModelEntry("PixArtTransformer2DModel", config=_PIXART, cases={"t2i": _pixart},
-               note="batch of 2 with a padded text mask; cross-attention marked LocalAttention()"),
+    ModelEntry(
+        "PixArtTransformer2DModel",
+        config=_PIXART,
+        cases={"t2i": _pixart},
+        note="batch of 2 with a padded text mask; cross-attention marked LocalAttention()",
+    ),
 ]

@@ -7,8 +7,18 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
-_CONFIG = dict(patch_size=1, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=16,
-               num_attention_heads=2, context_in_dim=24, mlp_ratio=2, axes_dims_rope=(4, 6, 6), causal_condition=True)
+_CONFIG = dict(
+    patch_size=1,
+    in_channels=16,
+    out_channels=16,
+    num_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    context_in_dim=24,
+    mlp_ratio=2,
+    axes_dims_rope=(4, 6, 6),
+    causal_condition=True,
+)
 
 # Framing tokens of QwenImage21Pipeline's chat template after the system turn is dropped (only lengths matter):
 # "<|im_start|>user\n", "<imageN>", "<|im_end|>\n<|im_start|>assistant\n".
@@ -37,27 +47,38 @@ def qwenimage21_inputs(config, g, prompts=(7, 4), conditions=(), target=(1, 4, 6
     mask = torch.zeros(batch, longest, dtype=torch.long)
     image_slots = torch.zeros(batch, longest, dtype=torch.bool)
     for i, row in enumerate(slots):
-        embeds[i, :len(row)] = randn(g, len(row), config["context_in_dim"])
-        mask[i, :len(row)] = 1
-        image_slots[i, :len(row)] = torch.tensor(row)
+        embeds[i, : len(row)] = randn(g, len(row), config["context_in_dim"])
+        mask[i, : len(row)] = 1
+        image_slots[i, : len(row)] = torch.tensor(row)
     target_slots = torch.ones(batch, target[1] * target[2] // 4, dtype=torch.bool)
-    return dict(hidden_states=torch.cat(latents, 1), encoder_hidden_states=embeds,
-                encoder_hidden_states_mask=None if bool(mask.all()) else mask,
-                timestep=torch.full((batch,), float(timestep)), img_shapes=[[*conditions, target]] * batch,
-                img_mask=torch.cat([image_slots, target_slots], 1), return_dict=False)
+    return dict(
+        hidden_states=torch.cat(latents, 1),
+        encoder_hidden_states=embeds,
+        encoder_hidden_states_mask=None if bool(mask.all()) else mask,
+        timestep=torch.full((batch,), float(timestep)),
+        img_shapes=[[*conditions, target]] * batch,
+        img_mask=torch.cat([image_slots, target_slots], 1),
+        return_dict=False,
+    )
 
 
 ENTRIES = [
-    ModelEntry("QwenImage21Transformer2DModel", config=_CONFIG,
-               cases={"t2i": qwenimage21_inputs,
-                      "edit": lambda c, g: qwenimage21_inputs(c, g, prompts=(5, 2), conditions=((1, 4, 2), (1, 2, 6)),
-                                                        target=(1, 2, 6)),
-                      "single": lambda c, g: qwenimage21_inputs(c, g, prompts=(9,), conditions=((1, 2, 6),),
-                                                          target=(1, 4, 2))},
-               anything=True, redraw=("*norm*.weight",),
-               note="block-causal attention through a processor of the plan's own (ContextParallelProcessor): the "
-                    "mask built over the whole joint sequence from the model's segments; padded prompts (batch of "
-                    "2), two condition images of other sizes; the KV-cache steps in tests/test_qwenimage21_cache.py"),
+    ModelEntry(
+        "QwenImage21Transformer2DModel",
+        config=_CONFIG,
+        cases={
+            "t2i": qwenimage21_inputs,
+            "edit": lambda c, g: qwenimage21_inputs(
+                c, g, prompts=(5, 2), conditions=((1, 4, 2), (1, 2, 6)), target=(1, 2, 6)
+            ),
+            "single": lambda c, g: qwenimage21_inputs(c, g, prompts=(9,), conditions=((1, 2, 6),), target=(1, 4, 2)),
+        },
+        anything=True,
+        redraw=("*norm*.weight",),
+        note="block-causal attention through a processor of the plan's own (ContextParallelProcessor): the "
+        "mask built over the whole joint sequence from the model's segments; padded prompts (batch of "
+        "2), two condition images of other sizes; the KV-cache steps in tests/test_qwenimage21_cache.py",
+    ),
 ]
 
 UNSUPPORTED: dict[str, str] = {}

@@ -8,9 +8,20 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import padding_mask, randn
 
-_SANA_VIDEO = dict(in_channels=4, out_channels=4, num_attention_heads=4, attention_head_dim=12, num_layers=2,
-                   num_cross_attention_heads=4, cross_attention_head_dim=12, cross_attention_dim=48,
-                   caption_channels=16, mlp_ratio=2.0, patch_size=(1, 2, 2), rope_max_seq_len=32)
+_SANA_VIDEO = dict(
+    in_channels=4,
+    out_channels=4,
+    num_attention_heads=4,
+    attention_head_dim=12,
+    num_layers=2,
+    num_cross_attention_heads=4,
+    cross_attention_head_dim=12,
+    cross_attention_dim=48,
+    caption_channels=16,
+    mlp_ratio=2.0,
+    patch_size=(1, 2, 2),
+    rope_max_seq_len=32,
+)
 
 
 def _sana_video(config, g, text=9, valid=(4, 9), frames=3, height=6, width=10, i2v=False):
@@ -31,9 +42,20 @@ def _sana_video(config, g, text=9, valid=(4, 9), frames=3, height=6, width=10, i
     )
 
 
-_SANA = dict(in_channels=4, out_channels=4, num_attention_heads=4, attention_head_dim=12, num_layers=2,
-             num_cross_attention_heads=4, cross_attention_head_dim=12, cross_attention_dim=48, caption_channels=16,
-             mlp_ratio=2.0, sample_size=8, patch_size=1)
+_SANA = dict(
+    in_channels=4,
+    out_channels=4,
+    num_attention_heads=4,
+    attention_head_dim=12,
+    num_layers=2,
+    num_cross_attention_heads=4,
+    cross_attention_head_dim=12,
+    cross_attention_dim=48,
+    caption_channels=16,
+    mlp_ratio=2.0,
+    sample_size=8,
+    patch_size=1,
+)
 # Sana-Sprint: guidance embedding and QK norm.
 _SPRINT = dict(guidance_embeds=True, qk_norm="rms_norm_across_heads")
 
@@ -56,9 +78,18 @@ def _sana(config, g, text=9, valid=(4, 9), height=5, width=7, guidance=False):
 
 # GDN blocks only (softmax_every_n=0; the release has a softmax block every 4th, see the module docstring for why
 # the catalogue leaves them out); the Plucker embedding after every block's attention.
-_SANA_WM = dict(in_channels=4, num_layers=2, hidden_size=32, num_attention_heads=2, linear_head_dim=16,
-                softmax_every_n=0, mlp_ratio=2.0, caption_channels=16, chunk_plucker_channels=48,
-                chunk_plucker_post_attn_blocks=-1)
+_SANA_WM = dict(
+    in_channels=4,
+    num_layers=2,
+    hidden_size=32,
+    num_attention_heads=2,
+    linear_head_dim=16,
+    softmax_every_n=0,
+    mlp_ratio=2.0,
+    caption_channels=16,
+    chunk_plucker_channels=48,
+    chunk_plucker_post_attn_blocks=-1,
+)
 
 
 def _camera(frames, height, width):
@@ -94,22 +125,35 @@ def _sana_wm(config, g, text=9, valid=(4, 9), frames=3, height=3, width=5):
 
 
 ENTRIES = [
-    ModelEntry("SanaTransformer2DModel", config=_SANA,
-               cases={"t2i": _sana, "sprint": lambda c, g: _sana(c, g, valid=(7,), guidance=True)},
-               case_configs={"sprint": _SPRINT}, anything=True,
-               note="only the text cross-attention is split (linear self-attention and the conv feed-forward run "
-                    "whole); CFG batch with a padded text mask; Sana-Sprint guidance and QK norm"),
-    ModelEntry("SanaVideoTransformer3DModel", config=_SANA_VIDEO,
-               cases={"t2v": _sana_video, "i2v": lambda c, g: _sana_video(c, g, i2v=True)}, anything=True,
-               note="only the text cross-attention is split (linear self-attention and the conv feed-forward run "
-                    "whole); CFG batch with a padded text mask; I2V per-token timestep"),
-    ModelEntry("SanaWMTransformer3DModel", config=_SANA_WM, cases={"camera": _sana_wm}, anything=True,
-               # zero-initialised: the Plucker embedding and the GDN blocks' short key convolutions
-               redraw=("plucker_embedder.proj.*", "blocks.*.attn.conv_k*.weight"),
-               note="only the text cross-attention is split (GDN / softmax camera attention and the conv "
-                    "feed-forward run whole, softmax blocks marked LocalAttention()); camera raymap and Plucker "
-                    "rays; CFG batch with a padded text mask; verified with GDN blocks only (the softmax blocks' "
-                    "bfloat16 SDPA rounds partial gradients)"),
+    ModelEntry(
+        "SanaTransformer2DModel",
+        config=_SANA,
+        cases={"t2i": _sana, "sprint": lambda c, g: _sana(c, g, valid=(7,), guidance=True)},
+        case_configs={"sprint": _SPRINT},
+        anything=True,
+        note="only the text cross-attention is split (linear self-attention and the conv feed-forward run "
+        "whole); CFG batch with a padded text mask; Sana-Sprint guidance and QK norm",
+    ),
+    ModelEntry(
+        "SanaVideoTransformer3DModel",
+        config=_SANA_VIDEO,
+        cases={"t2v": _sana_video, "i2v": lambda c, g: _sana_video(c, g, i2v=True)},
+        anything=True,
+        note="only the text cross-attention is split (linear self-attention and the conv feed-forward run "
+        "whole); CFG batch with a padded text mask; I2V per-token timestep",
+    ),
+    ModelEntry(
+        "SanaWMTransformer3DModel",
+        config=_SANA_WM,
+        cases={"camera": _sana_wm},
+        anything=True,
+        # zero-initialised: the Plucker embedding and the GDN blocks' short key convolutions
+        redraw=("plucker_embedder.proj.*", "blocks.*.attn.conv_k*.weight"),
+        note="only the text cross-attention is split (GDN / softmax camera attention and the conv "
+        "feed-forward run whole, softmax blocks marked LocalAttention()); camera raymap and Plucker "
+        "rays; CFG batch with a padded text mask; verified with GDN blocks only (the softmax blocks' "
+        "bfloat16 SDPA rounds partial gradients)",
+    ),
 ]
 
 UNSUPPORTED = {

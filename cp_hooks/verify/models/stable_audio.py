@@ -7,9 +7,19 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import padding_mask, randn
 
-_SA = dict(sample_size=13, in_channels=8, num_layers=2, attention_head_dim=8, num_attention_heads=4,
-           num_key_value_attention_heads=2, out_channels=8, cross_attention_dim=16, time_proj_dim=16,
-           global_states_input_dim=24, cross_attention_input_dim=12)
+_SA = dict(
+    sample_size=13,
+    in_channels=8,
+    num_layers=2,
+    attention_head_dim=8,
+    num_attention_heads=4,
+    num_key_value_attention_heads=2,
+    out_channels=8,
+    cross_attention_dim=16,
+    time_proj_dim=16,
+    global_states_input_dim=24,
+    cross_attention_input_dim=12,
+)
 
 
 def _stable_audio(config, g, text=7):
@@ -23,14 +33,26 @@ def _stable_audio(config, g, text=7):
         timestep=torch.tensor([0.7]),  # the pipeline passes t.unsqueeze(0), one timestep for the batch
         encoder_hidden_states=torch.cat([torch.zeros_like(text_embeds), text_embeds]),
         global_hidden_states=global_states,
-        rotary_embedding=get_1d_rotary_pos_embed(config["attention_head_dim"] // 2, length + 1, use_real=True,
-                                                 repeat_interleave_real=False),
+        rotary_embedding=get_1d_rotary_pos_embed(
+            config["attention_head_dim"] // 2, length + 1, use_real=True, repeat_interleave_real=False
+        ),
         return_dict=False,
     )
 
 
-_SA3 = dict(io_channels=8, patch_size=1, embed_dim=32, depth=2, num_heads=4, cond_token_dim=16, global_cond_dim=12,
-            local_add_cond_dim=9, timestep_features_dim=16, ff_mult=2.0, num_memory_tokens=3)
+_SA3 = dict(
+    io_channels=8,
+    patch_size=1,
+    embed_dim=32,
+    depth=2,
+    num_heads=4,
+    cond_token_dim=16,
+    global_cond_dim=12,
+    local_add_cond_dim=9,
+    timestep_features_dim=16,
+    ff_mult=2.0,
+    num_memory_tokens=3,
+)
 
 
 def _stable_audio3(config, g, length=13, text=6, inpaint=False):
@@ -51,12 +73,21 @@ def _stable_audio3(config, g, length=13, text=6, inpaint=False):
 
 
 ENTRIES = [
-    ModelEntry("StableAudioDiTModel", config=_SA, cases={"t2a": _stable_audio}, anything=True,
-               note="[global token, audio] split at the first block, pipeline rotary table split with it; "
-                    "text cross-attention local"),
-    ModelEntry("StableAudio3DiTModel", config=_SA3,
-               cases={"t2a": _stable_audio3, "inpaint": lambda c, g: _stable_audio3(c, g, inpaint=True)},
-               anything=True, redraw=("preprocess_conv.*", "postprocess_conv.*", "*.to_local_embed.2.*"),
-               note="blocks run whole (memory tokens and inpainting found by an int count): self-attention, "
-                    "cross-attention and feed-forward split inside each block; inpainting local_add_cond"),
+    ModelEntry(
+        "StableAudioDiTModel",
+        config=_SA,
+        cases={"t2a": _stable_audio},
+        anything=True,
+        note="[global token, audio] split at the first block, pipeline rotary table split with it; "
+        "text cross-attention local",
+    ),
+    ModelEntry(
+        "StableAudio3DiTModel",
+        config=_SA3,
+        cases={"t2a": _stable_audio3, "inpaint": lambda c, g: _stable_audio3(c, g, inpaint=True)},
+        anything=True,
+        redraw=("preprocess_conv.*", "postprocess_conv.*", "*.to_local_embed.2.*"),
+        note="blocks run whole (memory tokens and inpainting found by an int count): self-attention, "
+        "cross-attention and feed-forward split inside each block; inpainting local_add_cond",
+    ),
 ]

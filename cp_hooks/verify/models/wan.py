@@ -7,8 +7,19 @@ import torch
 from cp_hooks.verify.catalogue import ModelEntry
 from cp_hooks.verify.catalogue._inputs import randn
 
-_WAN = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=4,
-            text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, rope_max_seq_len=32)
+_WAN = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=4,
+    attention_head_dim=8,
+    in_channels=4,
+    out_channels=4,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    cross_attn_norm=True,
+    rope_max_seq_len=32,
+)
 _I2V = dict(image_dim=32, added_kv_proj_dim=32)
 
 
@@ -51,17 +62,34 @@ def _vace(config, g, frames=2, height=8, width=12, scale=None):
 
 
 ENTRIES = [
-    ModelEntry("WanTransformer3DModel", config=_WAN,
-               cases={"t2v": _wan, "i2v": lambda c, g: _wan(c, g, text=512, image=257),
-                      "ti2v": lambda c, g: _wan(c, g, per_token_timestep=True)},
-               case_configs={"i2v": _I2V}, note="I2V image tokens; Wan 2.2 TI2V per-token timestep"),
-    ModelEntry("ChronoEditTransformer3DModel", config={**_WAN, "rope_temporal_skip_len": 2},
-               cases={"edit": lambda c, g: _wan(c, g, text=512, image=257)}, case_configs={"edit": _I2V}),
-    ModelEntry("SkyReelsV2Transformer3DModel", config=_WAN,
-               cases={"t2v": _wan, "i2v": lambda c, g: _wan(c, g, text=512, image=257),
-                      "diffusion_forcing": _skyreels_df},
-               case_configs={"i2v": _I2V}, note="diffusion forcing (per-frame timesteps)"),
-    ModelEntry("WanVACETransformer3DModel", config=_VACE,
-               cases={"control": _vace, "reference": lambda c, g: _vace(c, g, frames=3, scale=[1.0, 0.5])},
-               note="control video split after its padding, at the first VACE block; per-layer control scales"),
+    ModelEntry(
+        "WanTransformer3DModel",
+        config=_WAN,
+        cases={
+            "t2v": _wan,
+            "i2v": lambda c, g: _wan(c, g, text=512, image=257),
+            "ti2v": lambda c, g: _wan(c, g, per_token_timestep=True),
+        },
+        case_configs={"i2v": _I2V},
+        note="I2V image tokens; Wan 2.2 TI2V per-token timestep",
+    ),
+    ModelEntry(
+        "ChronoEditTransformer3DModel",
+        config={**_WAN, "rope_temporal_skip_len": 2},
+        cases={"edit": lambda c, g: _wan(c, g, text=512, image=257)},
+        case_configs={"edit": _I2V},
+    ),
+    ModelEntry(
+        "SkyReelsV2Transformer3DModel",
+        config=_WAN,
+        cases={"t2v": _wan, "i2v": lambda c, g: _wan(c, g, text=512, image=257), "diffusion_forcing": _skyreels_df},
+        case_configs={"i2v": _I2V},
+        note="diffusion forcing (per-frame timesteps)",
+    ),
+    ModelEntry(
+        "WanVACETransformer3DModel",
+        config=_VACE,
+        cases={"control": _vace, "reference": lambda c, g: _vace(c, g, frames=3, scale=[1.0, 0.5])},
+        note="control video split after its padding, at the first VACE block; per-layer control scales",
+    ),
 ]
