@@ -70,14 +70,15 @@ class ContextParallelConfig(DegreeFacts):
         2
     """
 
-    ring_degree: int | None = None
-    ulysses_degree: int | None = None
+    # The degrees take None (from the mesh, else 1); __post_init__ makes each an int, as DegreeFacts declares.
+    ring_degree: int | None = None  # type: ignore[assignment]
+    ulysses_degree: int | None = None  # type: ignore[assignment]
     convert_to_fp32: bool = True
     rotate_method: Literal["allgather", "alltoall"] = "allgather"
     ulysses_anything: bool = False
     ring_anything: bool = False
-    mesh: "dist.device_mesh.DeviceMesh | None" = None
-    cfg_degree: int | None = None
+    mesh: dist.device_mesh.DeviceMesh | None = None
+    cfg_degree: int | None = None  # type: ignore[assignment]
     comm_dtype: torch.dtype | None = None
     comm_fp8_keys: bool = False
 
@@ -153,6 +154,7 @@ class ContextParallelConfig(DegreeFacts):
     def runtime(self) -> ContextParallelRuntime:
         """What `setup()` bound: mesh, groups, ranks, device (a snapshot of the fields at that time)."""
         self._require_setup()
+        assert self._runtime is not None  # _require_setup raised otherwise
         return self._runtime
 
     @property
@@ -173,7 +175,7 @@ class ContextParallelConfig(DegreeFacts):
             )
 
     # ------------------------------------------------------------------ binding
-    def setup(self, mesh=None) -> "ContextParallelConfig":
+    def setup(self, mesh=None) -> ContextParallelConfig:
         """Bind the config to the current process group and build (or adopt) the device mesh.
 
         The binding is a `ContextParallelRuntime` (`config.runtime`), a snapshot of the fields: a model
@@ -200,8 +202,9 @@ class ContextParallelConfig(DegreeFacts):
         mesh = mesh if mesh is not None else self.mesh
         world = dist.get_world_size()
         if mesh is None:
+            degrees: DegreeFacts = self  # the degrees as ints, which __post_init__ made them
             if self.total_ranks != world:
-                cfg = f"cfg_degree ({self.cfg_degree}) * " if self.cfg_degree > 1 else ""
+                cfg = f"cfg_degree ({self.cfg_degree}) * " if degrees.cfg_degree > 1 else ""
                 raise ValueError(
                     f"{cfg}ring_degree ({self.ring_degree}) * ulysses_degree ({self.ulysses_degree}) = "
                     f"{self.total_ranks} != world size ({world}). Launch {self.total_ranks} processes, change the "
@@ -212,11 +215,8 @@ class ContextParallelConfig(DegreeFacts):
 
             # Ulysses innermost: on several machines its all-to-alls stay within a node (contiguous local
             # ranks); the ring and the cfg groups span nodes.
-            mesh = init_device_mesh(
-                _device_type_of_process_group(),
-                (self.cfg_degree, self.ring_degree, self.ulysses_degree),
-                mesh_dim_names=DEFAULT_MESH_DIM_NAMES,
-            )
+            shape = (degrees.cfg_degree, degrees.ring_degree, degrees.ulysses_degree)
+            mesh = init_device_mesh(_device_type_of_process_group(), shape, mesh_dim_names=DEFAULT_MESH_DIM_NAMES)
         else:
             self._fill_degrees_from_mesh(mesh)
         self._runtime = ContextParallelRuntime.bind(self, mesh)

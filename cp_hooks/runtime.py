@@ -8,9 +8,15 @@ a config changed or re-pointed afterwards never changes a model that is already 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cp_hooks.forward.length_memo import LengthMemo
 from cp_hooks.forward.lengths import SplitLengths
+
+if TYPE_CHECKING:
+    import torch
+    from torch.distributed import ProcessGroup
+    from torch.distributed.device_mesh import DeviceMesh
 
 
 class DegreeFacts:
@@ -70,10 +76,10 @@ class ContextParallelRuntime(DegreeFacts):
     convert_to_fp32: bool
     ulysses_anything: bool
     ring_anything: bool
-    mesh: object
-    ring_group: object
-    ulysses_group: object
-    flat_group: object
+    mesh: DeviceMesh
+    ring_group: ProcessGroup
+    ulysses_group: ProcessGroup
+    flat_group: ProcessGroup
     rank: int
     ring_rank: int
     ulysses_rank: int
@@ -83,15 +89,15 @@ class ContextParallelRuntime(DegreeFacts):
     split_lengths: SplitLengths = field(default_factory=SplitLengths)
     length_memo: LengthMemo = field(default_factory=LengthMemo)
     cfg_degree: int = 1
-    cfg_group: object = None
+    cfg_group: ProcessGroup | None = None
     cfg_rank: int = 0
     cfg_group_key: int = -1
-    world_group: object = None
-    comm_dtype: object = None
+    world_group: ProcessGroup | None = None  # always set by `bind` (the flat group when cfg_degree is 1)
+    comm_dtype: torch.dtype | None = None
     comm_fp8_keys: bool = False
 
     @classmethod
-    def bind(cls, config, mesh) -> "ContextParallelRuntime":
+    def bind(cls, config, mesh) -> ContextParallelRuntime:
         """Snapshot `config` and bind it to `mesh`; registers the keys operators use (outside compiled code)."""
         from cp_hooks import comm
         from cp_hooks.attention.ops import register_runtime

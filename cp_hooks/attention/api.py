@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from cp_hooks import comm
+from cp_hooks.attention import ops
+from cp_hooks.attention.masks import is_whole_mask, key_bias_from_mask, split_symmetric_mask, whole_mask_rows
 from cp_hooks.config import ContextParallelConfig
+from cp_hooks.forward import context as routing
 from cp_hooks.forward.length_memo import conform
 from cp_hooks.runtime import ContextParallelRuntime
-from cp_hooks.attention import ops
-from cp_hooks.forward import context as routing
-from cp_hooks.attention.masks import is_whole_mask, key_bias_from_mask, split_symmetric_mask, whole_mask_rows
 
 
 def context_parallel_attention(

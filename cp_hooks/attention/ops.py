@@ -20,7 +20,7 @@ The settings of a call (groups, degrees, rotate method) live in the bound runtim
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor
@@ -30,7 +30,10 @@ from cp_hooks.attention.ring import ring_backward, ring_forward
 from cp_hooks.attention.ulysses import heads_to_seq, pad_heads, seq_to_heads
 from cp_hooks.comm import precision
 
-_RUNTIMES: dict[int, object] = {}  # key -> ContextParallelRuntime (kept alive while registered)
+if TYPE_CHECKING:  # the runtime imports this module when it binds
+    from cp_hooks.runtime import ContextParallelRuntime
+
+_RUNTIMES: dict[int, ContextParallelRuntime] = {}  # key -> ContextParallelRuntime (kept alive while registered)
 
 
 def register_runtime(runtime) -> int:
@@ -316,8 +319,8 @@ def ulysses_backward_op(
     dout_h, _ = seq_to_heads(pad_heads(dout, runtime.ulysses_degree), group, _ulysses_sizes(runtime, q_sizes))
     # `has_bias`, not the bias' size: a gathered bias may have no keys on some ranks (empty shards), and ring
     # peers must agree on whether a bias travels with the blocks.
-    bias_h = bias_h if has_bias else None
-    dq, dk, dv = _inner_backward(runtime, dout_h, q_h, k_h, v_h, bias_h, out_h, lse_h, kv_sizes, scale, is_causal)
+    bias = bias_h if has_bias else None
+    dq, dk, dv = _inner_backward(runtime, dout_h, q_h, k_h, v_h, bias, out_h, lse_h, kv_sizes, scale, is_causal)
     del dout_h
     # Gradients travel in the model's precision (docs/comm_precision.md, "Training"): rounded=False.
     grads = (
@@ -325,7 +328,7 @@ def ulysses_backward_op(
         _from_heads(runtime, dk.to(k_h.dtype), kv_sizes, heads, rounded=False),
         _from_heads(runtime, dv.to(v_h.dtype), kv_sizes, heads, rounded=False),
     )
-    return _unaliased(grads, [dout, q_h, k_h, v_h, bias_h, out_h, lse_h])
+    return _unaliased(grads, [dout, q_h, k_h, v_h, bias, out_h, lse_h])
 
 
 @ulysses_backward_op.register_fake

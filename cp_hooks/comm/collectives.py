@@ -178,7 +178,7 @@ class RingExchange:
         self.rank = group_rank(group)
         self.next_rank = dist.get_global_rank(group, (self.rank + 1) % self.world)
         self.prev_rank = dist.get_global_rank(group, (self.rank - 1) % self.world)
-        self._works = []
+        self._works: list[dist.Work] = []
         self._received: list[torch.Tensor] = []
 
     def start(

@@ -47,6 +47,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -261,7 +262,8 @@ class SharedMemoryAllToAll:
         """
         rank, world = group.rank(), group.size()
         reasons = local_reasons_against()
-        offer, control = [None], None
+        offer: list[tuple[str, bytes, str] | None] = [None]  # (base path, token, PID namespace) from rank 0
+        control: mmap.mmap | None = None
         if rank == 0 and not reasons:
             token = secrets.token_hex(8).encode()
             base = os.path.join(SHM_DIR, f"cp_hooks-{os.getpid()}-{token.decode()}")
@@ -283,7 +285,7 @@ class SharedMemoryAllToAll:
                         reasons.append(f"a {SHM_DIR} other than the group's first rank's")
                 except OSError as e:
                     reasons.append(f"cannot open the group's control file: {e}")
-        answers = [None] * world
+        answers: list[Any] = [None] * world
         mine = dict(reasons=reasons, pid=os.getpid(), cores=_cores()[0], switch=_switch())
         dist.all_gather_object(answers, mine, group=group)
         if rank == 0 and offer[0] is not None:
@@ -303,6 +305,8 @@ class SharedMemoryAllToAll:
             if control is not None:
                 control.close()
             return None, everyone
+        # No rank gave a reason, so rank 0 offered a control file and every rank mapped it.
+        assert offer[0] is not None and control is not None
         return cls(group, offer[0][0], control, [a["pid"] for a in answers], crowded=crowded), []
 
     # ------------------------------------------------------------------ the collective
@@ -352,6 +356,7 @@ class SharedMemoryAllToAll:
         if ok:
             at = 0
             for j in peers:
+                assert self._data is not None  # bytes for a peer: _ensure_capacity mapped the buffer
                 _typed(self._data[at : at + send_bytes[j]], sources[j]).copy_(sources[j])
                 at += send_bytes[j]
             for j, nbytes in enumerate(send_bytes):
@@ -398,7 +403,9 @@ class SharedMemoryAllToAll:
                 )
             # The peer's buffer holds its pieces for the ranks other than itself, in rank order.
             src = sum(header[_SIZES + j] for j in range(self.rank) if j != peer)
-            dest.copy_(_typed(self._peer_data[peer][src : src + length], dest))
+            peer_data = self._peer_data[peer]
+            assert peer_data is not None  # the peer sends bytes, so it published a file, mapped above
+            dest.copy_(_typed(peer_data[src : src + length], dest))
         return True
 
     # ------------------------------------------------------------------ buffers
@@ -430,6 +437,7 @@ class SharedMemoryAllToAll:
 
     def _release_name(self) -> None:
         """Unlink this rank's data file (the mappings keep the memory until they are closed)."""
+        assert self._named is not None  # called only while a file is named (those in _PENDING)
         _unlink(self._named)
         self._named = None
         _PENDING.discard(self)
@@ -453,8 +461,9 @@ class SharedMemoryAllToAll:
 
     def _map_peer(self, peer: int, gen: int) -> None:
         self._peer_data[peer] = None  # drop the tensor view before closing the map under it
-        if self._peer_maps[peer] is not None:
-            self._peer_maps[peer].close()
+        old_map = self._peer_maps[peer]
+        if old_map is not None:
+            old_map.close()
             self._peer_maps[peer] = None
         self._peer_maps[peer] = _map(f"{self.base}-r{peer}-g{gen}")
         self._peer_data[peer] = torch.frombuffer(self._peer_maps[peer], dtype=torch.uint8)

@@ -141,9 +141,10 @@ def build_config(
     override: dict[int | str, Any] | None
     try:
         backend = {"cpu": "gloo", "cuda": "nccl"}[device.type]
+        # ProcessGroupGloo._Options exists at run time (an AttributeError is handled below); torch's stub omits it.
         options: Any = (
-            dist.ProcessGroupGloo._Options()
-            if backend == "gloo"  # type: ignore[attr-defined]
+            dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
+            if backend == "gloo"
             else dist.ProcessGroupNCCL.Options()
         )
         options._timeout = datetime.timedelta(seconds=timeout_s)

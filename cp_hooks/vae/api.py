@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -114,7 +115,7 @@ def supports_vae(vae: nn.Module) -> bool | str:
 
 def spatial_compression(vae: nn.Module) -> int:
     """Image rows per latent row of `vae`."""
-    config = vae.config
+    config: Any = vae.config  # diffusers' FrozenDict (nn.Module's __getattr__ is typed Tensor | Module)
     if hasattr(config, "temperal_downsample"):  # Wan, QwenImage: one 2x per level (+ Wan 2.2's patchify)
         return 2 ** len(config.temperal_downsample) * (getattr(config, "patch_size", None) or 1)
     ratio = getattr(vae, "spatial_compression_ratio", None)
@@ -240,7 +241,7 @@ def enable_vae_parallelism(vae: nn.Module, group=None) -> nn.Module:
         raise UnsupportedVAEError(f"cp_hooks cannot split this VAE exactly: {reason}")
     if getattr(vae, _STATE, None) is not None:
         disable_vae_parallelism(vae)
-    state = {"group": dist.group.WORLD if group is None else group, "patches": [], "processors": []}
+    state: dict[str, Any] = {"group": dist.group.WORLD if group is None else group, "patches": [], "processors": []}
     for module, geometry in find_units(vae).items():
         _install(state, module, "forward", functools.partial(make_unit_forward, module, geometry))
     for module in find_group_norms(vae):
@@ -250,7 +251,8 @@ def enable_vae_parallelism(vae: nn.Module, group=None) -> nn.Module:
             _install(state, module, "forward", functools.partial(make_wan_attention_forward, module))
         elif hasattr(module, "to_q") and type(getattr(module, "processor", None)).__name__ in SPATIAL_PROCESSORS:
             state["processors"].append((module, module.processor))
-            module.processor = SlabAttnProcessor(module.processor)
+            # nn.Module.__setattr__ takes any value; torch's stub types it Tensor | Module.
+            module.processor = SlabAttnProcessor(module.processor)  # type: ignore[assignment]
     _install(state, vae, "_decode", functools.partial(_make_decode, vae))
     _install(state, vae, "_encode", functools.partial(_make_encode, vae))
     vae.__dict__[_STATE] = state

@@ -35,7 +35,7 @@ class SlabLayout:
         units: latent rows per rank (the split at the latent resolution); every entry >= 1.
     """
 
-    group: object
+    group: dist.ProcessGroup
     rank: int
     world: int
     units: tuple[int, ...]
