@@ -16,6 +16,7 @@ from cp_hooks.verify.tiny_pipelines import (  # noqa: F401
     tiny_flux_pipeline,
     tiny_hunyuan_video_pipeline,
     tiny_longcat_image_pipeline,
+    tiny_ltx_pipeline,
     tiny_ovis_image_pipeline,
     tiny_qwenimage_pipeline,
     tiny_skyreels_v2_pipeline,

@@ -3,7 +3,7 @@
 Part of the installed package (`python -m cp_hooks serve` builds `tiny_flux_pipeline` by default, with nothing
 to download); `examples/_tiny.py` re-exports these names for the example scripts.
 
-Flux, Wan, QwenImage, CogView4, HunyuanVideo, LongCat-Image, SkyReels-V2, Ovis-Image and CogVideoX.
+Flux, Wan, QwenImage, CogView4, HunyuanVideo, LongCat-Image, SkyReels-V2, Ovis-Image, CogVideoX and LTX-Video.
 
 Nothing is downloaded: every model is built from its config with random weights (seeded, so every rank
 builds the same one), and the tokenizers are small word-level vocabularies made in code and wrapped in
@@ -821,6 +821,62 @@ def tiny_cogvideox_pipeline(seed: int = 0, layers: int = 2, heads: int = 4, head
         vae=vae,
         transformer=transformer,
         scheduler=CogVideoXDDIMScheduler(),
+    )
+    for module in (transformer, vae, pipe.text_encoder):
+        module.eval()
+    return pipe
+
+
+def tiny_ltx_pipeline(seed: int = 0, layers: int = 2, heads: int = 4, head_dim: int = 8):
+    """An LTXPipeline (LTX-Video, text to video) with a tiny random transformer, LTX VAE and T5 encoder.
+
+    The pipeline's classifier-free guidance is batched (unconditional and conditional inputs stacked in one
+    transformer call). The VAE patchifies 4x4 and downsamples twice more in space and time (16x in space, 4x in
+    time), with no decoder noise injection and no timestep conditioning; the transformer patches 1x1x1, so
+    `num_frames` x H x W pixels (H, W multiples of 32: the pipeline checks it) give ((num_frames-1)/4 + 1) *
+    (H/16) * (W/16) video tokens; the text is `max_sequence_length` T5 tokens with their padding mask.
+
+    Args:
+        seed: weights seed; the same seed gives the same pipeline on every rank.
+        layers: transformer blocks.
+        heads, head_dim: attention heads of the transformer (Ulysses needs heads divisible by its degree).
+    """
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
+
+    torch.manual_seed(seed)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        cross_attention_dim=heads * head_dim,
+        num_layers=layers,
+        caption_channels=32,
+    )
+    vae = AutoencoderKLLTXVideo(
+        latent_channels=4,
+        block_out_channels=(8, 8, 16, 16),
+        decoder_block_out_channels=(8, 8, 16, 16),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
+        decoder_inject_noise=(False, False, False, False, False),
+        timestep_conditioning=False,
+    )
+    pipe = LTXPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=_t5_encoder(),
+        tokenizer=t5_tokenizer(),
+        transformer=transformer,
     )
     for module in (transformer, vae, pipe.text_encoder):
         module.eval()
