@@ -18,6 +18,12 @@ On the enabled model itself (undone by `disable_parallelism`, gone with the mode
 - for sequential guidance, the model's class and `cache_context` (`compat/sequential_cfg.py`: diffusers
   composition, kept with the other compositions).
 
+On an enabled VAE (`vae/api.py`; undone by `disable_vae_parallelism`, gone with the VAE): instance attributes
+that shadow `forward` of its convolutions, group norms and Wan attention blocks and the VAE's `_decode` /
+`_encode`, and a slab processor on its mid-block attention. These replace a `forward` (the one place cp_hooks
+does): a conv must compute its edge rows from halo rows, which hooks around an unchanged `forward` cannot do
+without copying the slab.
+
 Which calls are routed is decided by the forward context (`cp_hooks.forward.context.attention_runtime`): only
 the enabled model's own modules. docs/architecture.md, "Attention routing".
 """
